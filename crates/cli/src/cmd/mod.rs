@@ -1,0 +1,3 @@
+//! One module per subcommand: argument definitions next to the code that runs them.
+
+pub mod sandbox;

@@ -1,0 +1,53 @@
+//! The `quiesce` command: each subcommand wires the focused crates together.
+//!
+//! Exit codes follow the brief: 0 success, 1 the job failed or was blocked (the output says
+//! why), 2 a usage error (clap's own convention, kept for every subcommand).
+
+mod cmd;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Zero-downtime node patching and graceful pod termination for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "quiesce", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter in `tracing` syntax, e.g. `info` or `quiesce=debug,kube=info`.
+    #[arg(long, global = true, env = "QUIESCE_LOG", default_value = "info")]
+    log: String,
+
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(
+        long,
+        global = true,
+        env = "QUIESCE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: logging::Format,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a local Kubernetes API with a simulated cluster (kubectl works against it).
+    Sandbox(cmd::sandbox::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(&cli.log, cli.log_format);
+    let outcome = match cli.command {
+        Command::Sandbox(args) => cmd::sandbox::run(args),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! `quiesce sandbox`: a local Kubernetes API server with a simulated cluster.
