@@ -1,0 +1,1 @@
+//! The YAML scenario format that seeds nodes and workloads.
