@@ -67,9 +67,13 @@ pub fn binaries_dir() -> PathBuf {
 }
 
 /// A kube-rs client from a kubeconfig we wrote ourselves.
+///
+/// kube 5 retries 429, 503 and 504 on its own by default (up to 15 times, honouring
+/// `Retry-After`), which would hide exactly the answers these tests compare; it is switched off.
 async fn client_for(kubeconfig: &Kubeconfig) -> Result<kube::Client, Error> {
-    let config =
+    let mut config =
         kube::Config::from_custom_kubeconfig(kubeconfig.clone(), &KubeConfigOptions::default())
             .await?;
+    config.default_retry = false;
     Ok(kube::Client::try_from(config)?)
 }
