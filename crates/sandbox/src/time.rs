@@ -21,7 +21,9 @@ impl TimeScale {
         if factor.is_finite() && factor > 0.0 {
             Ok(TimeScale { factor })
         } else {
-            Err(format!("time scale must be a finite number > 0, got {factor}"))
+            Err(format!(
+                "time scale must be a finite number > 0, got {factor}"
+            ))
         }
     }
 

@@ -1,1 +1,158 @@
 //! The in-memory Kubernetes API server.
+//!
+//! Real HTTP on loopback, real Kubernetes JSON: discovery, list/watch with resourceVersion
+//! semantics, create/update/patch/delete with the registry's rules, `pods/eviction` with
+//! PodDisruptionBudget semantics, and `Status` errors with the real codes and messages. The
+//! simulated control plane (`crate::sim`) writes through the same [`Store`], so a watch sees
+//! its changes exactly as it would see a kubelet's.
+
+mod defaults;
+pub mod eviction;
+mod faults;
+mod http;
+pub mod patch;
+pub mod resources;
+pub mod selector;
+pub mod status;
+pub mod store;
+mod table;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kube::config::Kubeconfig;
+use tokio::sync::watch;
+
+pub use faults::{FaultInjector, FaultKind};
+pub use store::Store;
+
+/// Why the API server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// kube-rs rejected the configuration we built for our own URL.
+    #[error("building a client for {url}: {source}")]
+    Client {
+        /// The server URL.
+        url: String,
+        /// Why.
+        source: kube::Error,
+    },
+}
+
+/// How many changes the watch history keeps; a watch from an older resourceVersion gets 410.
+pub const DEFAULT_HISTORY: usize = 100_000;
+
+pub(crate) struct Shared {
+    store: Arc<Store>,
+    faults: FaultInjector,
+    requests: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A running API server.
+pub struct ApiServer {
+    url: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Binds `listen` (port 0 picks a free port) and serves until [`ApiServer::shutdown`].
+    pub async fn start(listen: SocketAddr) -> Result<ApiServer, Error> {
+        Self::start_with_history(listen, DEFAULT_HISTORY).await
+    }
+
+    /// Like [`ApiServer::start`] with a watch history of `history` changes, so tests can
+    /// reach `410 Gone` without writing a hundred thousand objects.
+    pub async fn start_with_history(
+        listen: SocketAddr,
+        history: usize,
+    ) -> Result<ApiServer, Error> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            store: Store::new(history),
+            faults: FaultInjector::default(),
+            requests: AtomicU64::new(0),
+            shutdown,
+        });
+        let app = axum::Router::new()
+            .fallback(http::handle)
+            .with_state(shared.clone());
+        let mut stop = shared.shutdown.subscribe();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "sandbox API server stopped");
+            }
+        });
+        Ok(ApiServer {
+            url: format!("http://{addr}"),
+            shared,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The store, for in-process writers (the simulated cluster) and tests.
+    pub fn store(&self) -> Arc<Store> {
+        self.shared.store.clone()
+    }
+
+    /// A kube-rs client for this server. kube's own retry of 429/503/504 is off: callers
+    /// (the drain engine) must see a PDB's 429 to report it.
+    pub fn client(&self) -> kube::Client {
+        let mut config = kube::Config::new(self.url.parse().expect("our own URL parses"));
+        config.default_retry = false;
+        kube::Client::try_from(config).expect("a plain-HTTP client always builds")
+    }
+
+    /// A kubeconfig for kubectl: cluster `sandbox`, a user without credentials.
+    pub fn kubeconfig(&self) -> Kubeconfig {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {}\nusers:\n- name: sandbox\n  user: {{}}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox\ncurrent-context: sandbox\n",
+            self.url
+        );
+        Kubeconfig::from_yaml(&yaml).expect("the kubeconfig template is valid")
+    }
+
+    /// The fault injector of this server.
+    pub fn faults(&self) -> FaultInjector {
+        self.shared.faults.clone()
+    }
+
+    /// Requests served so far; benchmarks compare clients by it.
+    pub fn request_count(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Stops serving; open watch streams end.
+    pub async fn shutdown(self) {
+        self.shared.shutdown.send_replace(true);
+        let _ = self.task.await;
+    }
+}

@@ -1,0 +1,394 @@
+//! Routing and encoding: turns HTTP requests into store operations and answers in the wire
+//! format of the real API server (JSON objects and lists, Tables for kubectl, newline-delimited
+//! watch events, `Status` errors).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::Shared;
+use super::eviction;
+use super::faults::FaultKind;
+use super::patch::{self, PatchType};
+use super::resources::{self, Resource, lookup};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::ApiError;
+use super::store::{Change, Part, index_of};
+use super::table;
+
+type Params = HashMap<String, String>;
+
+/// Upstream's default watch timeout is randomised between 30 and 60 minutes; a client's own
+/// `timeoutSeconds` wins.
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+
+fn json_response(code: u16, body: &Value) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn error_response(err: &ApiError) -> Response {
+    let mut resp = json_response(err.code, &err.to_status());
+    if let Some(secs) = err.retry_after {
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            secs.to_string().parse().expect("digits are a valid header"),
+        );
+    }
+    resp
+}
+
+/// What a request addresses.
+struct Target {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
+    let namespaced = rest.len() >= 3
+        && rest[0] == "namespaces"
+        && lookup(group, version, rest[2]).is_some_and(|r| r.namespaced);
+    let (namespace, rest) = if namespaced {
+        (Some(rest[1].to_string()), &rest[2..])
+    } else {
+        (None, rest)
+    };
+    let resource = lookup(group, version, rest[0]).ok_or_else(ApiError::no_such_resource)?;
+    if rest.len() > 3 || (rest.len() == 3 && !matches!(rest[2], "status" | "eviction" | "binding"))
+    {
+        return Err(ApiError::no_such_resource());
+    }
+    Ok(Target {
+        resource,
+        namespace,
+        name: rest.get(1).map(|s| s.to_string()),
+        subresource: rest.get(2).map(|s| s.to_string()),
+    })
+}
+
+/// The single entry point: every request of the API.
+pub async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let path = uri.path().trim_matches('/').to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let params: Params = Query::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
+    let plural = match segments.as_slice() {
+        ["api", "v1", rest @ ..] | ["apis", _, _, rest @ ..] if !rest.is_empty() => rest
+            .iter()
+            .rev()
+            .find(|s| lookup_any(s))
+            .copied()
+            .unwrap_or_default(),
+        _ => "",
+    };
+    if let Some(fault) = shared.faults.take(method.as_str(), plural) {
+        match fault {
+            FaultKind::InternalError => {
+                return error_response(&ApiError::internal_error("injected fault"));
+            }
+            FaultKind::Delay(delay) => tokio::time::sleep(delay).await,
+        }
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let result = match segments.as_slice() {
+        [] => Ok(json_response(
+            200,
+            &json!({"paths": ["/api", "/api/v1", "/apis", "/version"]}),
+        )),
+        ["version"] => Ok(json_response(200, &resources::version())),
+        ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
+        ["api"] => Ok(json_response(200, &resources::core_versions())),
+        ["apis"] => Ok(json_response(200, &resources::group_list())),
+        ["apis", group] => resources::group(group)
+            .map(|g| json_response(200, &g))
+            .ok_or_else(ApiError::no_such_resource),
+        ["api", "v1"] => resources::resource_list("", "v1")
+            .map(|l| json_response(200, &l))
+            .ok_or_else(ApiError::no_such_resource),
+        ["apis", group, version] => resources::resource_list(group, version)
+            .map(|l| json_response(200, &l))
+            .ok_or_else(ApiError::no_such_resource),
+        ["api", "v1", rest @ ..] => match parse_target("", "v1", rest) {
+            Ok(t) => serve(&shared, &method, t, &params, &accept, &content_type, body).await,
+            Err(e) => Err(e),
+        },
+        ["apis", group, version, rest @ ..] => match parse_target(group, version, rest) {
+            Ok(t) => serve(&shared, &method, t, &params, &accept, &content_type, body).await,
+            Err(e) => Err(e),
+        },
+        _ => Err(ApiError::no_such_resource()),
+    };
+    result.unwrap_or_else(|e| error_response(&e))
+}
+
+fn lookup_any(plural: &str) -> bool {
+    resources::RESOURCES.iter().any(|r| r.plural == plural)
+}
+
+fn parse_body(body: &[u8], r: &Resource, content_type: &str) -> Result<Value, ApiError> {
+    if content_type.contains("protobuf") {
+        return Err(ApiError::unsupported_media_type(content_type));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: {e}",
+            r.kind
+        ))
+    })
+}
+
+fn flag(params: &Params, key: &str) -> bool {
+    params.get(key).is_some_and(|v| v == "true" || v == "1")
+}
+
+fn selectors(params: &Params, r: &Resource) -> Result<(LabelSelector, FieldSelector), ApiError> {
+    let labels = LabelSelector::parse(params.get("labelSelector").map_or("", String::as_str))?;
+    let fields = FieldSelector::parse(
+        params.get("fieldSelector").map_or("", String::as_str),
+        r.plural,
+    )?;
+    Ok((labels, fields))
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    method: &Method,
+    t: Target,
+    params: &Params,
+    accept: &str,
+    content_type: &str,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let r = t.resource;
+    let store = &shared.store;
+    let ns = t.namespace.clone().unwrap_or_default();
+    let dry_run = params.contains_key("dryRun");
+    let part = if t.subresource.as_deref() == Some("status") {
+        Part::Status
+    } else {
+        Part::Main
+    };
+    match (method.as_str(), t.name.as_deref(), t.subresource.as_deref()) {
+        ("GET", None, None) => {
+            let (labels, fields) = selectors(params, r)?;
+            if flag(params, "watch") {
+                return watch(shared, r, t.namespace, labels, fields, params, accept);
+            }
+            let (items, rv) = store.list(r, t.namespace.as_deref(), &labels, &fields);
+            if table::wants_table(accept) {
+                return Ok(json_response(200, &table::table(r, &items, rv)));
+            }
+            let list = json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(),
+                "metadata": {"resourceVersion": rv.to_string()}, "items": items});
+            Ok(json_response(200, &list))
+        }
+        ("GET", Some(name), None | Some("status")) => {
+            let obj = store.get(r, &ns, name)?;
+            if table::wants_table(accept) {
+                return Ok(json_response(
+                    200,
+                    &table::table(r, &[obj], store.resource_version()),
+                ));
+            }
+            Ok(json_response(200, &obj))
+        }
+        ("POST", None, None) => {
+            let obj = parse_body(&body, r, content_type)?;
+            Ok(json_response(201, &store.create(r, &ns, obj, dry_run)?))
+        }
+        ("POST", Some(name), Some("eviction")) if r.plural == "pods" => {
+            let eviction = parse_body(&body, r, content_type)?;
+            let opts = eviction::delete_options(&eviction, dry_run);
+            Ok(json_response(
+                201,
+                &eviction::evict(store, &ns, name, &opts)?,
+            ))
+        }
+        ("POST", Some(name), Some("binding")) if r.plural == "pods" => {
+            let binding = parse_body(&body, r, content_type)?;
+            let node = binding["target"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            store.modify(r, &ns, name, Part::Main, |pod| {
+                if pod["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())
+                {
+                    return Err(ApiError::stale("", "pods", name));
+                }
+                let mut next = pod.clone();
+                next["spec"]["nodeName"] = json!(node);
+                Ok(next)
+            })?;
+            Ok(json_response(201, &super::status::success()))
+        }
+        ("PUT", Some(name), None | Some("status")) => {
+            let obj = parse_body(&body, r, content_type)?;
+            Ok(json_response(200, &store.update(r, &ns, name, obj, part)?))
+        }
+        ("PATCH", Some(name), None | Some("status")) => {
+            let kind = PatchType::from_content_type(content_type)?;
+            let patched = store.modify(r, &ns, name, part, |current| {
+                let mut next = current.clone();
+                if let Some(m) = next["metadata"].as_object_mut() {
+                    m.remove("resourceVersion");
+                }
+                patch::apply(&mut next, kind, &body)?;
+                Ok(next)
+            })?;
+            Ok(json_response(200, &patched))
+        }
+        ("DELETE", Some(name), None) => {
+            let body_opts: Value = if body.is_empty() {
+                json!({})
+            } else {
+                serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+            };
+            let mut opts = eviction::delete_options(&json!({"deleteOptions": body_opts}), dry_run);
+            if let Some(g) = params.get("gracePeriodSeconds") {
+                opts.grace_period_seconds = Some(g.parse().map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "gracePeriodSeconds must be an integer, got {g:?}"
+                    ))
+                })?);
+            }
+            Ok(json_response(200, &store.delete(r, &ns, name, &opts)?))
+        }
+        _ => Err(ApiError::method_not_allowed(method.as_str(), r.plural)),
+    }
+}
+
+fn event_line(kind: &str, object: Value) -> Bytes {
+    let mut line = json!({"type": kind, "object": object}).to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+fn watch(
+    shared: &Arc<Shared>,
+    r: &'static Resource,
+    namespace: Option<String>,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    params: &Params,
+    accept: &str,
+) -> Result<Response, ApiError> {
+    let since = match params.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "invalid resourceVersion {rv:?}: expected an integer"
+            ))
+        })?),
+    };
+    let timeout = params
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs);
+    let as_table = table::wants_table(accept);
+    let idx = index_of(r);
+    let matches = move |c: &Change| {
+        c.resource == idx
+            && namespace
+                .as_deref()
+                .is_none_or(|ns| c.object["metadata"]["namespace"] == json!(ns))
+            && labels.matches(&c.object["metadata"]["labels"])
+            && fields.matches(&c.object)
+    };
+    let encode = move |c: &Change| {
+        let object = if as_table {
+            table::table(r, std::slice::from_ref(&c.object), c.rv)
+        } else {
+            c.object.clone()
+        };
+        event_line(c.kind.as_str(), object)
+    };
+    let (backlog, mut rx) = match shared.store.watch(r, since) {
+        Ok(w) => w,
+        Err(e) if e.code == 410 => {
+            let line = event_line("ERROR", e.to_status());
+            return Ok(stream_response(futures::stream::iter([
+                Ok::<_, Infallible>(line),
+            ])));
+        }
+        Err(e) => return Err(e),
+    };
+    let mut shutdown = shared.shutdown.subscribe();
+    let (tx, out) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
+    tokio::spawn(async move {
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        for change in backlog.iter().filter(|c| matches(c)) {
+            if tx.send(Ok(encode(change))).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return,
+                _ = shutdown.changed() => return,
+                received = rx.recv() => match received {
+                    Ok(change) if matches(&change) => {
+                        if tx.send(Ok(encode(&change))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // A watcher that fell behind the broadcast buffer ends its stream; the
+                    // client resumes from its last resourceVersion, as after any timeout.
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
+                },
+            }
+        }
+    });
+    Ok(stream_response(
+        tokio_stream::wrappers::ReceiverStream::new(out),
+    ))
+}
+
+fn stream_response<S>(stream: S) -> Response
+where
+    S: futures::Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

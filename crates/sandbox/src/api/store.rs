@@ -1,0 +1,614 @@
+//! The object store: every object as JSON, one global resourceVersion (like etcd's revision),
+//! and a bounded history of changes for watches. All writes — from HTTP clients and from the
+//! simulated controllers — go through here, so watch streams see every change in order.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use k8s_openapi::jiff::Timestamp;
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+
+use super::resources::{RESOURCES, Resource};
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::ApiError;
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created.
+    Added,
+    /// Changed.
+    Modified,
+    /// Removed.
+    Deleted,
+}
+
+impl EventKind {
+    /// The watch event `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Added => "ADDED",
+            EventKind::Modified => "MODIFIED",
+            EventKind::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One change, as a watch stream reports it.
+#[derive(Debug)]
+pub struct Change {
+    /// The resourceVersion this change produced.
+    pub rv: u64,
+    /// Index into [`RESOURCES`].
+    pub resource: usize,
+    /// What happened.
+    pub kind: EventKind,
+    /// The object after the change (before it, for a deletion).
+    pub object: Value,
+}
+
+/// The start of a watch: the changes to replay, then a receiver for live ones.
+pub type WatchStart = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The main resource: everything except status, where status is a subresource.
+    Main,
+    /// The `/status` subresource: only status.
+    Status,
+}
+
+/// Options of a delete, from `DeleteOptions`.
+#[derive(Debug, Clone, Default)]
+pub struct DeleteOptions {
+    /// Overrides the pod's own terminationGracePeriodSeconds.
+    pub grace_period_seconds: Option<i64>,
+    /// The object must still have this UID.
+    pub uid: Option<String>,
+    /// The object must still have this resourceVersion.
+    pub resource_version: Option<String>,
+    /// Validate only.
+    pub dry_run: bool,
+}
+
+struct Inner {
+    rv: u64,
+    objects: Vec<BTreeMap<(String, String), Value>>,
+    history: VecDeque<Arc<Change>>,
+}
+
+/// The shared store.
+pub struct Store {
+    inner: Mutex<Inner>,
+    history_capacity: usize,
+    changes: broadcast::Sender<Arc<Change>>,
+    latest: watch::Sender<u64>,
+}
+
+/// A resource's index in [`RESOURCES`].
+pub fn index_of(resource: &Resource) -> usize {
+    RESOURCES
+        .iter()
+        .position(|r| std::ptr::eq(r, resource))
+        .expect("resources come from the static table")
+}
+
+/// The current time as Kubernetes writes it (RFC 3339, seconds).
+pub fn now() -> String {
+    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+fn random_uid() -> String {
+    let mut rng = rand::rng();
+    let b: [u8; 16] = rng.random();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+        u16::from_be_bytes([b[6], b[7]]) & 0x0fff,
+        (u16::from_be_bytes([b[8], b[9]]) & 0x3fff) | 0x8000,
+        u64::from_be_bytes([0, 0, b[10], b[11], b[12], b[13], b[14], b[15]])
+    )
+}
+
+/// The 5-character suffix of `generateName`, from upstream's alphabet without vowels.
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::rng();
+    (0..5)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn key(ns: &str, name: &str) -> (String, String) {
+    (ns.to_string(), name.to_string())
+}
+
+impl Store {
+    /// An empty store with the default namespaces.
+    pub fn new(history_capacity: usize) -> Arc<Store> {
+        let (changes, _) = broadcast::channel(16_384);
+        let (latest, _) = watch::channel(0);
+        let store = Arc::new(Store {
+            inner: Mutex::new(Inner {
+                rv: 0,
+                objects: RESOURCES.iter().map(|_| BTreeMap::new()).collect(),
+                history: VecDeque::new(),
+            }),
+            history_capacity: history_capacity.max(1),
+            changes,
+            latest,
+        });
+        let namespaces = super::resources::lookup("", "v1", "namespaces").expect("served");
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            store
+                .create(namespaces, "", json!({"metadata": {"name": ns}}), false)
+                .expect("a fresh store accepts the default namespaces");
+        }
+        store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A receiver that changes whenever anything is written; the simulation waits on it.
+    pub fn subscribe_latest(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().rv
+    }
+
+    fn record(&self, inner: &mut Inner, resource: usize, kind: EventKind, object: Value) {
+        let change = Arc::new(Change {
+            rv: inner.rv,
+            resource,
+            kind,
+            object,
+        });
+        inner.history.push_back(change.clone());
+        while inner.history.len() > self.history_capacity {
+            inner.history.pop_front();
+        }
+        let _ = self.changes.send(change);
+        self.latest.send_replace(inner.rv);
+    }
+
+    /// One object.
+    pub fn get(&self, r: &'static Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
+        let inner = self.lock();
+        inner.objects[index_of(r)]
+            .get(&key(ns, name))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))
+    }
+
+    /// Objects matching the selectors, in one namespace or all, with the list's resourceVersion.
+    pub fn list(
+        &self,
+        r: &'static Resource,
+        ns: Option<&str>,
+        labels: &LabelSelector,
+        fields: &FieldSelector,
+    ) -> (Vec<Value>, u64) {
+        let inner = self.lock();
+        let items = inner.objects[index_of(r)]
+            .iter()
+            .filter(|((o_ns, _), _)| ns.is_none_or(|n| n == o_ns))
+            .filter(|(_, o)| labels.matches(&o["metadata"]["labels"]) && fields.matches(o))
+            .map(|(_, o)| o.clone())
+            .collect();
+        (items, inner.rv)
+    }
+
+    /// Runs `f` over every object of a resource without cloning the collection.
+    pub fn for_each(&self, r: &'static Resource, mut f: impl FnMut(&Value)) {
+        let inner = self.lock();
+        inner.objects[index_of(r)].values().for_each(&mut f);
+    }
+
+    /// Creates an object, filling in the metadata the server owns.
+    pub fn create(
+        &self,
+        r: &'static Resource,
+        ns: &str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Value, ApiError> {
+        if !obj.is_object() || !obj["metadata"].is_object() && !obj["metadata"].is_null() {
+            return Err(ApiError::bad_request(format!(
+                "the object provided is unrecognized (must be of type {})",
+                r.kind
+            )));
+        }
+        if let Some(body_ns) = obj["metadata"]["namespace"].as_str()
+            && r.namespaced
+            && body_ns != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let mut inner = self.lock();
+        if r.namespaced {
+            let ns_idx =
+                index_of(super::resources::lookup("", "v1", "namespaces").expect("served"));
+            if !inner.objects[ns_idx].contains_key(&key("", ns)) {
+                return Err(ApiError::not_found("", "namespaces", ns));
+            }
+        }
+        let name = match (
+            obj["metadata"]["name"].as_str(),
+            obj["metadata"]["generateName"].as_str(),
+        ) {
+            (Some(n), _) if !n.is_empty() => n.to_string(),
+            (_, Some(prefix)) if !prefix.is_empty() => format!("{prefix}{}", random_suffix()),
+            _ => {
+                return Err(ApiError::invalid(
+                    r.kind,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ));
+            }
+        };
+        let idx = index_of(r);
+        if inner.objects[idx].contains_key(&key(ns, &name)) {
+            return Err(ApiError::already_exists(r.group, r.plural, &name));
+        }
+        super::defaults::on_create(r, &mut obj);
+        let rv = inner.rv + 1;
+        obj["apiVersion"] = json!(r.api_version());
+        obj["kind"] = json!(r.kind);
+        let meta = &mut obj["metadata"];
+        meta["name"] = json!(name);
+        if r.namespaced {
+            meta["namespace"] = json!(ns);
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        meta["uid"] = json!(random_uid());
+        meta["creationTimestamp"] = json!(now());
+        meta["resourceVersion"] = json!(rv.to_string());
+        if r.tracks_generation {
+            meta["generation"] = json!(1);
+        }
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("deletionTimestamp");
+            m.remove("deletionGracePeriodSeconds");
+        }
+        if dry_run {
+            return Ok(obj);
+        }
+        inner.rv = rv;
+        inner.objects[idx].insert(key(ns, &name), obj.clone());
+        self.record(&mut inner, idx, EventKind::Added, obj.clone());
+        Ok(obj)
+    }
+
+    /// Replaces an object (PUT), or the part of it `part` names.
+    pub fn update(
+        &self,
+        r: &'static Resource,
+        ns: &str,
+        name: &str,
+        obj: Value,
+        part: Part,
+    ) -> Result<Value, ApiError> {
+        self.modify(r, ns, name, part, |_| Ok(obj))
+    }
+
+    /// Reads the object, lets `change` produce the new one, and writes it back with the
+    /// server's rules: resourceVersion precondition, status isolation, generation, no-op
+    /// writes leave the resourceVersion alone, an emptied finalizer list completes a deletion.
+    pub fn modify(
+        &self,
+        r: &'static Resource,
+        ns: &str,
+        name: &str,
+        part: Part,
+        change: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let idx = index_of(r);
+        let existing = inner.objects[idx]
+            .get(&key(ns, name))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
+        let mut new = change(&existing)?;
+        if !new.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "the object provided is unrecognized (must be of type {})",
+                r.kind
+            )));
+        }
+        if let Some(wanted) = new["metadata"]["resourceVersion"].as_str()
+            && wanted
+                != existing["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+        {
+            return Err(ApiError::stale(r.group, r.plural, name));
+        }
+        if let Some(body_name) = new["metadata"]["name"].as_str()
+            && body_name != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )));
+        }
+        match part {
+            Part::Status => {
+                let status = new["status"].take();
+                new = existing.clone();
+                new["status"] = status;
+            }
+            Part::Main if r.has_status => new["status"] = existing["status"].clone(),
+            Part::Main => {}
+        }
+        for field in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "namespace",
+            "name",
+        ] {
+            match existing["metadata"].get(field) {
+                Some(v) => new["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(m) = new["metadata"].as_object_mut() {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        new["apiVersion"] = json!(r.api_version());
+        new["kind"] = json!(r.kind);
+        new["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"].clone();
+        new["metadata"]["generation"] = existing["metadata"]["generation"].clone();
+        if r.tracks_generation && new["spec"] != existing["spec"] {
+            let generation = existing["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            new["metadata"]["generation"] = json!(generation);
+        }
+        if new["metadata"]["generation"].is_null()
+            && let Some(m) = new["metadata"].as_object_mut()
+        {
+            m.remove("generation");
+        }
+        if new == existing {
+            return Ok(existing);
+        }
+        inner.rv += 1;
+        new["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        let finalized = !new["metadata"]["deletionTimestamp"].is_null()
+            && new["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty);
+        if finalized {
+            inner.objects[idx].remove(&key(ns, name));
+            self.record(&mut inner, idx, EventKind::Deleted, new.clone());
+        } else {
+            inner.objects[idx].insert(key(ns, name), new.clone());
+            self.record(&mut inner, idx, EventKind::Modified, new.clone());
+        }
+        Ok(new)
+    }
+
+    /// Deletes an object the way the registry does: pods bound to a node terminate gracefully
+    /// (deletionTimestamp now + grace, removed later by their kubelet with grace 0; upstream
+    /// `pkg/registry/core/pod/strategy.go` CheckGracefulDelete), objects with finalizers wait
+    /// for them, everything else goes at once.
+    pub fn delete(
+        &self,
+        r: &'static Resource,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
+        let mut inner = self.lock();
+        let idx = index_of(r);
+        let existing = inner.objects[idx]
+            .get(&key(ns, name))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
+        let actual_uid = existing["metadata"]["uid"].as_str().unwrap_or_default();
+        if let Some(uid) = &opts.uid
+            && uid != actual_uid
+        {
+            return Err(ApiError::uid_precondition(r.kind, name, uid, actual_uid));
+        }
+        let actual_rv = existing["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default();
+        if let Some(rv) = &opts.resource_version
+            && rv != actual_rv
+        {
+            return Err(ApiError::rv_precondition(r.kind, name, rv, actual_rv));
+        }
+        let grace = self::graceful_period(r, &existing, opts.grace_period_seconds);
+        let has_finalizers = existing["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        let mut obj = existing.clone();
+        if grace.is_none() && !has_finalizers {
+            if opts.dry_run {
+                return Ok(obj);
+            }
+            inner.rv += 1;
+            obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+            inner.objects[idx].remove(&key(ns, name));
+            self.record(&mut inner, idx, EventKind::Deleted, obj.clone());
+            return Ok(obj);
+        }
+        let grace = grace.unwrap_or(0);
+        let current_grace = existing["metadata"]["deletionGracePeriodSeconds"].as_i64();
+        if current_grace.is_some_and(|g| g <= grace) {
+            return Ok(existing);
+        }
+        let deadline = Timestamp::now()
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(grace))
+            .unwrap_or_else(|_| Timestamp::now());
+        obj["metadata"]["deletionTimestamp"] =
+            json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        if opts.dry_run {
+            return Ok(obj);
+        }
+        inner.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        inner.objects[idx].insert(key(ns, name), obj.clone());
+        self.record(&mut inner, idx, EventKind::Modified, obj.clone());
+        Ok(obj)
+    }
+
+    /// A watch: the changes after `since` still in history (or the current objects as ADDED
+    /// when `since` is None), and a receiver for what follows. Too old → 410 Expired.
+    pub fn watch(&self, r: &'static Resource, since: Option<u64>) -> Result<WatchStart, ApiError> {
+        let inner = self.lock();
+        let idx = index_of(r);
+        let receiver = self.changes.subscribe();
+        let backlog = match since {
+            None => inner.objects[idx]
+                .values()
+                .map(|o| {
+                    Arc::new(Change {
+                        rv: inner.rv,
+                        resource: idx,
+                        kind: EventKind::Added,
+                        object: o.clone(),
+                    })
+                })
+                .collect(),
+            Some(rv) => {
+                let oldest = inner.history.front().map_or(inner.rv + 1, |c| c.rv);
+                if rv + 1 < oldest && rv < inner.rv {
+                    return Err(ApiError::expired(rv, oldest - 1));
+                }
+                inner
+                    .history
+                    .iter()
+                    .filter(|c| c.rv > rv && c.resource == idx)
+                    .cloned()
+                    .collect()
+            }
+        };
+        Ok((backlog, receiver))
+    }
+}
+
+/// The grace period a delete gets, or None when the object goes at once.
+fn graceful_period(r: &Resource, pod: &Value, requested: Option<i64>) -> Option<i64> {
+    if r.plural != "pods" || !r.group.is_empty() {
+        return None;
+    }
+    let bound = pod["spec"]["nodeName"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    let terminal = matches!(
+        pod["status"]["phase"].as_str(),
+        Some("Succeeded" | "Failed")
+    );
+    let grace = requested
+        .or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64())
+        .unwrap_or(30)
+        .max(0);
+    (bound && !terminal && grace > 0).then_some(grace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::resources::lookup;
+
+    fn pods() -> &'static Resource {
+        lookup("", "v1", "pods").unwrap()
+    }
+
+    #[test]
+    fn resource_versions_increase_and_noop_updates_keep_them() {
+        let store = Store::new(100);
+        let created = store
+            .create(pods(), "default", json!({"metadata": {"name": "a"}}), false)
+            .unwrap();
+        let rv: u64 = created["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let same = store
+            .update(pods(), "default", "a", created.clone(), Part::Main)
+            .unwrap();
+        assert_eq!(
+            same["metadata"]["resourceVersion"],
+            created["metadata"]["resourceVersion"]
+        );
+        let mut changed = created.clone();
+        changed["metadata"]["labels"] = json!({"x": "y"});
+        let after = store
+            .update(pods(), "default", "a", changed, Part::Main)
+            .unwrap();
+        let rv2: u64 = after["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(rv2 > rv);
+        let stale = store
+            .update(pods(), "default", "a", created, Part::Main)
+            .unwrap_err();
+        assert_eq!(stale.code, 409);
+    }
+
+    #[test]
+    fn bound_pods_terminate_gracefully() {
+        let store = Store::new(100);
+        store
+            .create(
+                pods(),
+                "default",
+                json!({"metadata": {"name": "a"}, "spec": {"nodeName": "n1"}}),
+                false,
+            )
+            .unwrap();
+        let deleted = store
+            .delete(pods(), "default", "a", &DeleteOptions::default())
+            .unwrap();
+        assert_eq!(deleted["metadata"]["deletionGracePeriodSeconds"], json!(30));
+        assert!(store.get(pods(), "default", "a").is_ok());
+        let opts = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        store.delete(pods(), "default", "a", &opts).unwrap();
+        assert_eq!(store.get(pods(), "default", "a").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn old_watches_expire() {
+        let store = Store::new(2);
+        for name in ["a", "b", "c", "d"] {
+            store
+                .create(
+                    pods(),
+                    "default",
+                    json!({"metadata": {"name": name}}),
+                    false,
+                )
+                .unwrap();
+        }
+        assert_eq!(store.watch(pods(), Some(1)).unwrap_err().code, 410);
+        let (backlog, _) = store
+            .watch(pods(), Some(store.resource_version() - 1))
+            .unwrap();
+        assert_eq!(backlog.len(), 1);
+    }
+}
