@@ -1,0 +1,107 @@
+//! "The cluster" as the drain engine sees it: a handful of verbs, so the engine can run
+//! against any API server (and any client library) that implements them.
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use quiesce_core::{ClusterView, PodFacts, WorkloadRef};
+use tokio::time::Instant;
+
+use crate::error::Result;
+
+/// Everything the planner reads, fetched in one go just before planning.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every node.
+    pub nodes: Vec<Node>,
+    /// Every pod.
+    pub pods: Vec<Pod>,
+    /// Every PodDisruptionBudget.
+    pub pdbs: Vec<PodDisruptionBudget>,
+    /// Every ReplicaSet.
+    pub replica_sets: Vec<ReplicaSet>,
+    /// Every Deployment.
+    pub deployments: Vec<Deployment>,
+}
+
+impl Snapshot {
+    /// Borrows the snapshot as the planner's input for `node`.
+    pub fn view<'a>(&'a self, node: &'a str) -> ClusterView<'a> {
+        ClusterView {
+            node,
+            nodes: &self.nodes,
+            pods: &self.pods,
+            pdbs: &self.pdbs,
+            replica_sets: &self.replica_sets,
+            deployments: &self.deployments,
+        }
+    }
+}
+
+/// How the node is fenced off before anything is evicted.
+#[derive(Debug, Clone, Default)]
+pub struct Cordon {
+    /// A taint to add as well (e.g. `quiesce.io/draining=true:NoSchedule`), as Karpenter does.
+    pub taint: Option<String>,
+    /// Add `node.kubernetes.io/exclude-from-external-load-balancers` so cloud load balancers
+    /// stop sending new connections before the pods go (NTH issue #316, cited by Karpenter).
+    pub exclude_from_load_balancers: bool,
+}
+
+/// What the API server said to one eviction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Eviction {
+    /// 201: the pod is being deleted.
+    Accepted,
+    /// 404 (already gone) or 409 (UID precondition failed: a new pod took the name).
+    Gone,
+    /// 429: a PDB allows no disruption now; retry after the given time.
+    Refused {
+        /// The server's `retryAfterSeconds`, if any.
+        retry_after: Option<Duration>,
+        /// The server's message (names the budget).
+        message: String,
+    },
+    /// 500 "more than one PodDisruptionBudget": needs a person, but may be fixed meanwhile.
+    MultipleBudgets(String),
+}
+
+/// The verbs the drain engine needs. Waits are watches and end at `deadline`.
+pub trait Cluster {
+    /// Reads nodes, pods, PDBs, ReplicaSets and Deployments.
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot>>;
+    /// Marks the node unschedulable (plus `cordon`'s extras).
+    fn cordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>>;
+    /// Undoes [`Cluster::cordon`].
+    fn uncordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>>;
+    /// Posts one Eviction with the pod's UID as precondition.
+    fn evict(&self, pod: &PodFacts) -> impl Future<Output = Result<Eviction>>;
+    /// Starts a rolling restart of a Deployment (what `kubectl rollout restart` does).
+    fn restart(&self, workload: &WorkloadRef) -> impl Future<Output = Result<()>>;
+    /// Watches the node's pods until none of `uids` is left, calling `on_gone` for each.
+    fn wait_gone(
+        &self,
+        node: &str,
+        uids: &[String],
+        on_gone: &mut dyn FnMut(&str),
+        deadline: Instant,
+    ) -> impl Future<Output = Result<()>>;
+    /// Watches the workload until its desired replicas are Ready on nodes other than `node`.
+    fn wait_replaced(
+        &self,
+        workload: &WorkloadRef,
+        node: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<()>>;
+    /// Watches VolumeAttachments until none is left for `node`.
+    fn wait_volumes_detached(
+        &self,
+        node: &str,
+        deadline: Instant,
+    ) -> impl Future<Output = Result<()>>;
+    /// Records a Kubernetes Event on the Node (blockers, progress people should see).
+    fn event(&self, node: &str, reason: &str, message: &str) -> impl Future<Output = Result<()>>;
+}
