@@ -35,6 +35,8 @@ struct Cli {
 enum Command {
     /// Run a local Kubernetes API with a simulated cluster (kubectl works against it).
     Sandbox(cmd::sandbox::Args),
+    /// Drain a node and wait until every evicted pod's replacement is Ready elsewhere.
+    Drain(cmd::drain::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
     logging::init(&cli.log, cli.log_format);
     let outcome = match cli.command {
         Command::Sandbox(args) => cmd::sandbox::run(args),
+        Command::Drain(args) => cmd::drain::run(args),
     };
     match outcome {
         Ok(code) => code,

@@ -1,3 +1,4 @@
 //! One module per subcommand: argument definitions next to the code that runs them.
 
+pub mod drain;
 pub mod sandbox;

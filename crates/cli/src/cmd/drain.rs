@@ -1,0 +1,167 @@
+//! `quiesce drain NODE`: kubectl drain that waits for replacements to be Ready elsewhere.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use quiesce_core::DrainOptions;
+use quiesce_kube::cluster::Cordon;
+use quiesce_kube::engine::{self, DrainSpec};
+use quiesce_kube::kube_cluster::KubeCluster;
+use quiesce_kube::report::{DrainReport, Outcome, Stage};
+
+/// Output format of the final report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// For scripts: verdict, phases with seconds, pods, blockers.
+    Json,
+}
+
+/// Arguments of `quiesce drain`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The node to drain.
+    pub node: String,
+    /// Kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Give up after this long (e.g. `30s`, `10m`).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Surge every Deployment that cannot lose a pod (otherwise only those annotated
+    /// `quiesce.io/drain-strategy: surge`).
+    #[arg(long)]
+    pub surge: bool,
+    /// Evict pods that have no controller (they are lost) and ignore do-not-disrupt.
+    #[arg(long)]
+    pub force: bool,
+    /// Evict pods with emptyDir volumes (their data is lost).
+    #[arg(long)]
+    pub delete_emptydir_data: bool,
+    /// Make the node schedulable again if the drain fails or times out.
+    #[arg(long)]
+    pub uncordon_on_failure: bool,
+    /// Also taint the node while draining, as `key=value:Effect`.
+    #[arg(long)]
+    pub taint: Option<String>,
+    /// Label the node out of external load balancers before evicting.
+    #[arg(long)]
+    pub exclude_from_load_balancers: bool,
+    /// Report format.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+/// Runs the drain; exit 0 drained (or a clean dry run), 1 blocked or failed.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(drain(args))
+}
+
+async fn drain(args: Args) -> anyhow::Result<ExitCode> {
+    let mut config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding a kubeconfig (give --kubeconfig)")?,
+    };
+    // The engine retries with its own backoff and counts refusals; kube's retries would hide them.
+    config.default_retry = false;
+    let cluster = KubeCluster::new(kube::Client::try_from(config)?);
+    let spec = DrainSpec {
+        node: args.node.clone(),
+        options: DrainOptions {
+            force: args.force,
+            delete_emptydir_data: args.delete_emptydir_data,
+            surge_all: args.surge,
+        },
+        timeout: args.timeout,
+        dry_run: args.dry_run,
+        uncordon_on_failure: args.uncordon_on_failure,
+        cordon: Cordon {
+            taint: args.taint.clone(),
+            exclude_from_load_balancers: args.exclude_from_load_balancers,
+        },
+    };
+    let live = args.output == Output::Text && std::io::stderr().is_terminal();
+    let progress = |pod: &str, stage: Stage| {
+        if live {
+            eprintln!("  {pod}: {}", stage_word(stage));
+        }
+    };
+    let report = engine::drain(&cluster, &spec, &progress).await?;
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => print_text(&report),
+    }
+    let ok = match report.outcome {
+        Outcome::Drained => true,
+        Outcome::Planned => report.verdict != quiesce_core::Verdict::Impossible,
+        Outcome::Blocked | Outcome::Failed => false,
+    };
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn stage_word(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Pending => "pending",
+        Stage::Evicting => "evicting",
+        Stage::Terminating => "terminating",
+        Stage::Gone => "gone",
+        Stage::Replaced => "replacement Ready",
+        Stage::Skipped => "skipped",
+    }
+}
+
+fn print_text(report: &DrainReport) {
+    let outcome = match report.outcome {
+        Outcome::Drained => "drained",
+        Outcome::Planned => "dry run, nothing changed",
+        Outcome::Blocked => "blocked, nothing changed",
+        Outcome::Failed => "failed",
+    };
+    println!(
+        "node {}: {outcome} (verdict: {:?})",
+        report.node, report.verdict
+    );
+    for pod in &report.pods {
+        println!(
+            "  pod {:<50} {:?}, {}",
+            pod.pod,
+            pod.action,
+            stage_word(pod.stage)
+        );
+    }
+    for blocker in &report.blockers {
+        println!("  blocker: {blocker}");
+    }
+    for phase in &report.phases {
+        println!("  {:<20} {:>8.2}s", phase.name, phase.seconds);
+    }
+    if let Some(err) = &report.error {
+        println!(
+            "  error: {err}{}",
+            if report.uncordoned {
+                " (node uncordoned)"
+            } else {
+                ""
+            }
+        );
+    }
+}
