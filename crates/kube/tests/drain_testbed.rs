@@ -1,0 +1,234 @@
+//! The drain engine end to end against the real v1.20 control plane (scheduler, Deployment,
+//! ReplicaSet and disruption controllers, the real eviction endpoint) plus a kubelet stand-in.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use quiesce_core::{DrainOptions, Verdict};
+use quiesce_kube::cluster::Cordon;
+use quiesce_kube::engine::{DrainSpec, drain};
+use quiesce_kube::kube_cluster::KubeCluster;
+use quiesce_kube::report::{DrainReport, Outcome};
+use serde_json::json;
+use support::{Cluster, NEVER_READY_ANNOTATION, STARTUP_DELAY_ANNOTATION};
+
+fn spec(node: &str, options: DrainOptions, timeout: Duration) -> DrainSpec {
+    DrainSpec {
+        node: node.into(),
+        options,
+        timeout,
+        dry_run: false,
+        uncordon_on_failure: false,
+        cordon: Cordon::default(),
+    }
+}
+
+async fn run(cluster: &Cluster, spec: &DrainSpec) -> DrainReport {
+    drain(&KubeCluster::new(cluster.client.clone()), spec, &|_, _| {})
+        .await
+        .expect("the cluster can be read")
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_deployment_is_held_until_its_replacement_is_ready_elsewhere() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .deployment("web", 1, json!({}), json!({STARTUP_DELAY_ANNOTATION: "1s"}))
+        .await;
+    let node = node_of(&cluster.pods("web").await[0]);
+
+    let report = run(
+        &cluster,
+        &spec(&node, DrainOptions::default(), Duration::from_secs(60)),
+    )
+    .await;
+
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    let names: Vec<&str> = report.phases.iter().map(|p| p.name).collect();
+    assert_eq!(
+        names,
+        [
+            "cordoned",
+            "evictions-accepted",
+            "pods-gone",
+            "replacements-ready",
+            "volumes-detached"
+        ]
+    );
+    let ready = report.phase("replacements-ready").unwrap() - report.phase("pods-gone").unwrap();
+    assert!(
+        ready >= 0.9,
+        "the replacement took its 1s startup delay after the old pod went, gate passed after {ready}s"
+    );
+    let pods = cluster.pods("web").await;
+    assert_eq!(pods.len(), 1, "{pods:#?}");
+    assert!(quiesce_core::gate::is_ready(&pods[0]));
+    assert_ne!(node_of(&pods[0]), node);
+    assert!(cluster.unschedulable(&node).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surge_keeps_a_single_replica_ready_throughout() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .deployment(
+            "api",
+            1,
+            json!({"quiesce.io/drain-strategy": "surge"}),
+            json!({STARTUP_DELAY_ANNOTATION: "500ms"}),
+        )
+        .await;
+    let node = node_of(&cluster.pods("api").await[0]);
+    let min_ready = Arc::new(AtomicUsize::new(usize::MAX));
+    let watch = {
+        let min_ready = min_ready.clone();
+        let api: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+        let mut store = kube::runtime::reflector::store::<Pod>();
+        let reader = store.0.clone();
+        tokio::spawn(async move {
+            let mut events = kube::runtime::reflector(
+                std::mem::take(&mut store.1),
+                watcher(api, watcher::Config::default().labels("app=api")),
+            )
+            .default_backoff()
+            .boxed();
+            while events.next().await.is_some() {
+                let ready = reader
+                    .state()
+                    .iter()
+                    .filter(|p| {
+                        quiesce_core::gate::is_ready(p) && p.metadata.deletion_timestamp.is_none()
+                    })
+                    .count();
+                if reader.state().iter().all(|p| p.status.is_some()) {
+                    min_ready.fetch_min(ready, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    let report = run(
+        &cluster,
+        &spec(&node, DrainOptions::default(), Duration::from_secs(60)),
+    )
+    .await;
+    watch.abort();
+
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    assert!(report.phase("surged").is_some());
+    assert_eq!(
+        min_ready.load(Ordering::SeqCst),
+        1,
+        "the Ready count of a surged Deployment never drops to zero"
+    );
+    assert!(cluster.pods("api").await.iter().all(|p| node_of(p) != node));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_blocks_then_unblocks_and_refusals_are_counted() {
+    let cluster = Cluster::start(2).await;
+    cluster.deployment("db", 2, json!({}), json!({})).await;
+    cluster.pdb("db", "db", json!({"minAvailable": 2})).await;
+    let node = node_of(&cluster.pods("db").await[0]);
+
+    // minAvailable 2 of 2 replicas never allows a disruption: refused before anything changes.
+    let report = run(
+        &cluster,
+        &spec(&node, DrainOptions::default(), Duration::from_secs(30)),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Blocked);
+    assert_eq!(report.verdict, Verdict::Impossible);
+    assert_eq!(report.blockers[0].pdb.as_deref(), Some("default/db"));
+    assert!(
+        !cluster.unschedulable(&node).await,
+        "a blocked plan changes nothing"
+    );
+
+    // Scale to 3: the budget now allows one disruption, and the drain completes.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(cluster.client.clone(), "default");
+    deployments
+        .patch(
+            "db",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    cluster.wait_ready("db", 3).await;
+    let report = run(
+        &cluster,
+        &spec(&node, DrainOptions::default(), Duration::from_secs(60)),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    assert!(cluster.pods("db").await.iter().all(|p| node_of(p) != node));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmanaged_pods_need_force_and_a_deadline_uncordons() {
+    let cluster = Cluster::start(2).await;
+    cluster.bare_pod("lonely", "node-1").await;
+    let report = run(
+        &cluster,
+        &spec("node-1", DrainOptions::default(), Duration::from_secs(30)),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Blocked);
+    assert!(
+        report.blockers[0].to_string().contains("--force"),
+        "{:?}",
+        report.blockers
+    );
+    assert!(!cluster.unschedulable("node-1").await);
+
+    // A replacement that never becomes Ready: the gate holds until the deadline, then gives up.
+    cluster.deployment("stuck", 1, json!({}), json!({})).await;
+    let stuck_node = node_of(&cluster.pods("stuck").await[0]);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(cluster.client.clone(), "default");
+    let never = json!({"spec": {"template": {"metadata": {"annotations": {NEVER_READY_ANNOTATION: "true"}}}}});
+    let mut drain_spec = spec(
+        &stuck_node,
+        DrainOptions {
+            force: true,
+            ..Default::default()
+        },
+        Duration::from_secs(3),
+    );
+    drain_spec.uncordon_on_failure = true;
+    // Template change first so the replacement (and only it) never gets Ready; the old pod stays.
+    deployments
+        .patch(
+            "stuck",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(never),
+        )
+        .await
+        .unwrap();
+    let report = run(&cluster, &drain_spec).await;
+    assert_eq!(report.outcome, Outcome::Failed, "{report:#?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("deadline"),
+        "{:?}",
+        report.error
+    );
+    assert!(report.uncordoned);
+    assert!(!cluster.unschedulable(&stuck_node).await);
+}

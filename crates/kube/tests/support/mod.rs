@@ -1,0 +1,292 @@
+//! Test cluster for the drain tests: the real v1.20 control plane (`quiesce-testbed`: API
+//! server, scheduler, Deployment/ReplicaSet/disruption controllers) plus the one piece it lacks,
+//! a kubelet stand-in that starts bound pods and finishes graceful deletions.
+//!
+//! The sandbox (issue 2) will provide its own simulated kubelets; until it lands, this keeps
+//! every scheduling, PDB and eviction decision in the tests with the real Kubernetes code.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
+    Preconditions,
+};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use quiesce_testbed::ControlPlane;
+use serde_json::json;
+use tokio::time::Instant;
+
+/// Pods wait this long after binding before the stand-in marks them Ready.
+pub const STARTUP_DELAY_ANNOTATION: &str = "sandbox.quiesce.io/startup-delay";
+/// A pod with this annotation is never marked Ready (a crash-looping app).
+pub const NEVER_READY_ANNOTATION: &str = "test.quiesce.io/never-ready";
+
+/// A running control plane, its client and the kubelet stand-in.
+pub struct Cluster {
+    pub plane: ControlPlane,
+    pub client: Client,
+    kubelet: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kubelet.abort();
+    }
+}
+
+impl Cluster {
+    /// Starts the control plane with `nodes` schedulable nodes `node-1` … `node-N` (4 CPU each).
+    pub async fn start(nodes: usize) -> Cluster {
+        let plane = ControlPlane::start()
+            .await
+            .expect("the v1.20 control plane starts");
+        let client = plane.client().await.unwrap();
+        for i in 1..=nodes {
+            add_node(&client, &format!("node-{i}"), "4").await;
+        }
+        let kubelet = tokio::spawn(kubelet(client.clone()));
+        Cluster {
+            plane,
+            client,
+            kubelet,
+        }
+    }
+
+    /// Creates a Deployment of `replicas` pods labelled `app=NAME`, each requesting 100m CPU.
+    pub async fn deployment(
+        &self,
+        name: &str,
+        replicas: i32,
+        annotations: serde_json::Value,
+        pod_annotations: serde_json::Value,
+    ) {
+        let d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}, "annotations": pod_annotations},
+                    "spec": {"terminationGracePeriodSeconds": 5, "containers": [{"name": "app", "image": "app:1", "resources": {"requests": {"cpu": "100m"}}}]}
+                }
+            }
+        });
+        let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+            Api::namespaced(self.client.clone(), "default");
+        api.create(&PostParams::default(), &serde_json::from_value(d).unwrap())
+            .await
+            .unwrap();
+        self.wait_ready(name, replicas as usize).await;
+    }
+
+    /// Creates a policy/v1beta1 PDB (the only version 1.20 serves) selecting `app=APP`.
+    pub async fn pdb(&self, name: &str, app: &str, spec: serde_json::Value) {
+        let gvk = GroupVersionKind::gvk("policy", "v1beta1", "PodDisruptionBudget");
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), "default", &ApiResource::from_gvk(&gvk));
+        let mut spec = spec;
+        spec["selector"] = json!({"matchLabels": {"app": app}});
+        let obj = json!({"apiVersion": "policy/v1beta1", "kind": "PodDisruptionBudget", "metadata": {"name": name, "namespace": "default"}, "spec": spec});
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(obj).unwrap(),
+        )
+        .await
+        .unwrap();
+        // The disruption controller computes status asynchronously; wait for it.
+        wait_for(
+            api,
+            watcher::Config::default(),
+            "PDB status",
+            |objs: &[DynamicObject]| {
+                objs.iter().any(|o| {
+                    o.name_any() == name
+                        && o.data["status"]["observedGeneration"].as_i64().is_some()
+                })
+            },
+        )
+        .await;
+    }
+
+    /// Creates a bare pod (no controller) bound to `node`.
+    pub async fn bare_pod(&self, name: &str, node: &str) {
+        let pod = json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "app:1"}]}
+        });
+        Api::<Pod>::namespaced(self.client.clone(), "default")
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(pod).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `n` pods labelled `app=APP` are Ready.
+    pub async fn wait_ready(&self, app: &str, n: usize) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        wait_for(
+            api,
+            watcher::Config::default().labels(&format!("app={app}")),
+            "pods Ready",
+            |pods: &[Pod]| {
+                pods.iter()
+                    .filter(|p| {
+                        quiesce_core::gate::is_ready(p) && p.metadata.deletion_timestamp.is_none()
+                    })
+                    .count()
+                    == n
+            },
+        )
+        .await;
+    }
+
+    /// The pods labelled `app=APP`.
+    pub async fn pods(&self, app: &str) -> Vec<Pod> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        api.list(&kube::api::ListParams::default().labels(&format!("app={app}")))
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Whether the node is cordoned.
+    pub async fn unschedulable(&self, node: &str) -> bool {
+        let n = Api::<Node>::all(self.client.clone())
+            .get(node)
+            .await
+            .unwrap();
+        n.spec.and_then(|s| s.unschedulable).unwrap_or(false)
+    }
+}
+
+/// Watches until `done` holds for the listed objects; panics after 60 s.
+pub async fn wait_for<K>(api: Api<K>, config: watcher::Config, what: &str, mut done: impl FnMut(&[K]) -> bool)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut stream = watcher(api, config).default_backoff().boxed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut objects, mut pending) = (BTreeMap::new(), BTreeMap::new());
+    let mut listed = false;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, stream.try_next()).await {
+            Ok(Ok(Some(event))) => event,
+            other => panic!("{what}: not reached within 60s ({other:?})"),
+        };
+        match event {
+            watcher::Event::Init => pending.clear(),
+            watcher::Event::InitApply(o) => {
+                pending.insert(o.uid().unwrap_or_default(), o);
+            }
+            watcher::Event::InitDone => {
+                objects = std::mem::take(&mut pending);
+                listed = true;
+            }
+            watcher::Event::Apply(o) => {
+                objects.insert(o.uid().unwrap_or_default(), o);
+            }
+            watcher::Event::Delete(o) => {
+                objects.remove(&o.uid().unwrap_or_default());
+            }
+        }
+        let items: Vec<K> = objects.values().cloned().collect();
+        if listed && done(&items) {
+            return;
+        }
+    }
+}
+
+async fn add_node(client: &Client, name: &str, cpu: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}});
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(node).unwrap(),
+        )
+        .await
+        .unwrap();
+    // The TaintNodesByCondition admission plugin adds `not-ready`; a kubelet would clear it.
+    nodes
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": null}})),
+        )
+        .await
+        .unwrap();
+    let resources = json!({"cpu": cpu, "memory": "8Gi", "pods": "110"});
+    let status = json!({"status": {
+        "capacity": resources, "allocatable": resources,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "stand-in"}]
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+}
+
+/// The kubelet stand-in: bound pods become Running and Ready (after their startup delay);
+/// pods marked for deletion are removed (their grace period is not simulated).
+async fn kubelet(client: Client) {
+    let api: Api<Pod> = Api::all(client.clone());
+    let mut started: BTreeMap<String, ()> = BTreeMap::new();
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    while let Some(Ok(pod)) = events.next().await {
+        let uid = pod.uid().unwrap_or_default();
+        let ns = pod.namespace().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        if pod.metadata.deletion_timestamp.is_some() {
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(uid),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            let name = pod.name_any();
+            tokio::spawn(async move {
+                let _ = pods.delete(&name, &dp).await;
+            });
+            continue;
+        }
+        let bound = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some();
+        let annotations = pod.annotations();
+        if !bound || started.contains_key(&uid) || annotations.contains_key(NEVER_READY_ANNOTATION)
+        {
+            continue;
+        }
+        started.insert(uid, ());
+        let delay = annotations
+            .get(STARTUP_DELAY_ANNOTATION)
+            .and_then(|d| humantime::parse_duration(d).ok())
+            .unwrap_or_default();
+        let name = pod.name_any();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let status = json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"},
+                {"type": "Initialized", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}});
+            let _ = pods
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                .await;
+        });
+    }
+}
