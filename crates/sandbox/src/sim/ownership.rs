@@ -1,7 +1,10 @@
 //! Owner references and label selectors, the links between controllers and what they own.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use std::sync::Arc;
+
 use kube::core::Selector;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 /// The controller reference a child of `owner` carries (controller and blockOwnerDeletion
@@ -19,7 +22,10 @@ pub(crate) fn controller_ref<K: Resource<DynamicType = ()>>(owner: &K) -> OwnerR
 
 /// The owner reference marked `controller: true`, if any.
 pub(crate) fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
-    meta.owner_references.as_ref()?.iter().find(|r| r.controller == Some(true))
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
 }
 
 /// Whether `meta`'s controller is the object with `uid`.
@@ -41,5 +47,24 @@ pub(crate) fn matcher(selector: Option<&LabelSelector>, owner: &str) -> Option<S
 
 /// `namespace/name`, the key for per-object bookkeeping.
 pub(crate) fn key<K: Resource>(obj: &K) -> String {
-    format!("{}/{}", obj.meta().namespace.as_deref().unwrap_or_default(), obj.meta().name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The object `reference` points at in `namespace`, if the cache holds it with the same uid
+/// (a recreated namesake is a different owner).
+pub(crate) fn referent<K>(
+    store: &Store<K>,
+    reference: &OwnerReference,
+    namespace: &str,
+) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store
+        .get(&ObjectRef::new(&reference.name).within(namespace))
+        .filter(|o| o.uid().as_deref() == Some(&reference.uid))
 }
