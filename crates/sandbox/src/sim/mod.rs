@@ -13,3 +13,5 @@ pub mod statefulset;
 mod template_hash;
 mod watches;
 mod writes;
+pub mod endpointslice;
+pub mod gc;

@@ -15,9 +15,15 @@ const FIELD_MANAGER: &str = "quiesce-sandbox-controllers";
 fn report(error: &kube::Error, action: &str, name: &str) {
     match error {
         kube::Error::Api(status) if status.code == 409 => {
-            tracing::debug!(action, name, "conflict; the next pass works from the fresh object");
+            tracing::debug!(
+                action,
+                name,
+                "conflict; the next pass works from the fresh object"
+            );
         }
-        kube::Error::Api(status) if status.code == 404 => tracing::debug!(action, name, "already gone"),
+        kube::Error::Api(status) if status.code == 404 => {
+            tracing::debug!(action, name, "already gone")
+        }
         error => tracing::warn!(action, name, %error, "write failed; retried on the next change"),
     }
 }
@@ -42,7 +48,12 @@ where
     match api.create(&PostParams::default(), obj).await {
         Ok(created) => Some(created),
         Err(error) => {
-            let name = obj.meta().name.clone().or_else(|| obj.meta().generate_name.clone()).unwrap_or_default();
+            let name = obj
+                .meta()
+                .name
+                .clone()
+                .or_else(|| obj.meta().generate_name.clone())
+                .unwrap_or_default();
             report(&error, "create", &name);
             None
         }
@@ -57,7 +68,10 @@ where
 {
     let name = obj.name_any();
     let params = DeleteParams {
-        preconditions: Some(Preconditions { uid: obj.uid(), resource_version: None }),
+        preconditions: Some(Preconditions {
+            uid: obj.uid(),
+            resource_version: None,
+        }),
         ..DeleteParams::background()
     };
     match api.delete(&name, &params).await {
@@ -75,11 +89,32 @@ pub(crate) async fn merge<K>(api: &Api<K>, name: &str, patch: serde_json::Value)
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    match api.patch(name, &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..PatchParams::default() }, &Patch::Merge(&patch)).await {
+    match api
+        .patch(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
         Ok(_) => true,
         Err(error) => {
             report(&error, "patch", name);
             false
         }
+    }
+}
+
+/// Replaces `obj` whole, guarded by its resourceVersion (a stale copy loses with a 409).
+pub(crate) async fn replace<K>(api: &Api<K>, obj: &K)
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = obj.name_any();
+    if let Err(error) = api.replace(&name, &PostParams::default(), obj).await {
+        report(&error, "replace", &name);
     }
 }
