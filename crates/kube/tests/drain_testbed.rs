@@ -103,7 +103,12 @@ async fn surge_keeps_a_single_replica_ready_throughout() {
             )
             .default_backoff()
             .boxed();
-            while events.next().await.is_some() {
+            let mut listed = false;
+            while let Some(event) = events.next().await {
+                listed |= matches!(event, Ok(watcher::Event::InitDone));
+                if !listed {
+                    continue;
+                }
                 let ready = reader
                     .state()
                     .iter()
@@ -111,9 +116,7 @@ async fn surge_keeps_a_single_replica_ready_throughout() {
                         quiesce_core::gate::is_ready(p) && p.metadata.deletion_timestamp.is_none()
                     })
                     .count();
-                if reader.state().iter().all(|p| p.status.is_some()) {
-                    min_ready.fetch_min(ready, Ordering::SeqCst);
-                }
+                min_ready.fetch_min(ready, Ordering::SeqCst);
             }
         })
     };
@@ -194,12 +197,16 @@ async fn unmanaged_pods_need_force_and_a_deadline_uncordons() {
     );
     assert!(!cluster.unschedulable("node-1").await);
 
-    // A replacement that never becomes Ready: the gate holds until the deadline, then gives up.
-    cluster.deployment("stuck", 1, json!({}), json!({})).await;
+    // An app that never becomes Ready: the gate holds until the deadline, then gives up.
+    cluster
+        .deployment(
+            "stuck",
+            1,
+            json!({}),
+            json!({NEVER_READY_ANNOTATION: "true"}),
+        )
+        .await;
     let stuck_node = node_of(&cluster.pods("stuck").await[0]);
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-        Api::namespaced(cluster.client.clone(), "default");
-    let never = json!({"spec": {"template": {"metadata": {"annotations": {NEVER_READY_ANNOTATION: "true"}}}}});
     let mut drain_spec = spec(
         &stuck_node,
         DrainOptions {
@@ -209,15 +216,6 @@ async fn unmanaged_pods_need_force_and_a_deadline_uncordons() {
         Duration::from_secs(3),
     );
     drain_spec.uncordon_on_failure = true;
-    // Template change first so the replacement (and only it) never gets Ready; the old pod stays.
-    deployments
-        .patch(
-            "stuck",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(never),
-        )
-        .await
-        .unwrap();
     let report = run(&cluster, &drain_spec).await;
     assert_eq!(report.outcome, Outcome::Failed, "{report:#?}");
     assert!(

@@ -73,7 +73,7 @@ impl Cluster {
                 "replicas": replicas,
                 "selector": {"matchLabels": {"app": name}},
                 "template": {
-                    "metadata": {"labels": {"app": name}, "annotations": pod_annotations},
+                    "metadata": {"labels": {"app": name}, "annotations": pod_annotations.clone()},
                     "spec": {"terminationGracePeriodSeconds": 5, "containers": [{"name": "app", "image": "app:1", "resources": {"requests": {"cpu": "100m"}}}]}
                 }
             }
@@ -83,7 +83,28 @@ impl Cluster {
         api.create(&PostParams::default(), &serde_json::from_value(d).unwrap())
             .await
             .unwrap();
-        self.wait_ready(name, replicas as usize).await;
+        if pod_annotations.get(NEVER_READY_ANNOTATION).is_none() {
+            self.wait_ready(name, replicas as usize).await;
+        } else {
+            self.wait_bound(name, replicas as usize).await;
+        }
+    }
+
+    /// Waits until `n` pods labelled `app=APP` are bound to nodes.
+    pub async fn wait_bound(&self, app: &str, n: usize) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), "default");
+        wait_for(
+            api,
+            watcher::Config::default().labels(&format!("app={app}")),
+            "pods bound",
+            |pods: &[Pod]| {
+                pods.iter()
+                    .filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+                    .count()
+                    == n
+            },
+        )
+        .await;
     }
 
     /// Creates a policy/v1beta1 PDB (the only version 1.20 serves) selecting `app=APP`.
@@ -169,8 +190,12 @@ impl Cluster {
 }
 
 /// Watches until `done` holds for the listed objects; panics after 60 s.
-pub async fn wait_for<K>(api: Api<K>, config: watcher::Config, what: &str, mut done: impl FnMut(&[K]) -> bool)
-where
+pub async fn wait_for<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &str,
+    mut done: impl FnMut(&[K]) -> bool,
+) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let mut stream = watcher(api, config).default_backoff().boxed();
