@@ -7,11 +7,13 @@
 //! - `unhealthyPodEvictionPolicy: AlwaysAllow` lets a not-Ready pod go; under the default
 //!   `IfHealthyBudget` a not-Ready pod goes only while the budget is met
 //!   (currentHealthy ≥ desiredHealthy > 0);
-//! - `checkAndDecrement`: a status older than the spec → 429 "still being processed";
-//!   disruptionsAllowed < 0 → 403; more than 2000 disrupted pods → 403; 0 allowed → 429
-//!   "Cannot evict pod as it would violate the pod's disruption budget." with a
-//!   `DisruptionBudget` cause, and no Retry-After (upstream passes 0 seconds); otherwise the
-//!   budget is decremented and the pod recorded in `status.disruptedPods`;
+//! - `checkAndDecrement`: a status older than the spec → 429 with a "still being processed"
+//!   cause and `Retry-After: 10` (upstream's `createTooManyRequestsError`, since v1.22; v1.20
+//!   passed 0); disruptionsAllowed < 0 → 403; more than 2000 disrupted pods → 403; 0 allowed →
+//!   429 "Cannot evict pod as it would violate the pod's disruption budget." with a
+//!   `DisruptionBudget` cause and no Retry-After (upstream passes 0 seconds, and the testbed's
+//!   recording of a real v1.20 server shows no header); otherwise the budget is decremented and
+//!   the pod recorded in `status.disruptedPods`;
 //! - then the pod is deleted with the eviction's deleteOptions (grace period, preconditions).
 
 use serde_json::{Value, json};
@@ -61,12 +63,34 @@ pub fn delete_options(eviction: &Value, dry_run: bool) -> DeleteOptions {
     }
 }
 
+/// The message every budget 429 carries; the cause says which budget and why.
+const VIOLATION: &str = "Cannot evict pod as it would violate the pod's disruption budget.";
+
+/// Upstream's `Retry-After` for a budget whose status lags its spec.
+const PROCESSING_RETRY_SECONDS: u64 = 10;
+
+/// `metav1.StatusCause{Type: DisruptionBudget}` (the Go field `Type` is `reason` in JSON).
 fn budget_cause(message: String) -> Value {
-    json!({"causes": [{"reason": "DisruptionBudget", "message": message}]})
+    json!([{"reason": "DisruptionBudget", "message": message}])
 }
 
-/// Evicts `ns/name`; returns the `Status` body of a 201.
-pub fn evict(store: &Store, ns: &str, name: &str, opts: &DeleteOptions) -> Result<Value, ApiError> {
+/// Evicts `ns/name` as the `Eviction` body asks; returns the `Status` body of a 201.
+pub fn evict(
+    store: &Store,
+    ns: &str,
+    name: &str,
+    eviction: &Value,
+    dry_run: bool,
+) -> Result<Value, ApiError> {
+    if eviction["metadata"]["name"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty() && n != name)
+    {
+        return Err(ApiError::bad_request(
+            "name in URL does not match name in Eviction object",
+        ));
+    }
+    let mut opts = delete_options(eviction, dry_run);
     let pod = store.get(pods(), ns, name)?;
     if let Some(uid) = &opts.uid {
         let actual = pod["metadata"]["uid"].as_str().unwrap_or_default();
@@ -75,6 +99,13 @@ pub fn evict(store: &Store, ns: &str, name: &str, opts: &DeleteOptions) -> Resul
         }
     }
     if !can_ignore_pdb(&pod) {
+        // Upstream's `shouldEnforceResourceVersion`: the delete is conditional on the pod we
+        // judged, so a pod turning Ready meanwhile cannot slip past its budget.
+        if opts.resource_version.is_none() {
+            opts.resource_version = pod["metadata"]["resourceVersion"]
+                .as_str()
+                .map(String::from);
+        }
         let mut matching = Vec::new();
         store.for_each(pdbs(), |pdb| {
             if pdb["metadata"]["namespace"] != json!(ns) || pdb["spec"]["selector"].is_null() {
@@ -99,7 +130,7 @@ pub fn evict(store: &Store, ns: &str, name: &str, opts: &DeleteOptions) -> Resul
             check_and_decrement(store, ns, pdb_name, &pod, opts.dry_run)?;
         }
     }
-    store.delete(pods(), ns, name, opts)?;
+    store.delete(pods(), ns, name, &opts)?;
     Ok(status::success())
 }
 
@@ -124,10 +155,11 @@ fn check_and_decrement(
     let generation = pdb["metadata"]["generation"].as_i64().unwrap_or(0);
     if observed < generation {
         return Err(ApiError::too_many_requests(
-            "Cannot evict pod as it would violate the pod's disruption budget.",
-            Some(budget_cause(format!(
+            VIOLATION,
+            PROCESSING_RETRY_SECONDS,
+            budget_cause(format!(
                 "The disruption budget {pdb_name} is still being processed by the server."
-            ))),
+            )),
         ));
     }
     let allowed = pod_status["disruptionsAllowed"].as_i64().unwrap_or(0);
@@ -146,10 +178,11 @@ fn check_and_decrement(
         let desired = pod_status["desiredHealthy"].as_i64().unwrap_or(0);
         let current = pod_status["currentHealthy"].as_i64().unwrap_or(0);
         return Err(ApiError::too_many_requests(
-            "Cannot evict pod as it would violate the pod's disruption budget.",
-            Some(budget_cause(format!(
+            VIOLATION,
+            0,
+            budget_cause(format!(
                 "The disruption budget {pdb_name} needs {desired} healthy pods and has {current} currently"
-            ))),
+            )),
         ));
     }
     if dry_run {

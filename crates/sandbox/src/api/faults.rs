@@ -11,6 +11,9 @@ pub enum FaultKind {
     InternalError,
     /// Wait this long, then serve the request normally.
     Delay(Duration),
+    /// Wait this long, then answer 504 Timeout without touching the store, as a server whose
+    /// storage stalled does.
+    Timeout(Duration),
 }
 
 #[derive(Debug)]

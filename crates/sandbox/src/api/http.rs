@@ -108,6 +108,10 @@ pub async fn handle(
                 return error_response(&ApiError::internal_error("injected fault"));
             }
             FaultKind::Delay(delay) => tokio::time::sleep(delay).await,
+            FaultKind::Timeout(delay) => {
+                tokio::time::sleep(delay).await;
+                return error_response(&ApiError::timeout("injected fault"));
+            }
         }
     }
     let accept = headers
@@ -155,17 +159,29 @@ fn lookup_any(plural: &str) -> bool {
     resources::RESOURCES.iter().any(|r| r.plural == plural)
 }
 
-fn parse_body(body: &[u8], r: &Resource, content_type: &str) -> Result<Value, ApiError> {
+/// Decodes a JSON body; a malformed one gets upstream's `transformDecodeError` message
+/// (`handlers/rest.go`): the expected kind, the parser's complaint (Go's wording for a
+/// truncated body) and the start of the body.
+fn parse_body(body: &[u8], kind: &str, content_type: &str) -> Result<Value, ApiError> {
     if content_type.contains("protobuf") {
         return Err(ApiError::unsupported_media_type(content_type));
     }
     serde_json::from_slice(body).map_err(|e| {
+        let complaint = if e.is_eof() {
+            "unexpected end of JSON input".to_string()
+        } else {
+            e.to_string()
+        };
+        let text = String::from_utf8_lossy(body);
+        let shown: String = text.chars().take(MAX_BODY_SHOWN).collect();
         ApiError::bad_request(format!(
-            "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: {e}",
-            r.kind
+            "the object provided is unrecognized (must be of type {kind}): couldn't get version/kind; json parse error: {complaint} ({shown})"
         ))
     })
 }
+
+/// How much of a malformed body an error message quotes.
+const MAX_BODY_SHOWN: usize = 70;
 
 fn flag(params: &Params, key: &str) -> bool {
     params.get(key).is_some_and(|v| v == "true" || v == "1")
@@ -223,19 +239,18 @@ async fn serve(
             Ok(json_response(200, &obj))
         }
         ("POST", None, None) => {
-            let obj = parse_body(&body, r, content_type)?;
+            let obj = parse_body(&body, r.kind, content_type)?;
             Ok(json_response(201, &store.create(r, &ns, obj, dry_run)?))
         }
         ("POST", Some(name), Some("eviction")) if r.plural == "pods" => {
-            let eviction = parse_body(&body, r, content_type)?;
-            let opts = eviction::delete_options(&eviction, dry_run);
+            let eviction = parse_body(&body, "Eviction", content_type)?;
             Ok(json_response(
                 201,
-                &eviction::evict(store, &ns, name, &opts)?,
+                &eviction::evict(store, &ns, name, &eviction, dry_run)?,
             ))
         }
         ("POST", Some(name), Some("binding")) if r.plural == "pods" => {
-            let binding = parse_body(&body, r, content_type)?;
+            let binding = parse_body(&body, "Binding", content_type)?;
             let node = binding["target"]["name"]
                 .as_str()
                 .unwrap_or_default()
@@ -254,7 +269,7 @@ async fn serve(
             Ok(json_response(201, &super::status::success()))
         }
         ("PUT", Some(name), None | Some("status")) => {
-            let obj = parse_body(&body, r, content_type)?;
+            let obj = parse_body(&body, r.kind, content_type)?;
             Ok(json_response(200, &store.update(r, &ns, name, obj, part)?))
         }
         ("PATCH", Some(name), None | Some("status")) => {
@@ -296,6 +311,61 @@ fn event_line(kind: &str, object: Value) -> Bytes {
     Bytes::from(line)
 }
 
+/// Bookmark cadence: upstream's watch cache sends one roughly every minute
+/// (`staging/src/k8s.io/apiserver/pkg/storage/cacher`, bookmarkFrequency).
+const BOOKMARK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a watch request asked for, from its query.
+struct WatchOptions {
+    since: Option<u64>,
+    timeout: Duration,
+    bookmarks: bool,
+    initial_events: bool,
+}
+
+impl WatchOptions {
+    fn parse(params: &Params) -> Result<Self, ApiError> {
+        let initial_events = flag(params, "sendInitialEvents");
+        let since = match params.get("resourceVersion").map(String::as_str) {
+            _ if initial_events => None,
+            None | Some("") | Some("0") => None,
+            Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid resourceVersion {rv:?}: expected an integer"
+                ))
+            })?),
+        };
+        let timeout = match params.get("timeoutSeconds") {
+            None => DEFAULT_WATCH_TIMEOUT,
+            Some(t) => Duration::from_secs(t.parse().map_err(|_| {
+                ApiError::bad_request(format!(
+                    "invalid timeoutSeconds {t:?}: expected a whole number of seconds"
+                ))
+            })?),
+        };
+        Ok(WatchOptions {
+            since,
+            timeout,
+            bookmarks: flag(params, "allowWatchBookmarks"),
+            initial_events,
+        })
+    }
+}
+
+/// A BOOKMARK event: an object of the watched kind carrying only a resourceVersion the client
+/// may resume from; after the initial events of `sendInitialEvents` it carries upstream's
+/// `k8s.io/initial-events-end` annotation.
+fn bookmark(r: &Resource, rv: u64, initial_events_end: bool) -> Bytes {
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if initial_events_end {
+        metadata["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    event_line(
+        "BOOKMARK",
+        json!({"kind": r.kind, "apiVersion": r.api_version(), "metadata": metadata}),
+    )
+}
+
 fn watch(
     shared: &Arc<Shared>,
     r: &'static Resource,
@@ -305,25 +375,14 @@ fn watch(
     params: &Params,
     accept: &str,
 ) -> Result<Response, ApiError> {
-    let since = match params.get("resourceVersion").map(String::as_str) {
-        None | Some("") | Some("0") => None,
-        Some(rv) => Some(rv.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!(
-                "invalid resourceVersion {rv:?}: expected an integer"
-            ))
-        })?),
-    };
-    let timeout = params
-        .get("timeoutSeconds")
-        .and_then(|t| t.parse().ok())
-        .map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs);
+    let options = WatchOptions::parse(params)?;
     let as_table = table::wants_table(accept);
     let idx = index_of(r);
     let matches = move |c: &Change| {
         c.resource == idx
             && namespace
                 .as_deref()
-                .is_none_or(|ns| c.object["metadata"]["namespace"] == json!(ns))
+                .is_none_or(|ns| c.object["metadata"]["namespace"].as_str() == Some(ns))
             && labels.matches(&c.object["metadata"]["labels"])
             && fields.matches(&c.object)
     };
@@ -335,8 +394,10 @@ fn watch(
         };
         event_line(c.kind.as_str(), object)
     };
-    let (backlog, mut rx) = match shared.store.watch(r, since) {
+    let start = match shared.store.watch(r, options.since) {
         Ok(w) => w,
+        // Upstream answers an expired resourceVersion with 200 and one ERROR event carrying
+        // the 410 Status; clients (kube-rs' watcher, client-go's reflector) relist on it.
         Err(e) if e.code == 410 => {
             let line = event_line("ERROR", e.to_status());
             return Ok(stream_response(futures::stream::iter([
@@ -348,28 +409,47 @@ fn watch(
     let mut shutdown = shared.shutdown.subscribe();
     let (tx, out) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
     tokio::spawn(async move {
-        let deadline = tokio::time::sleep(timeout);
+        let mut rx = start.receiver;
+        let mut last_rv = start.rv;
+        let deadline = tokio::time::sleep(options.timeout);
         tokio::pin!(deadline);
-        for change in backlog.iter().filter(|c| matches(c)) {
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + BOOKMARK_INTERVAL,
+            BOOKMARK_INTERVAL,
+        );
+        for change in start.backlog.iter().filter(|c| matches(c)) {
             if tx.send(Ok(encode(change))).await.is_err() {
                 return;
             }
         }
+        if options.bookmarks
+            && tx
+                .send(Ok(bookmark(r, last_rv, options.initial_events)))
+                .await
+                .is_err()
+        {
+            return;
+        }
         loop {
-            tokio::select! {
+            let line = tokio::select! {
                 _ = &mut deadline => return,
                 _ = shutdown.changed() => return,
+                _ = ticks.tick(), if options.bookmarks => bookmark(r, last_rv, false),
                 received = rx.recv() => match received {
-                    Ok(change) if matches(&change) => {
-                        if tx.send(Ok(encode(&change))).await.is_err() {
-                            return;
+                    Ok(change) => {
+                        last_rv = change.rv;
+                        if !matches(&change) {
+                            continue;
                         }
+                        encode(&change)
                     }
-                    Ok(_) => {}
                     // A watcher that fell behind the broadcast buffer ends its stream; the
                     // client resumes from its last resourceVersion, as after any timeout.
                     Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
                 },
+            };
+            if tx.send(Ok(line)).await.is_err() {
+                return;
             }
         }
     });

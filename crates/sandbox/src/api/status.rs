@@ -148,11 +148,31 @@ impl ApiError {
         )
     }
 
-    /// 429 from the eviction handler; upstream v1.20 sends no Retry-After for it.
-    pub fn too_many_requests(message: impl Into<String>, details: Option<Value>) -> Self {
+    /// 429 as `errors.NewTooManyRequests` builds it: a positive `retry_after` goes into
+    /// `details.retryAfterSeconds` and the `Retry-After` header (upstream's `ErrorNegotiated`
+    /// sets the header only for a positive value), a zero one into neither.
+    pub fn too_many_requests(message: impl Into<String>, retry_after: u64, causes: Value) -> Self {
         let mut err = Self::new(429, "TooManyRequests", message);
-        err.details = details;
+        let mut details = json!({"causes": causes});
+        if retry_after > 0 {
+            details["retryAfterSeconds"] = json!(retry_after);
+            err.retry_after = Some(retry_after);
+        }
+        err.details = Some(details);
         err
+    }
+
+    /// 504 as a server whose storage did not answer in time reports it
+    /// (`errors.NewTimeoutError`), for injected timeouts.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(
+            504,
+            "Timeout",
+            format!(
+                "Timeout: request did not complete within the allotted timeout: {}",
+                message.into()
+            ),
+        )
     }
 
     /// 500 with upstream's empty reason (a plain Go error turned into a Status).

@@ -50,7 +50,14 @@ pub struct Change {
 }
 
 /// The start of a watch: the changes to replay, then a receiver for live ones.
-pub type WatchStart = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+pub struct WatchStart {
+    /// Changes to send first, oldest first.
+    pub backlog: Vec<Arc<Change>>,
+    /// Every change written after the backlog.
+    pub receiver: broadcast::Receiver<Arc<Change>>,
+    /// The resourceVersion the backlog brings a watcher up to (a safe bookmark).
+    pub rv: u64,
+}
 
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,7 +508,11 @@ impl Store {
                     .collect()
             }
         };
-        Ok((backlog, receiver))
+        Ok(WatchStart {
+            backlog,
+            receiver,
+            rv: inner.rv,
+        })
     }
 }
 
@@ -606,9 +617,10 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(store.watch(pods(), Some(1)).unwrap_err().code, 410);
-        let (backlog, _) = store
+        let start = store
             .watch(pods(), Some(store.resource_version() - 1))
             .unwrap();
-        assert_eq!(backlog.len(), 1);
+        assert_eq!(start.backlog.len(), 1);
+        assert_eq!(start.rv, store.resource_version());
     }
 }
