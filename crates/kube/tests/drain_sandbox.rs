@@ -1,0 +1,231 @@
+//! The drain engine against the sandbox: its default workloads (a DaemonSet, a StatefulSet,
+//! Deployments with and without a PDB), plan-time blockers, and injected API failures.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ListParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use quiesce_core::{DrainOptions, Verdict};
+use quiesce_kube::cluster::Cordon;
+use quiesce_kube::engine::{DrainSpec, drain};
+use quiesce_kube::kube_cluster::KubeCluster;
+use quiesce_kube::report::{DrainReport, Outcome, Stage};
+use quiesce_sandbox::api::FaultKind;
+use quiesce_sandbox::scenario::Scenario;
+use quiesce_sandbox::time::TimeScale;
+use quiesce_sandbox::{Sandbox, SandboxOptions};
+use serde_json::json;
+
+async fn sandbox(scenario: Scenario) -> Sandbox {
+    Sandbox::start(SandboxOptions {
+        scenario,
+        time_scale: TimeScale::new(20.0).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .expect("the sandbox starts")
+}
+
+async fn run(client: Client, node: &str, timeout: Duration) -> DrainReport {
+    let spec = DrainSpec {
+        node: node.into(),
+        options: DrainOptions::default(),
+        timeout,
+        dry_run: false,
+        uncordon_on_failure: false,
+        cordon: Cordon::default(),
+    };
+    drain(&KubeCluster::new(client), &spec, &|_, _| {})
+        .await
+        .expect("the cluster can be read")
+}
+
+/// Waits until `n` pods of `namespace` labelled `selector` are Ready and not terminating.
+async fn ready(client: &Client, namespace: &str, selector: &str, n: usize) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    support::wait_for(
+        api,
+        watcher::Config::default().labels(selector),
+        selector,
+        |pods: &[Pod]| {
+            pods.iter()
+                .filter(|p| {
+                    quiesce_core::gate::is_ready(p) && p.metadata.deletion_timestamp.is_none()
+                })
+                .count()
+                == n
+        },
+    )
+    .await;
+}
+
+async fn pods_on(client: &Client, node: &str) -> Vec<Pod> {
+    let api: Api<Pod> = Api::all(client.clone());
+    api.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await
+        .unwrap()
+        .items
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap()
+}
+
+async fn default_cluster_ready() -> (Sandbox, Client) {
+    let sb = sandbox(Scenario::default_for(3)).await;
+    let client = sb.client();
+    ready(&client, "default", "app=web", 3).await;
+    ready(&client, "default", "app=api", 1).await;
+    ready(&client, "default", "app=db", 2).await;
+    ready(&client, "kube-system", "app=log-agent", 3).await;
+    (sb, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_and_deployments_are_replaced_and_the_daemonset_stays() {
+    let (sb, client) = default_cluster_ready().await;
+    let db: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let node = node_of(&db.get("db-0").await.unwrap());
+
+    let report = run(client.clone(), &node, Duration::from_secs(60)).await;
+
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    let agent = report
+        .pods
+        .iter()
+        .find(|p| p.pod.starts_with("kube-system/log-agent"))
+        .expect("the DaemonSet pod is in the report");
+    assert_eq!(agent.stage, Stage::Skipped);
+    let left: Vec<String> = pods_on(&client, &node)
+        .await
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    assert!(
+        left.len() == 1 && left[0].starts_with("log-agent"),
+        "only the DaemonSet pod stays: {left:?}"
+    );
+    assert!(
+        report
+            .pods
+            .iter()
+            .filter(|p| p.stage != Stage::Skipped)
+            .all(|p| p.stage == Stage::Replaced),
+        "{report:#?}"
+    );
+    ready(&client, "default", "app=db", 2).await;
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_without_losing_track_of_a_pod() {
+    let (sb, client) = default_cluster_ready().await;
+    let web: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "default")
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items;
+    let node = node_of(&web[0]);
+    // Evictions are POSTs to pods: the first three fail with 500, one more times out with 504;
+    // a watch of pods is cut by a 500 as well.
+    sb.faults()
+        .inject(Some("POST"), Some("pods"), 3, FaultKind::InternalError);
+    sb.faults().inject(
+        Some("POST"),
+        Some("pods"),
+        1,
+        FaultKind::Timeout(Duration::from_millis(200)),
+    );
+    sb.faults()
+        .inject(Some("GET"), Some("pods"), 2, FaultKind::InternalError);
+
+    let report = run(client.clone(), &node, Duration::from_secs(90)).await;
+
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    assert!(
+        report.pods.iter().map(|p| p.refusals).sum::<u32>() >= 1,
+        "the failures were seen and retried: {report:#?}"
+    );
+    assert!(
+        report
+            .pods
+            .iter()
+            .filter(|p| p.stage != Stage::Skipped)
+            .all(|p| p.stage == Stage::Replaced),
+        "{report:#?}"
+    );
+    assert_eq!(
+        pods_on(&client, &node).await.len(),
+        1,
+        "only the DaemonSet pod stays"
+    );
+    sb.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_budgets_and_a_capacity_shortage_are_reported_before_anything_changes() {
+    let sb = sandbox(Scenario::nodes_only(2)).await;
+    let client = sb.client();
+    // 2 replicas of 3 CPU on 4-CPU nodes: one per node, and no room for a second anywhere.
+    let deployment = json!({
+        "metadata": {"name": "big", "namespace": "default"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "big"}}, "template": {
+            "metadata": {"labels": {"app": "big"}},
+            "spec": {"containers": [{"name": "big", "image": "big:1", "resources": {"requests": {"cpu": "3"}}}]}}}
+    });
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment).unwrap(),
+        )
+        .await
+        .unwrap();
+    ready(&client, "default", "app=big", 2).await;
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), "default");
+    for name in ["big-a", "big-b"] {
+        let pdb = json!({"metadata": {"name": name}, "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "big"}}}});
+        pdbs.create(
+            &PostParams::default(),
+            &serde_json::from_value(pdb).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let before: Vec<Pod> = pods_on(&client, "node-1").await;
+
+    let report = run(client.clone(), "node-1", Duration::from_secs(30)).await;
+
+    assert_eq!(report.outcome, Outcome::Blocked);
+    assert_eq!(report.verdict, Verdict::Impossible);
+    let text: Vec<String> = report.blockers.iter().map(|b| b.to_string()).collect();
+    assert!(
+        text.iter()
+            .any(|b| b.contains("default/big-a, default/big-b")
+                && b.contains("2 PodDisruptionBudgets")),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|b| b.contains("no other node has room")),
+        "{text:?}"
+    );
+    let node = Api::<Node>::all(client.clone())
+        .get("node-1")
+        .await
+        .unwrap();
+    assert_ne!(
+        node.spec.and_then(|s| s.unschedulable),
+        Some(true),
+        "nothing was cordoned"
+    );
+    let after: Vec<Pod> = pods_on(&client, "node-1").await;
+    assert_eq!(
+        before.iter().map(|p| &p.metadata.uid).collect::<Vec<_>>(),
+        after.iter().map(|p| &p.metadata.uid).collect::<Vec<_>>()
+    );
+    sb.shutdown().await;
+}
