@@ -3,7 +3,9 @@
 
 pub mod deployment;
 pub mod disruption;
+pub mod endpointslice;
 mod expectations;
+pub mod gc;
 mod int_or_percent;
 mod ownership;
 mod pod_state;
@@ -12,6 +14,5 @@ mod rollout;
 pub mod statefulset;
 mod template_hash;
 mod watches;
+pub mod workloads;
 mod writes;
-pub mod endpointslice;
-pub mod gc;

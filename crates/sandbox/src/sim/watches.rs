@@ -70,7 +70,7 @@ impl Watches {
 
     /// Waits for the next change, or until `wake_after` passes (for time-based transitions
     /// such as minReadySeconds, which no watch event announces).
-    pub(crate) async fn changed(&self, wake_after: Option<Duration>) {
+    pub(crate) async fn changed(&mut self, wake_after: Option<Duration>) {
         match wake_after {
             Some(after) => {
                 let _ = tokio::time::timeout(after, self.changed.notified()).await;
