@@ -31,7 +31,7 @@ pub(super) fn reconcile(pass: &mut Pass<'_>) {
         };
         for i in 0..want {
             match by_ordinal(i) {
-                Some(pod) if ordered && !(is_ready(pod) && !deleting(pod)) => break,
+                Some(pod) if ordered && (deleting(pod) || !is_ready(pod)) => break,
                 Some(_) => {}
                 None => {
                     let pod_name = format!("{name}-{i}");
