@@ -1,0 +1,173 @@
+//! `quiesce drain` as a user runs it: the real binary against the sandbox through a kubeconfig.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client};
+use quiesce_sandbox::scenario::Scenario;
+use quiesce_sandbox::time::TimeScale;
+use quiesce_sandbox::{Sandbox, SandboxOptions};
+use serde_json::{Value, json};
+
+struct Setup {
+    sandbox: Sandbox,
+    client: Client,
+    kubeconfig: tempfile::NamedTempFile,
+}
+
+/// The default scenario on 3 nodes, with every Deployment rolled out.
+async fn setup() -> Setup {
+    let sandbox = Sandbox::start(SandboxOptions {
+        scenario: Scenario::default_for(3),
+        time_scale: TimeScale::new(20.0).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .expect("the sandbox starts");
+    let client = sandbox.client();
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    sandbox.write_kubeconfig(kubeconfig.path()).unwrap();
+    for name in ["api", "web"] {
+        rolled_out(&client, name).await;
+    }
+    Setup {
+        sandbox,
+        client,
+        kubeconfig,
+    }
+}
+
+async fn rolled_out(client: &Client, deployment: &str) {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(api, deployment, conditions::is_deployment_completed()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("deployment {deployment} rolled out within 60s"))
+    .unwrap();
+}
+
+async fn api_pods(client: &Client) -> Vec<Pod> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.list(&ListParams::default().labels("app=api"))
+        .await
+        .unwrap()
+        .items
+}
+
+fn node_of(pod: &Pod) -> String {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap()
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Runs the binary with a deadline; returns exit code and stdout.
+async fn quiesce(setup: &Setup, args: &[&str]) -> (i32, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiesce"));
+    cmd.args(args)
+        .arg("--kubeconfig")
+        .arg(setup.kubeconfig.path())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("quiesce drain finished within 120s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("stderr: {}", String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exits_zero_only_once_the_single_replica_is_ready_elsewhere() {
+    let setup = setup().await;
+    let node = node_of(&api_pods(&setup.client).await[0]);
+
+    let (code, stdout) = quiesce(
+        &setup,
+        &["drain", &node, "--timeout", "60s", "--output", "json"],
+    )
+    .await;
+
+    assert_eq!(code, 0, "{stdout}");
+    let pods = api_pods(&setup.client).await;
+    assert!(
+        pods.len() == 1 && ready(&pods[0]) && node_of(&pods[0]) != node,
+        "{pods:#?}"
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["outcome"], "drained");
+    let phases: Vec<(&str, f64)> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["seconds"].as_f64().unwrap()))
+        .collect();
+    let names: Vec<&str> = phases.iter().map(|p| p.0).collect();
+    assert_eq!(
+        names,
+        [
+            "cordoned",
+            "evictions-accepted",
+            "pods-gone",
+            "replacements-ready",
+            "volumes-detached"
+        ]
+    );
+    assert!(phases.windows(2).all(|w| w[0].1 <= w[1].1), "{phases:?}");
+    assert!(report["pods"].as_array().unwrap().iter().any(|p| {
+        p["pod"].as_str().unwrap().starts_with("default/api-") && p["stage"] == "replaced"
+    }));
+    setup.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_names_a_max_unavailable_zero_budget_and_changes_nothing() {
+    let setup = setup().await;
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(setup.client.clone(), "default");
+    let pdb = json!({"metadata": {"name": "api-frozen"}, "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "api"}}}});
+    pdbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(pdb).unwrap(),
+    )
+    .await
+    .unwrap();
+    let before = api_pods(&setup.client).await;
+    let node = node_of(&before[0]);
+
+    let (code, stdout) = quiesce(&setup, &["drain", &node, "--dry-run"]).await;
+
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("PDB default/api-frozen: maxUnavailable is 0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("dry run, nothing changed"), "{stdout}");
+    let after = api_pods(&setup.client).await;
+    assert_eq!(before[0].metadata.uid, after[0].metadata.uid);
+    let n = Api::<Node>::all(setup.client.clone())
+        .get(&node)
+        .await
+        .unwrap();
+    assert_ne!(n.spec.and_then(|s| s.unschedulable), Some(true));
+    setup.sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_usage_exits_two() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_quiesce"))
+        .args(["drain", "node-1", "--timeout", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout"));
+}
