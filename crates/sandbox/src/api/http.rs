@@ -18,6 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::Shared;
 use super::eviction;
 use super::faults::FaultKind;
+use super::openapi;
 use super::patch::{self, PatchType};
 use super::resources::{self, Resource, lookup};
 use super::selector::{FieldSelector, LabelSelector};
@@ -131,6 +132,10 @@ pub async fn handle(
         )),
         ["version"] => Ok(json_response(200, &resources::version())),
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
+        ["openapi", "v3"] => Ok(json_response(200, &openapi::root())),
+        ["openapi", "v3", gv @ ..] => openapi::group_version(&gv.join("/"))
+            .map(|doc| json_response(200, &doc))
+            .ok_or_else(ApiError::no_such_resource),
         ["api"] => Ok(json_response(200, &resources::core_versions())),
         ["apis"] => Ok(json_response(200, &resources::group_list())),
         ["apis", group] => resources::group(group)

@@ -10,6 +10,7 @@ mod defaults;
 pub mod eviction;
 mod faults;
 mod http;
+mod openapi;
 pub mod patch;
 pub mod resources;
 pub mod selector;

@@ -5,6 +5,15 @@
 
 use serde_json::{Value, json};
 
+/// `schema.GroupResource.String()`: `pods`, `deployments.apps`.
+fn qualified(group: &str, plural: &str) -> String {
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    }
+}
+
 /// One failed request, carrying everything the `Status` body and headers need.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -38,7 +47,8 @@ impl ApiError {
 
     /// 404 for a named object: `pods "x" not found`.
     pub fn not_found(group: &str, plural: &str, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{plural} \"{name}\" not found"))
+        let qualified = qualified(group, plural);
+        Self::new(404, "NotFound", format!("{qualified} \"{name}\" not found"))
             .with_details(json!({"name": name, "group": group, "kind": plural}))
     }
 
@@ -53,21 +63,18 @@ impl ApiError {
 
     /// 409 on create of an existing name.
     pub fn already_exists(group: &str, plural: &str, name: &str) -> Self {
+        let qualified = qualified(group, plural);
         Self::new(
             409,
             "AlreadyExists",
-            format!("{plural} \"{name}\" already exists"),
+            format!("{qualified} \"{name}\" already exists"),
         )
         .with_details(json!({"name": name, "group": group, "kind": plural}))
     }
 
     /// 409 on an update with a stale resourceVersion.
     pub fn stale(group: &str, plural: &str, name: &str) -> Self {
-        let qualified = if group.is_empty() {
-            plural.to_string()
-        } else {
-            format!("{plural}.{group}")
-        };
+        let qualified = qualified(group, plural);
         Self::new(
             409,
             "Conflict",

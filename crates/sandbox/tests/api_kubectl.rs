@@ -1,0 +1,311 @@
+//! The real kubectl (v1.32) against the bare API server, no simulated cluster: discovery and
+//! short names, `create -f`, the three patch types, server-side Tables, `get -w` streaming,
+//! graceful `delete`, and kubectl's rendering of our `Status` errors.
+
+mod api_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use api_support::{pod, server};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use quiesce_sandbox::api::ApiServer;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// kubectl pointed at one server, with its own discovery cache.
+struct Kubectl {
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(server: &ApiServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        // JSON is YAML, and kubectl reads it as such.
+        let text = serde_json::to_string(&server.kubeconfig()).unwrap();
+        std::fs::write(&kubeconfig, text).unwrap();
+        Kubectl {
+            kubeconfig,
+            cache: dir.path().join("cache"),
+            _dir: dir,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .arg("--request-timeout=20s")
+            .args(args)
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs kubectl to completion within a deadline.
+    async fn run(&self, args: &[&str]) -> Output {
+        tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("kubectl {args:?} finished within 60s"))
+            .expect("kubectl runs")
+    }
+
+    /// Runs kubectl and returns its stdout, failing the test on a non-zero exit.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// The row of `table` whose first column is `name`, split into columns.
+fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no row {name} in:\n{table}"))
+        .split_whitespace()
+        .collect()
+}
+
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// The next line a streaming kubectl prints, within a deadline.
+async fn next_line(lines: &mut Lines) -> String {
+    tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("kubectl printed a line within 20s")
+        .unwrap()
+        .expect("kubectl is still streaming")
+}
+
+async fn ready_node(server: &ApiServer, name: &str) {
+    let nodes: Api<Node> = Api::all(server.client());
+    let node = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                   "addresses": [{"type": "InternalIP", "address": "10.0.0.7"}],
+                   "nodeInfo": {"kubeletVersion": "v1.33.0", "osImage": "Bottlerocket OS 1.20",
+                                "kernelVersion": "6.1.0", "containerRuntimeVersion": "containerd://1.7.0",
+                                "architecture": "amd64", "operatingSystem": "linux",
+                                "bootID": "", "machineID": "", "systemUUID": "", "kubeProxyVersion": ""}}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    nodes
+        .patch_status(
+            name,
+            &Default::default(),
+            &kube::api::Patch::Merge(json!({"status": node.status})),
+        )
+        .await
+        .unwrap();
+}
+
+fn write_manifest(dir: &Path) -> PathBuf {
+    let path = dir.join("app.yaml");
+    std::fs::write(
+        &path,
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: app
+        image: registry.invalid/web:1
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+spec:
+  minAvailable: 1
+  selector:
+    matchLabels: {app: web}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+"#,
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_create_and_patch() {
+    let server = server().await;
+    let k = Kubectl::new(&server);
+    let resources = k.ok(&["api-resources", "--no-headers"]).await;
+    for (plural, short) in [
+        ("pods", "po"),
+        ("nodes", "no"),
+        ("deployments", "deploy"),
+        ("poddisruptionbudgets", "pdb"),
+        ("daemonsets", "ds"),
+    ] {
+        assert_eq!(row(&resources, plural)[1], short, "{resources}");
+    }
+
+    let manifest = write_manifest(k._dir.path());
+    let created = k.ok(&["create", "-f", manifest.to_str().unwrap()]).await;
+    for line in [
+        "deployment.apps/web created",
+        "poddisruptionbudget.policy/web created",
+        "service/web created",
+    ] {
+        assert!(created.contains(line), "{created}");
+    }
+    let again = k.run(&["create", "-f", manifest.to_str().unwrap()]).await;
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains(r#"Error from server (AlreadyExists): error when creating"#)
+            && stderr.contains(r#"deployments.apps "web" already exists"#),
+        "{stderr}"
+    );
+
+    k.ok(&["rollout", "restart", "deployment/web"]).await;
+    let annotations = k
+        .ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.metadata.generation} {.spec.template.metadata.annotations}",
+        ])
+        .await;
+    assert!(
+        annotations.starts_with("2 ") && annotations.contains("kubectl.kubernetes.io/restartedAt"),
+        "{annotations}"
+    );
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/replicas", "value": 3}]"#,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec": {"replicas": 4}}"#,
+    ])
+    .await;
+    k.ok(&["label", "pdb", "web", "team=edge"]).await;
+    let got = k
+        .ok(&[
+            "get",
+            "deploy,pdb",
+            "-o",
+            "jsonpath={.items[0].spec.replicas} {.items[1].metadata.labels.team}",
+        ])
+        .await;
+    assert_eq!(got, "4 edge");
+
+    let missing = k.run(&["get", "pod", "nope"]).await;
+    assert_eq!(
+        String::from_utf8_lossy(&missing.stderr).trim(),
+        r#"Error from server (NotFound): pods "nope" not found"#
+    );
+    let bad = k.run(&["get", "pods", "-l", "a in (b"]).await;
+    assert!(!bad.status.success());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_cordon_watch_and_graceful_delete() {
+    let server = server().await;
+    let k = Kubectl::new(&server);
+    ready_node(&server, "ip-10-0-0-7").await;
+    let pods: Api<Pod> = Api::namespaced(server.client(), "default");
+    pods.create(
+        &PostParams::default(),
+        &pod("web-1", Some("ip-10-0-0-7"), json!({"app": "web"})),
+    )
+    .await
+    .unwrap();
+
+    let nodes = k.ok(&["get", "nodes", "-o", "wide"]).await;
+    let header: Vec<&str> = nodes.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        &header[..6],
+        ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP"]
+    );
+    assert_eq!(row(&nodes, "ip-10-0-0-7")[1], "Ready");
+    assert_eq!(row(&nodes, "ip-10-0-0-7")[5], "10.0.0.7");
+    k.ok(&["cordon", "ip-10-0-0-7"]).await;
+    let nodes = k.ok(&["get", "nodes"]).await;
+    assert_eq!(row(&nodes, "ip-10-0-0-7")[1], "Ready,SchedulingDisabled");
+    k.ok(&["uncordon", "ip-10-0-0-7"]).await;
+    let nodes = k.ok(&["get", "no"]).await;
+    assert_eq!(row(&nodes, "ip-10-0-0-7")[1], "Ready");
+
+    let wide = k.ok(&["get", "pods", "-o", "wide"]).await;
+    assert!(
+        wide.lines().next().unwrap().contains("NOMINATED NODE"),
+        "{wide}"
+    );
+    let web = row(&wide, "web-1");
+    assert_eq!((web[1], web[2]), ("0/1", "Pending"));
+    assert!(web.contains(&"ip-10-0-0-7"), "{wide}");
+
+    // `get -w` streams: the pod we then delete shows up as Terminating.
+    let mut watch = k
+        .command(&["get", "pods", "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let first = next_line(&mut lines).await;
+    assert!(first.starts_with("NAME"), "{first}");
+    let listed = next_line(&mut lines).await;
+    assert!(listed.starts_with("web-1"), "{listed}");
+    k.ok(&["delete", "pod", "web-1", "--wait=false"]).await;
+    let event = next_line(&mut lines).await;
+    assert_eq!(
+        event.split_whitespace().take(3).collect::<Vec<_>>(),
+        ["web-1", "0/1", "Terminating"]
+    );
+    watch.kill().await.unwrap();
+    let terminating = pods.get("web-1").await.unwrap();
+    assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+
+    pods.delete("web-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let gone = k.ok(&["get", "pods", "--ignore-not-found"]).await;
+    assert_eq!(gone, "");
+    server.shutdown().await;
+}
