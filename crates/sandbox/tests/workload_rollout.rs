@@ -26,7 +26,12 @@ fn deployment(name: &str, replicas: i32, ready_after_ms: u32, strategy: Value) -
 }
 
 /// The deployment is fully rolled out at `generation`, as `kubectl rollout status` judges it.
-async fn rolled_out(deployments: &Api<Deployment>, name: &str, generation: i64, replicas: i32) -> Option<Deployment> {
+async fn rolled_out(
+    deployments: &Api<Deployment>,
+    name: &str,
+    generation: i64,
+    replicas: i32,
+) -> Option<Deployment> {
     let d = deployments.get(name).await.ok()?;
     let s = d.status.clone()?;
     let done = s.observed_generation == Some(generation)
@@ -69,29 +74,53 @@ async fn rolling_update_keeps_ready_pods_within_max_unavailable_and_surge() {
     let c = Cluster::start().await;
     let deployments: Api<Deployment> = c.api();
     let pods: Api<Pod> = c.api();
-    let strategy = json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "25%"}});
+    let strategy =
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "25%"}});
     create(&deployments, deployment("web", 4, 100, strategy)).await;
-    eventually("the first rollout", || rolled_out(&deployments, "web", 1, 4)).await;
+    eventually("the first rollout", || {
+        rolled_out(&deployments, "web", 1, 4)
+    })
+    .await;
 
     // Every pod change from here on, in the API's order: the fewest Ready (and not
     // terminating) pods and the most live pods at any point.
     let bounds = Arc::new(Mutex::new((usize::MAX, 0)));
     let history = tokio::spawn(track(pods.clone(), bounds.clone()));
-    eventually("the watch to start", || async { (bounds.lock().unwrap().1 > 0).then_some(()) }).await;
+    eventually("the watch to start", || async {
+        (bounds.lock().unwrap().1 > 0).then_some(())
+    })
+    .await;
     deployments
         .patch("web", &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2"}]}}}})))
         .await
         .unwrap();
-    let d = eventually("the second rollout", || rolled_out(&deployments, "web", 2, 4)).await;
+    let d = eventually("the second rollout", || {
+        rolled_out(&deployments, "web", 2, 4)
+    })
+    .await;
     history.abort();
     let (min_ready, max_live) = *bounds.lock().unwrap();
-    assert!(min_ready >= 3, "Ready pods dropped to {min_ready}, below replicas - maxUnavailable = 3");
-    assert!(max_live <= 5, "{max_live} live pods, above replicas + maxSurge = 5");
+    assert!(
+        min_ready >= 3,
+        "Ready pods dropped to {min_ready}, below replicas - maxUnavailable = 3"
+    );
+    assert!(
+        max_live <= 5,
+        "{max_live} live pods, above replicas + maxSurge = 5"
+    );
 
     let live = active_pods(&pods, "web-").await;
     let new_hash = live[0].labels()["pod-template-hash"].clone();
-    assert!(live.iter().all(|p| p.labels()["pod-template-hash"] == new_hash));
-    assert_eq!(d.annotations().get("deployment.kubernetes.io/revision").map(String::as_str), Some("2"));
+    assert!(
+        live.iter()
+            .all(|p| p.labels()["pod-template-hash"] == new_hash)
+    );
+    assert_eq!(
+        d.annotations()
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str),
+        Some("2")
+    );
     c.stop().await;
 }
 
@@ -101,18 +130,32 @@ async fn kubectl_rollout_restart_completes_with_upstream_conditions() {
     let deployments: Api<Deployment> = c.api();
     let sets: Api<ReplicaSet> = c.api();
     create(&deployments, deployment("api", 2, 50, json!({}))).await;
-    eventually("the first rollout", || rolled_out(&deployments, "api", 1, 2)).await;
+    eventually("the first rollout", || {
+        rolled_out(&deployments, "api", 1, 2)
+    })
+    .await;
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, serde_saphyr::to_string(&c.server.kubeconfig()).unwrap()).unwrap();
+    std::fs::write(
+        &kubeconfig,
+        serde_saphyr::to_string(&c.server.kubeconfig()).unwrap(),
+    )
+    .unwrap();
     let kubectl = |args: &'static [&'static str]| {
         let kubeconfig = kubeconfig.clone();
         async move {
             let mut cmd = tokio::process::Command::new("kubectl");
-            cmd.arg("--kubeconfig").arg(kubeconfig).arg("--request-timeout=20s").args(args);
-            let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.unwrap().unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+            cmd.arg("--kubeconfig")
+                .arg(kubeconfig)
+                .arg("--request-timeout=20s")
+                .args(args);
+            let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+                .await
+                .unwrap()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
             assert!(out.status.success(), "kubectl {args:?} failed: {text}");
             text
         }
@@ -124,24 +167,60 @@ async fn kubectl_rollout_restart_completes_with_upstream_conditions() {
     let d = deployments.get("api").await.unwrap();
     let conditions = d.status.unwrap().conditions.unwrap();
     let find = |t: &str| conditions.iter().find(|c| c.type_ == t).unwrap();
-    assert_eq!((find("Available").status.as_str(), find("Available").reason.as_deref()), ("True", Some("MinimumReplicasAvailable")));
-    assert_eq!((find("Progressing").status.as_str(), find("Progressing").reason.as_deref()), ("True", Some("NewReplicaSetAvailable")));
-    assert_eq!(d.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"], "2");
-    let replicas: Vec<_> = sets.list(&Default::default()).await.unwrap().items.iter().map(|rs| rs.spec.as_ref().unwrap().replicas).collect();
+    assert_eq!(
+        (
+            find("Available").status.as_str(),
+            find("Available").reason.as_deref()
+        ),
+        ("True", Some("MinimumReplicasAvailable"))
+    );
+    assert_eq!(
+        (
+            find("Progressing").status.as_str(),
+            find("Progressing").reason.as_deref()
+        ),
+        ("True", Some("NewReplicaSetAvailable"))
+    );
+    assert_eq!(
+        d.metadata.annotations.unwrap()["deployment.kubernetes.io/revision"],
+        "2"
+    );
+    let replicas: Vec<_> = sets
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|rs| rs.spec.as_ref().unwrap().replicas)
+        .collect();
     assert_eq!(replicas.len(), 2, "the old ReplicaSet is kept as history");
-    assert!(replicas.contains(&Some(0)) && replicas.contains(&Some(2)), "{replicas:?}");
+    assert!(
+        replicas.contains(&Some(0)) && replicas.contains(&Some(2)),
+        "{replicas:?}"
+    );
     c.stop().await;
 }
 
 /// Creates a PDB over `app` and waits for the controller's first status (its condition:
 /// a failed sync, like upstream's failSafe, leaves observedGeneration alone).
-async fn budget(pdbs: &Api<PodDisruptionBudget>, name: &str, app: &str, spec: Value) -> PodDisruptionBudget {
+async fn budget(
+    pdbs: &Api<PodDisruptionBudget>,
+    name: &str,
+    app: &str,
+    spec: Value,
+) -> PodDisruptionBudget {
     let mut full = json!({"selector": {"matchLabels": {"app": app}}});
     json_patch::merge(&mut full, &spec);
     create(pdbs, json!({"metadata": {"name": name}, "spec": full})).await;
     eventually("the PDB status", || async {
         let pdb = pdbs.get(name).await.ok()?;
-        pdb.status.as_ref()?.conditions.as_ref()?.iter().any(|c| c.type_ == "DisruptionAllowed").then_some(pdb)
+        pdb.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .any(|c| c.type_ == "DisruptionAllowed")
+            .then_some(pdb)
     })
     .await
 }
@@ -149,8 +228,21 @@ async fn budget(pdbs: &Api<PodDisruptionBudget>, name: &str, app: &str, spec: Va
 /// (expectedPods, currentHealthy, desiredHealthy, disruptionsAllowed, condition reason).
 fn numbers(pdb: &PodDisruptionBudget) -> (i32, i32, i32, i32, String) {
     let s = pdb.status.clone().unwrap();
-    let reason = s.conditions.unwrap().iter().find(|c| c.type_ == "DisruptionAllowed").unwrap().reason.clone();
-    (s.expected_pods, s.current_healthy, s.desired_healthy, s.disruptions_allowed, reason)
+    let reason = s
+        .conditions
+        .unwrap()
+        .iter()
+        .find(|c| c.type_ == "DisruptionAllowed")
+        .unwrap()
+        .reason
+        .clone();
+    (
+        s.expected_pods,
+        s.current_healthy,
+        s.desired_healthy,
+        s.disruptions_allowed,
+        reason,
+    )
 }
 
 #[tokio::test]
@@ -163,19 +255,33 @@ async fn pdb_status_arithmetic_matches_upstream() {
     eventually("3 available", || rolled_out(&deployments, "db", 1, 3)).await;
 
     let sufficient = "SufficientPods".to_owned();
-    let max_unavailable = budget(&pdbs, "max-unavailable", "db", json!({"maxUnavailable": 1})).await;
+    let max_unavailable =
+        budget(&pdbs, "max-unavailable", "db", json!({"maxUnavailable": 1})).await;
     assert_eq!(numbers(&max_unavailable), (3, 3, 2, 1, sufficient.clone()));
-    assert_eq!(max_unavailable.status.as_ref().unwrap().observed_generation, Some(1));
+    assert_eq!(
+        max_unavailable.status.as_ref().unwrap().observed_generation,
+        Some(1)
+    );
     let min_int = budget(&pdbs, "min-int", "db", json!({"minAvailable": 2})).await;
     assert_eq!(numbers(&min_int), (3, 3, 2, 1, sufficient.clone()));
     let min_half = budget(&pdbs, "min-half", "db", json!({"minAvailable": "50%"})).await;
-    assert_eq!(numbers(&min_half), (3, 3, 2, 1, sufficient.clone()), "50% of 3 rounds up to 2");
+    assert_eq!(
+        numbers(&min_half),
+        (3, 3, 2, 1, sufficient.clone()),
+        "50% of 3 rounds up to 2"
+    );
     let min_all = budget(&pdbs, "min-all", "db", json!({"minAvailable": "100%"})).await;
-    assert_eq!(numbers(&min_all), (3, 3, 3, 0, "InsufficientPods".to_owned()));
+    assert_eq!(
+        numbers(&min_all),
+        (3, 3, 3, 0, "InsufficientPods".to_owned())
+    );
 
     // A pod no controller owns has no scale: the sync fails safe, allowing nothing.
-    create(&pods, json!({"metadata": {"name": "loner", "labels": {"app": "loner"}},
-        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "app:1"}]}}))
+    create(
+        &pods,
+        json!({"metadata": {"name": "loner", "labels": {"app": "loner"}},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "app:1"}]}}),
+    )
     .await;
     let orphan = budget(&pdbs, "orphan", "loner", json!({"maxUnavailable": 1})).await;
     assert_eq!(orphan.status.as_ref().unwrap().disruptions_allowed, 0);
@@ -194,16 +300,33 @@ async fn eviction_turns_from_429_to_allowed_once_the_replacement_is_ready() {
     let pdb = budget(&pdbs, "queue", "queue", json!({"maxUnavailable": 1})).await;
     assert_eq!(numbers(&pdb).3, 1);
 
-    let names: Vec<_> = active_pods(&pods, "queue-").await.iter().map(|p| p.name_any()).collect();
-    pods.evict(&names[0], &EvictParams::default()).await.unwrap();
-    let refused = pods.evict(&names[1], &EvictParams::default()).await.unwrap_err();
-    assert!(matches!(&refused, kube::Error::Api(s) if s.code == 429), "{refused:?}");
+    let names: Vec<_> = active_pods(&pods, "queue-")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    pods.evict(&names[0], &EvictParams::default())
+        .await
+        .unwrap();
+    let refused = pods
+        .evict(&names[1], &EvictParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 429),
+        "{refused:?}"
+    );
 
     eventually("the second eviction to be allowed", || async {
         pods.evict(&names[1], &EvictParams::default()).await.ok()
     })
     .await;
     let survivors = active_pods(&pods, "queue-").await;
-    assert!(survivors.iter().any(|p| ready(p) && !names.contains(&p.name_any())), "a Ready replacement existed");
+    assert!(
+        survivors
+            .iter()
+            .any(|p| ready(p) && !names.contains(&p.name_any())),
+        "a Ready replacement existed"
+    );
     c.stop().await;
 }

@@ -7,7 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
+};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -70,7 +72,10 @@ struct Owned {
 
 impl Owned {
     fn set(&self) -> Set {
-        Set { replicas: self.replicas, available: self.available.min(self.replicas) }
+        Set {
+            replicas: self.replicas,
+            available: self.available.min(self.replicas),
+        }
     }
 
     fn revision(&self) -> i64 {
@@ -78,8 +83,25 @@ impl Owned {
     }
 }
 
+/// What one rollout step decides from: the Deployment, its ReplicaSets split into the new
+/// one (matching the current template) and the old ones, and the highest old revision.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    deployment: &'a Deployment,
+    api: &'a Api<ReplicaSet>,
+    replicas: i32,
+    hash: &'a str,
+    new: Option<&'a Owned>,
+    old: &'a [Owned],
+    max_old_revision: i64,
+}
+
 fn revision_of(meta: &ObjectMeta) -> i64 {
-    meta.annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|r| r.parse().ok()).unwrap_or(0)
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION))
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Controller {
@@ -106,24 +128,39 @@ impl Controller {
         let namespace = deployment.namespace().unwrap_or_default();
         let spec = deployment.spec.as_ref()?;
         let replicas = spec.replicas.unwrap_or(1);
-        let hash = template_hash(&spec.template, deployment.status.as_ref().and_then(|s| s.collision_count));
+        let hash = template_hash(
+            &spec.template,
+            deployment.status.as_ref().and_then(|s| s.collision_count),
+        );
         let (mut sets, wake) = self.owned_sets(deployment, &namespace);
         if self.lagging(&sets) {
             return Some(AWAIT_TIMEOUT);
         }
         sets.sort_by_key(|o| o.rs.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        let new_index = sets.iter().position(|o| o.rs.labels().get(HASH_LABEL) == Some(&hash));
+        let new_index = sets
+            .iter()
+            .position(|o| o.rs.labels().get(HASH_LABEL) == Some(&hash));
         let new = new_index.map(|i| sets.remove(i));
         let old = sets;
         let sets_api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
         let max_old_revision = old.iter().map(Owned::revision).max().unwrap_or(0);
 
         if !spec.paused.unwrap_or(false) {
-            let recreate = spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
+            let recreate =
+                spec.strategy.as_ref().and_then(|s| s.type_.as_deref()) == Some("Recreate");
+            let step = Step {
+                deployment,
+                api: &sets_api,
+                replicas,
+                hash: &hash,
+                new: new.as_ref(),
+                old: &old,
+                max_old_revision,
+            };
             let done = if recreate {
-                self.recreate(deployment, &sets_api, replicas, &hash, new.as_ref(), &old, max_old_revision).await
+                self.recreate(&step).await
             } else {
-                self.roll(deployment, &sets_api, replicas, &hash, new.as_ref(), &old, max_old_revision).await
+                self.roll(&step).await
             };
             if let Err(error) = done {
                 tracing::warn!(deployment = %key(deployment), %error, "invalid rollout strategy");
@@ -134,23 +171,39 @@ impl Controller {
             let revision = new.revision().to_string();
             if deployment.annotations().get(REVISION) != Some(&revision) {
                 let patch = json!({"metadata": {"annotations": {REVISION: revision}}});
-                writes::merge(&Api::<Deployment>::namespaced(self.client.clone(), &namespace), &deployment.name_any(), patch)
-                    .await;
+                writes::merge(
+                    &Api::<Deployment>::namespaced(self.client.clone(), &namespace),
+                    &deployment.name_any(),
+                    patch,
+                )
+                .await;
             }
         }
         let status = status(deployment, replicas, new.as_ref(), &old);
         if deployment.status.as_ref() != Some(&status) {
             let mut updated = deployment.clone();
             updated.status = Some(status);
-            writes::write_status(&Api::<Deployment>::namespaced(self.client.clone(), &namespace), &updated).await;
+            writes::write_status(
+                &Api::<Deployment>::namespaced(self.client.clone(), &namespace),
+                &updated,
+            )
+            .await;
         }
         wake
     }
 
     /// The ReplicaSets `deployment` controls, with their active/ready/available pod counts,
     /// and when the next Ready pod becomes available.
-    fn owned_sets(&self, deployment: &Deployment, namespace: &str) -> (Vec<Owned>, Option<Duration>) {
-        let min_ready = deployment.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    fn owned_sets(
+        &self,
+        deployment: &Deployment,
+        namespace: &str,
+    ) -> (Vec<Owned>, Option<Duration>) {
+        let min_ready = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0);
         let uid = deployment.uid();
         let pods = self.pods.state();
         let mut wake = None;
@@ -158,7 +211,10 @@ impl Controller {
             .sets
             .state()
             .into_iter()
-            .filter(|rs| rs.namespace().as_deref() == Some(namespace) && controlled_by(&rs.metadata, uid.as_deref()))
+            .filter(|rs| {
+                rs.namespace().as_deref() == Some(namespace)
+                    && controlled_by(&rs.metadata, uid.as_deref())
+            })
             .map(|rs| {
                 let rs_uid = rs.uid();
                 let mine: Vec<_> = pods
@@ -183,18 +239,21 @@ impl Controller {
         (sets, wake)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn roll(
-        &mut self,
-        deployment: &Deployment,
-        api: &Api<ReplicaSet>,
-        replicas: i32,
-        hash: &str,
-        new: Option<&Owned>,
-        old: &[Owned],
-        max_old_revision: i64,
-    ) -> Result<(), String> {
-        let rolling = deployment.spec.as_ref().and_then(|s| s.strategy.as_ref()).and_then(|s| s.rolling_update.as_ref());
+    async fn roll(&mut self, step: &Step<'_>) -> Result<(), String> {
+        let Step {
+            deployment,
+            api,
+            replicas,
+            hash,
+            new,
+            old,
+            max_old_revision,
+        } = *step;
+        let rolling = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.strategy.as_ref())
+            .and_then(|s| s.rolling_update.as_ref());
         let (surge, unavailable) = fenceposts(
             rolling.and_then(|r| r.max_surge.as_ref()),
             rolling.and_then(|r| r.max_unavailable.as_ref()),
@@ -202,8 +261,17 @@ impl Controller {
         )?;
         let old_sets: Vec<Set> = old.iter().map(Owned::set).collect();
         let Some(new) = new else {
-            let start = new_replicas(replicas, surge, Set { replicas: 0, available: 0 }, &old_sets);
-            self.create_set(deployment, api, hash, start, max_old_revision + 1).await;
+            let start = new_replicas(
+                replicas,
+                surge,
+                Set {
+                    replicas: 0,
+                    available: 0,
+                },
+                &old_sets,
+            );
+            self.create_set(deployment, api, hash, start, max_old_revision + 1)
+                .await;
             return Ok(());
         };
         self.bump_revision(api, new, max_old_revision).await;
@@ -211,7 +279,10 @@ impl Controller {
         if target != new.replicas {
             self.scale(api, &new.rs, target).await;
         }
-        for (set, target) in old.iter().zip(old_replicas(replicas, unavailable, new.set(), &old_sets)) {
+        for (set, target) in
+            old.iter()
+                .zip(old_replicas(replicas, unavailable, new.set(), &old_sets))
+        {
             if target != set.replicas {
                 self.scale(api, &set.rs, target).await;
             }
@@ -220,32 +291,34 @@ impl Controller {
     }
 
     /// Recreate: every old pod gone before the new ReplicaSet gets any replicas.
-    #[allow(clippy::too_many_arguments)]
-    async fn recreate(
-        &mut self,
-        deployment: &Deployment,
-        api: &Api<ReplicaSet>,
-        replicas: i32,
-        hash: &str,
-        new: Option<&Owned>,
-        old: &[Owned],
-        max_old_revision: i64,
-    ) -> Result<(), String> {
+    async fn recreate(&mut self, step: &Step<'_>) -> Result<(), String> {
+        let Step {
+            deployment,
+            api,
+            replicas,
+            hash,
+            new,
+            old,
+            max_old_revision,
+        } = *step;
         for set in old.iter().filter(|s| s.replicas > 0) {
             self.scale(api, &set.rs, 0).await;
         }
         let old_uids: Vec<_> = old.iter().filter_map(|o| o.rs.uid()).collect();
         let old_pods_remain = self.pods.state().iter().any(|p| {
-            old_uids.iter().any(|uid| controlled_by(&p.metadata, Some(uid))) && !matches!(
-                super::pod_state::phase(p),
-                "Succeeded" | "Failed"
-            )
+            old_uids
+                .iter()
+                .any(|uid| controlled_by(&p.metadata, Some(uid)))
+                && !matches!(super::pod_state::phase(p), "Succeeded" | "Failed")
         });
         if old_pods_remain {
             return Ok(());
         }
         match new {
-            None => self.create_set(deployment, api, hash, replicas, max_old_revision + 1).await,
+            None => {
+                self.create_set(deployment, api, hash, replicas, max_old_revision + 1)
+                    .await
+            }
             Some(new) => {
                 self.bump_revision(api, new, max_old_revision).await;
                 if new.replicas != replicas {
@@ -272,8 +345,17 @@ impl Controller {
         }
     }
 
-    async fn create_set(&mut self, deployment: &Deployment, api: &Api<ReplicaSet>, hash: &str, replicas: i32, revision: i64) {
-        let Some(spec) = deployment.spec.as_ref() else { return };
+    async fn create_set(
+        &mut self,
+        deployment: &Deployment,
+        api: &Api<ReplicaSet>,
+        hash: &str,
+        replicas: i32,
+        revision: i64,
+    ) {
+        let Some(spec) = deployment.spec.as_ref() else {
+            return;
+        };
         let with_hash = |labels: Option<BTreeMap<String, String>>| {
             let mut labels = labels.unwrap_or_default();
             labels.insert(HASH_LABEL.into(), hash.into());
@@ -290,7 +372,10 @@ impl Controller {
                 annotations: Some(
                     [
                         (REVISION.to_owned(), revision.to_string()),
-                        ("deployment.kubernetes.io/desired-replicas".to_owned(), spec.replicas.unwrap_or(1).to_string()),
+                        (
+                            "deployment.kubernetes.io/desired-replicas".to_owned(),
+                            spec.replicas.unwrap_or(1).to_string(),
+                        ),
                     ]
                     .into(),
                 ),
@@ -310,15 +395,25 @@ impl Controller {
         };
         if let Some(created) = writes::create(api, &rs).await {
             tracing::info!(deployment = %key(deployment), replicaset = %created.name_any(), replicas, "created ReplicaSet");
-            self.awaiting.insert(key(&created), (replicas, Instant::now()));
+            self.awaiting
+                .insert(key(&created), (replicas, Instant::now()));
         }
     }
 
     /// Deletes the oldest fully scaled-down ReplicaSets beyond revisionHistoryLimit.
     async fn prune_history(&self, deployment: &Deployment, api: &Api<ReplicaSet>, old: &[Owned]) {
-        let limit = deployment.spec.as_ref().and_then(|s| s.revision_history_limit).unwrap_or(10);
-        let idle: Vec<_> = old.iter().filter(|o| o.replicas == 0 && o.active == 0).collect();
-        let surplus = idle.len().saturating_sub(usize::try_from(limit).unwrap_or(0));
+        let limit = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(10);
+        let idle: Vec<_> = old
+            .iter()
+            .filter(|o| o.replicas == 0 && o.active == 0)
+            .collect();
+        let surplus = idle
+            .len()
+            .saturating_sub(usize::try_from(limit).unwrap_or(0));
         for set in &idle[..surplus] {
             writes::delete(api, &set.rs).await;
         }
@@ -331,32 +426,65 @@ fn count(n: usize) -> i32 {
 
 /// The status `kubectl rollout status` reads: pod counts over all owned ReplicaSets, and
 /// conditions Available and Progressing (reason NewReplicaSetAvailable once complete).
-fn status(deployment: &Deployment, replicas: i32, new: Option<&Owned>, old: &[Owned]) -> DeploymentStatus {
+fn status(
+    deployment: &Deployment,
+    replicas: i32,
+    new: Option<&Owned>,
+    old: &[Owned],
+) -> DeploymentStatus {
     let all = || new.into_iter().chain(old.iter());
     let total = all().map(|o| o.active).sum::<i32>();
     let updated = new.map_or(0, |n| n.active);
     let available = all().map(|o| o.available).sum::<i32>();
     let spec = deployment.spec.as_ref();
-    let rolling = spec.and_then(|s| s.strategy.as_ref()).and_then(|s| s.rolling_update.as_ref());
-    let recreate = spec.and_then(|s| s.strategy.as_ref()).and_then(|s| s.type_.as_deref()) == Some("Recreate");
+    let rolling = spec
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.rolling_update.as_ref());
+    let recreate = spec
+        .and_then(|s| s.strategy.as_ref())
+        .and_then(|s| s.type_.as_deref())
+        == Some("Recreate");
     let max_unavailable = if recreate {
         0
     } else {
-        fenceposts(rolling.and_then(|r| r.max_surge.as_ref()), rolling.and_then(|r| r.max_unavailable.as_ref()), replicas)
-            .map_or(0, |(_, u)| u)
+        fenceposts(
+            rolling.and_then(|r| r.max_surge.as_ref()),
+            rolling.and_then(|r| r.max_unavailable.as_ref()),
+            replicas,
+        )
+        .map_or(0, |(_, u)| u)
     };
     let previous = deployment.status.as_ref();
-    let new_name = new.map_or_else(|| format!("{}-", deployment.name_any()), |n| n.rs.name_any());
+    let new_name = new.map_or_else(
+        || format!("{}-", deployment.name_any()),
+        |n| n.rs.name_any(),
+    );
     let complete = updated == replicas && total == replicas && available == replicas;
     let available_condition = if available >= replicas - max_unavailable {
-        ("True", "MinimumReplicasAvailable", "Deployment has minimum availability.".to_owned())
+        (
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".to_owned(),
+        )
     } else {
-        ("False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".to_owned())
+        (
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".to_owned(),
+        )
     };
     let progressing = if complete {
-        ("True", "NewReplicaSetAvailable", format!("ReplicaSet \"{new_name}\" has successfully progressed."))
+        (
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{new_name}\" has successfully progressed."),
+        )
     } else {
-        ("True", "ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."))
+        (
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{new_name}\" is progressing."),
+        )
     };
     let conditions = vec![
         condition(previous, "Available", available_condition),
@@ -376,9 +504,19 @@ fn status(deployment: &Deployment, replicas: i32, new: Option<&Owned>, old: &[Ow
 }
 
 /// A condition, keeping the previous one verbatim (its timestamps) when nothing changed.
-fn condition(previous: Option<&DeploymentStatus>, type_: &str, (status, reason, message): (&str, &str, String)) -> DeploymentCondition {
-    let before = previous.and_then(|s| s.conditions.as_ref()).and_then(|cs| cs.iter().find(|c| c.type_ == type_));
-    if let Some(before) = before.filter(|c| c.status == status && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(&message)) {
+fn condition(
+    previous: Option<&DeploymentStatus>,
+    type_: &str,
+    (status, reason, message): (&str, &str, String),
+) -> DeploymentCondition {
+    let before = previous
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == type_));
+    if let Some(before) = before.filter(|c| {
+        c.status == status
+            && c.reason.as_deref() == Some(reason)
+            && c.message.as_deref() == Some(&message)
+    }) {
         return before.clone();
     }
     let now = Some(Time(Timestamp::now()));
@@ -388,6 +526,9 @@ fn condition(previous: Option<&DeploymentStatus>, type_: &str, (status, reason, 
         reason: Some(reason.into()),
         message: Some(message),
         last_update_time: now.clone(),
-        last_transition_time: before.filter(|c| c.status == status).and_then(|c| c.last_transition_time.clone()).or(now),
+        last_transition_time: before
+            .filter(|c| c.status == status)
+            .and_then(|c| c.last_transition_time.clone())
+            .or(now),
     }
 }

@@ -28,7 +28,10 @@ use crate::time::TimeScale;
 /// The label tying a slice to its Service.
 const SERVICE_LABEL: &str = "kubernetes.io/service-name";
 /// The label marking slices this controller manages (upstream's value, so tools agree).
-const MANAGED_BY: (&str, &str) = ("endpointslice.kubernetes.io/managed-by", "endpointslice-controller.k8s.io");
+const MANAGED_BY: (&str, &str) = (
+    "endpointslice.kubernetes.io/managed-by",
+    "endpointslice-controller.k8s.io",
+);
 /// The node label giving an endpoint its zone.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
@@ -73,9 +76,14 @@ impl Controller {
         let name = slice_name(service);
         let existing = self.slices.get(&ObjectRef::new(&name).within(&namespace));
         let spec = service.spec.clone().unwrap_or_default();
-        let selector = spec.selector.clone().filter(|s| !s.is_empty() && spec.type_.as_deref() != Some("ExternalName"));
+        let selector = spec
+            .selector
+            .clone()
+            .filter(|s| !s.is_empty() && spec.type_.as_deref() != Some("ExternalName"));
         let Some(selector) = selector else {
-            if let Some(existing) = existing.filter(|s| s.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)) {
+            if let Some(existing) = existing
+                .filter(|s| s.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1))
+            {
                 writes::delete(&api, existing.as_ref()).await;
             }
             return;
@@ -85,19 +93,33 @@ impl Controller {
             .pods
             .state()
             .into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()) && selector.matches(p.labels()))
+            .filter(|p| {
+                p.namespace().as_deref() == Some(namespace.as_str()) && selector.matches(p.labels())
+            })
             .filter(|p| pod_ip(p).is_some() && !matches!(phase(p), "Succeeded" | "Failed"))
             .collect();
         pods.sort_by_key(|p| p.name_any());
         let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-        let endpoints = pods.iter().map(|p| self.endpoint(service, p, publish_not_ready)).collect();
-        let ports = spec.ports.unwrap_or_default().iter().filter_map(|port| endpoint_port(port, pods.first().map(|p| p.as_ref()))).collect();
+        let endpoints = pods
+            .iter()
+            .map(|p| self.endpoint(service, p, publish_not_ready))
+            .collect();
+        let ports = spec
+            .ports
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|port| endpoint_port(port, pods.first().map(|p| p.as_ref())))
+            .collect();
         let mut slice = EndpointSlice {
             metadata: ObjectMeta {
                 name: Some(name),
                 namespace: Some(namespace),
                 labels: Some(
-                    [(SERVICE_LABEL.to_owned(), service.name_any()), (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())].into(),
+                    [
+                        (SERVICE_LABEL.to_owned(), service.name_any()),
+                        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+                    ]
+                    .into(),
                 ),
                 owner_references: Some(vec![controller_ref(service)]),
                 ..ObjectMeta::default()
@@ -161,12 +183,21 @@ impl Controller {
 /// `<service>-<5 characters of its uid>`: stable, so a pass finds its own slice by name,
 /// and shaped like upstream's generated names.
 fn slice_name(service: &Service) -> String {
-    let suffix: String = service.uid().unwrap_or_default().chars().filter(char::is_ascii_alphanumeric).take(5).collect();
+    let suffix: String = service
+        .uid()
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(5)
+        .collect();
     format!("{}-{suffix}", service.name_any())
 }
 
 fn pod_ip(pod: &Pod) -> Option<String> {
-    pod.status.as_ref().and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty())
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .filter(|ip| !ip.is_empty())
 }
 
 /// A Service port as a slice port: targetPort (default: port) resolved by number, or by name
@@ -175,14 +206,15 @@ fn endpoint_port(port: &ServicePort, pod: Option<&Pod>) -> Option<EndpointPort> 
     let number = match port.target_port.as_ref() {
         None => port.port,
         Some(IntOrString::Int(n)) => *n,
-        Some(IntOrString::String(name)) => pod?
-            .spec
-            .as_ref()?
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some(name.as_str()))?
-            .container_port,
+        Some(IntOrString::String(name)) => {
+            pod?.spec
+                .as_ref()?
+                .containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(name.as_str()))?
+                .container_port
+        }
     };
     Some(EndpointPort {
         name: Some(port.name.clone().unwrap_or_default()),

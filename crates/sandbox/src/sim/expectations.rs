@@ -42,11 +42,18 @@ impl Expectations {
 
     /// `None` when the cache reflects everything `owner` did in `namespace`, so it may act;
     /// otherwise how long until the expectations time out.
-    pub(crate) fn wait(&mut self, owner: &str, namespace: &str, pods: &Store<Pod>) -> Option<Duration> {
+    pub(crate) fn wait(
+        &mut self,
+        owner: &str,
+        namespace: &str,
+        pods: &Store<Pod>,
+    ) -> Option<Duration> {
         let pending = self.pending.get_mut(owner)?;
         let lookup = |name: &String| pods.get(&ObjectRef::new(name).within(namespace));
         pending.created.retain(|name| lookup(name).is_none());
-        pending.deleted.retain(|name| lookup(name).is_some_and(|p| p.metadata.deletion_timestamp.is_none()));
+        pending
+            .deleted
+            .retain(|name| lookup(name).is_some_and(|p| p.metadata.deletion_timestamp.is_none()));
         let age = pending.since.map_or(TIMEOUT, |since| since.elapsed());
         if (pending.created.is_empty() && pending.deleted.is_empty()) || age >= TIMEOUT {
             self.pending.remove(owner);

@@ -9,10 +9,10 @@
 
 use std::fmt::Debug;
 
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -70,7 +70,11 @@ impl Collector {
     /// Deletes every cached `K` whose owners are all confirmed gone.
     async fn sweep<K>(&self, dependents: &Store<K>)
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + Debug,
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + Debug,
     {
         for dependent in dependents.state() {
             let namespace = dependent.namespace().unwrap_or_default();
@@ -78,7 +82,10 @@ impl Collector {
             if refs.is_empty() || dependent.meta().deletion_timestamp.is_some() {
                 continue;
             }
-            if !refs.iter().all(|r| matches!(self.cached(r, &namespace), Owner::Absent)) {
+            if !refs
+                .iter()
+                .all(|r| matches!(self.cached(r, &namespace), Owner::Absent))
+            {
                 continue;
             }
             let mut confirmed = true;
@@ -121,9 +128,15 @@ impl Collector {
 
     async fn live<K>(&self, reference: &OwnerReference, namespace: &str) -> bool
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
     {
-        match Api::<K>::namespaced(self.client.clone(), namespace).get_opt(&reference.name).await {
+        match Api::<K>::namespaced(self.client.clone(), namespace)
+            .get_opt(&reference.name)
+            .await
+        {
             Ok(found) => found.is_some_and(|o| o.uid().as_deref() == Some(&reference.uid)),
             Err(error) => {
                 tracing::warn!(owner = %reference.name, %error, "cannot confirm the owner is gone; keeping its dependents");

@@ -12,10 +12,17 @@ pub(crate) fn scaled(value: &IntOrString, total: i32, round_up: bool) -> Result<
             let percent: i64 = s
                 .strip_suffix('%')
                 .and_then(|p| p.parse().ok())
-                .ok_or_else(|| format!("invalid value {s:?}: expected an integer or a percentage like \"25%\""))?;
+                .ok_or_else(|| {
+                    format!("invalid value {s:?}: expected an integer or a percentage like \"25%\"")
+                })?;
             let product = percent * i64::from(total);
-            let scaled = if round_up { (product + 99).div_euclid(100) } else { product.div_euclid(100) };
-            i32::try_from(scaled).map_err(|_| format!("percentage {s:?} of {total} is out of range"))
+            let scaled = if round_up {
+                (product + 99).div_euclid(100)
+            } else {
+                product.div_euclid(100)
+            };
+            i32::try_from(scaled)
+                .map_err(|_| format!("percentage {s:?} of {total} is out of range"))
         }
     }
 }

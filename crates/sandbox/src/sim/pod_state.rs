@@ -18,8 +18,15 @@ pub(crate) fn is_ready(pod: &Pod) -> bool {
 /// When the Ready condition last became True, if it is True now.
 pub(crate) fn ready_since(pod: &Pod) -> Option<Timestamp> {
     let conditions = pod.status.as_ref()?.conditions.as_ref()?;
-    let ready = conditions.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
-    Some(ready.last_transition_time.as_ref().map_or(Timestamp::UNIX_EPOCH, |t| t.0))
+    let ready = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")?;
+    Some(
+        ready
+            .last_transition_time
+            .as_ref()
+            .map_or(Timestamp::UNIX_EPOCH, |t| t.0),
+    )
 }
 
 /// The pod has been asked to go (deletionTimestamp set) but still exists.
@@ -29,7 +36,10 @@ pub(crate) fn is_terminating(pod: &Pod) -> bool {
 
 /// The pod's phase.
 pub(crate) fn phase(pod: &Pod) -> &str {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending")
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
 }
 
 /// Counts toward a controller's replicas: not finished and not being deleted (IsPodActive).
@@ -44,9 +54,17 @@ pub(crate) fn is_running_and_ready(pod: &Pod) -> bool {
 
 /// Whether a Ready pod has been Ready for `min_ready_seconds` (simulated), and if it is Ready
 /// but not yet available, how long until it will be — the wake-up a controller schedules.
-pub(crate) fn availability(pod: &Pod, min_ready_seconds: i32, scale: TimeScale) -> (bool, Option<Duration>) {
-    let Some(since) = ready_since(pod) else { return (false, None) };
-    let needed = scale.real(Duration::from_secs(u64::try_from(min_ready_seconds).unwrap_or(0)));
+pub(crate) fn availability(
+    pod: &Pod,
+    min_ready_seconds: i32,
+    scale: TimeScale,
+) -> (bool, Option<Duration>) {
+    let Some(since) = ready_since(pod) else {
+        return (false, None);
+    };
+    let needed = scale.real(Duration::from_secs(
+        u64::try_from(min_ready_seconds).unwrap_or(0),
+    ));
     let elapsed = Timestamp::now().duration_since(since).unsigned_abs();
     match needed.checked_sub(elapsed) {
         Some(left) if !left.is_zero() => (false, Some(left)),

@@ -67,9 +67,16 @@ impl Controller {
             .pods
             .state()
             .into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(&namespace) && controlled_by(&p.metadata, uid.as_deref()))
+            .filter(|p| {
+                p.namespace().as_deref() == Some(&namespace)
+                    && controlled_by(&p.metadata, uid.as_deref())
+            })
             .collect();
-        let mut active: Vec<&Pod> = owned.iter().map(|p| p.as_ref()).filter(|p| is_active(p)).collect();
+        let mut active: Vec<&Pod> = owned
+            .iter()
+            .map(|p| p.as_ref())
+            .filter(|p| is_active(p))
+            .collect();
         let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         if active.len() < want {
@@ -93,7 +100,11 @@ impl Controller {
         if rs.status.as_ref() != Some(&status) {
             let mut updated = rs.clone();
             updated.status = Some(status);
-            writes::write_status(&Api::<ReplicaSet>::namespaced(self.client.clone(), &namespace), &updated).await;
+            writes::write_status(
+                &Api::<ReplicaSet>::namespaced(self.client.clone(), &namespace),
+                &updated,
+            )
+            .await;
         }
         wake
     }
@@ -102,7 +113,10 @@ impl Controller {
     fn status(&self, rs: &ReplicaSet, active: &[&Pod]) -> (ReplicaSetStatus, Option<Duration>) {
         let spec = rs.spec.as_ref();
         let min_ready = spec.and_then(|s| s.min_ready_seconds).unwrap_or(0);
-        let template_labels = spec.and_then(|s| s.template.as_ref()).and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone());
+        let template_labels = spec
+            .and_then(|s| s.template.as_ref())
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.clone());
         let labelled = kube::core::Selector::from_iter(template_labels.unwrap_or_default());
         let mut wake = None;
         let mut available = 0;
@@ -111,7 +125,9 @@ impl Controller {
             available += i32::from(is_available);
             wake = earliest(wake, until);
         }
-        let count = |f: &dyn Fn(&Pod) -> bool| i32::try_from(active.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX);
+        let count = |f: &dyn Fn(&Pod) -> bool| {
+            i32::try_from(active.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
+        };
         let status = ReplicaSetStatus {
             replicas: count(&|_| true),
             ready_replicas: Some(count(&|p| is_ready(p))),
@@ -128,7 +144,11 @@ impl Controller {
 /// A new pod from the ReplicaSet's template: generateName `<rs>-`, the template's labels and
 /// annotations, and the ReplicaSet as its controller.
 fn pod_from_template(rs: &ReplicaSet) -> Pod {
-    let template = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
+    let template = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.clone())
+        .unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     Pod {
         metadata: ObjectMeta {

@@ -15,10 +15,15 @@ pub(crate) fn fenceposts(
     replicas: i32,
 ) -> Result<(i32, i32), String> {
     let quarter = IntOrString::String("25%".into());
-    let surge = scaled(max_surge.unwrap_or(&quarter), replicas, true).map_err(|e| format!("maxSurge: {e}"))?;
-    let unavailable =
-        scaled(max_unavailable.unwrap_or(&quarter), replicas, false).map_err(|e| format!("maxUnavailable: {e}"))?;
-    Ok(if surge == 0 && unavailable == 0 { (0, 1) } else { (surge, unavailable) })
+    let surge = scaled(max_surge.unwrap_or(&quarter), replicas, true)
+        .map_err(|e| format!("maxSurge: {e}"))?;
+    let unavailable = scaled(max_unavailable.unwrap_or(&quarter), replicas, false)
+        .map_err(|e| format!("maxUnavailable: {e}"))?;
+    Ok(if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    })
 }
 
 /// One ReplicaSet as the rollout sees it.
@@ -79,15 +84,25 @@ mod tests {
     use super::*;
 
     fn set(replicas: i32, available: i32) -> Set {
-        Set { replicas, available }
+        Set {
+            replicas,
+            available,
+        }
     }
 
     #[test]
     fn fenceposts_round_like_upstream() {
         let pct = |s: &str| IntOrString::String(s.into());
         assert_eq!(fenceposts(None, None, 10), Ok((3, 2)));
-        assert_eq!(fenceposts(Some(&IntOrString::Int(0)), Some(&pct("10%")), 5), Ok((0, 1)));
-        assert!(fenceposts(Some(&pct("x")), None, 5).unwrap_err().contains("maxSurge"));
+        assert_eq!(
+            fenceposts(Some(&IntOrString::Int(0)), Some(&pct("10%")), 5),
+            Ok((0, 1))
+        );
+        assert!(
+            fenceposts(Some(&pct("x")), None, 5)
+                .unwrap_err()
+                .contains("maxSurge")
+        );
     }
 
     #[test]
@@ -106,6 +121,9 @@ mod tests {
         // maxUnavailable 1: one old pod may go before any new one is available.
         assert_eq!(old_replicas(3, 1, set(1, 0), &[set(3, 3)]), vec![2]);
         // Unavailable old pods go first; available ones only above min available.
-        assert_eq!(old_replicas(3, 0, set(1, 1), &[set(2, 0), set(2, 2)]), vec![0, 2]);
+        assert_eq!(
+            old_replicas(3, 0, set(1, 1), &[set(2, 0), set(2, 2)]),
+            vec![0, 2]
+        );
     }
 }

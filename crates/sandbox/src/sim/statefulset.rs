@@ -76,12 +76,24 @@ impl Controller {
             return Some(wait);
         }
         let spec = set.spec.as_ref()?;
-        if spec.volume_claim_templates.as_ref().is_some_and(|v| !v.is_empty()) && self.warned.insert(owner.clone()) {
+        if spec
+            .volume_claim_templates
+            .as_ref()
+            .is_some_and(|v| !v.is_empty())
+            && self.warned.insert(owner.clone())
+        {
             tracing::warn!(statefulset = %owner, "volumeClaimTemplates ignored: the sandbox API serves no PersistentVolumeClaims");
         }
         let replicas = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
         let ordered = spec.pod_management_policy.as_deref() != Some("Parallel");
-        let revision = format!("{}-{}", set.name_any(), template_hash(&spec.template, set.status.as_ref().and_then(|s| s.collision_count)));
+        let revision = format!(
+            "{}-{}",
+            set.name_any(),
+            template_hash(
+                &spec.template,
+                set.status.as_ref().and_then(|s| s.collision_count)
+            )
+        );
         let pods = self.ordinals(set, &namespace);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
 
@@ -97,7 +109,9 @@ impl Controller {
                     }
                     blocked = true;
                 }
-                Some(pod) if matches!(phase(pod), "Succeeded" | "Failed") && !is_terminating(pod) => {
+                Some(pod)
+                    if matches!(phase(pod), "Succeeded" | "Failed") && !is_terminating(pod) =>
+                {
                     // Upstream deletes a finished pod so it can be created again.
                     if writes::delete(&api, pod).await {
                         self.expectations.deleted(&owner, pod.name_any());
@@ -130,16 +144,25 @@ impl Controller {
         // one at a time, once every pod is Running and Ready.
         let strategy = spec.update_strategy.as_ref();
         let rolling = strategy.and_then(|s| s.type_.as_deref()) != Some("OnDelete");
-        let partition = strategy.and_then(|s| s.rolling_update.as_ref()).and_then(|r| r.partition).unwrap_or(0);
+        let partition = strategy
+            .and_then(|s| s.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+            .unwrap_or(0);
         let partition = usize::try_from(partition).unwrap_or(0);
-        let healthy = (0..replicas).all(|i| pods.get(&i).is_some_and(|p| is_running_and_ready(p) && !is_terminating(p)));
+        let healthy = (0..replicas).all(|i| {
+            pods.get(&i)
+                .is_some_and(|p| is_running_and_ready(p) && !is_terminating(p))
+        });
         if rolling && healthy && condemned.is_empty() {
-            let stale = (partition..replicas).rev().filter_map(|i| pods.get(&i)).find(|p| p.labels().get(REVISION_LABEL) != Some(&revision));
-            if let Some(pod) = stale {
-                if writes::delete(&api, pod).await {
-                    tracing::debug!(statefulset = %owner, pod = %pod.name_any(), "replacing with the updated revision");
-                    self.expectations.deleted(&owner, pod.name_any());
-                }
+            let stale = (partition..replicas)
+                .rev()
+                .filter_map(|i| pods.get(&i))
+                .find(|p| p.labels().get(REVISION_LABEL) != Some(&revision));
+            if let Some(pod) = stale
+                && writes::delete(&api, pod).await
+            {
+                tracing::debug!(statefulset = %owner, pod = %pod.name_any(), "replacing with the updated revision");
+                self.expectations.deleted(&owner, pod.name_any());
             }
         }
 
@@ -147,7 +170,11 @@ impl Controller {
         if set.status.as_ref() != Some(&status) {
             let mut updated = set.clone();
             updated.status = Some(status);
-            writes::write_status(&Api::<StatefulSet>::namespaced(self.client.clone(), &namespace), &updated).await;
+            writes::write_status(
+                &Api::<StatefulSet>::namespaced(self.client.clone(), &namespace),
+                &updated,
+            )
+            .await;
         }
         wake
     }
@@ -159,17 +186,32 @@ impl Controller {
         self.pods
             .state()
             .into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace) && controlled_by(&p.metadata, uid.as_deref()))
-            .filter_map(|p| Some((p.name_any().strip_prefix(&prefix)?.parse().ok()?, p.as_ref().clone())))
+            .filter(|p| {
+                p.namespace().as_deref() == Some(namespace)
+                    && controlled_by(&p.metadata, uid.as_deref())
+            })
+            .filter_map(|p| {
+                Some((
+                    p.name_any().strip_prefix(&prefix)?.parse().ok()?,
+                    p.as_ref().clone(),
+                ))
+            })
             .collect()
     }
 
-    fn status(&self, set: &StatefulSet, pods: &BTreeMap<usize, Pod>, update_revision: String) -> (StatefulSetStatus, Option<Duration>) {
+    fn status(
+        &self,
+        set: &StatefulSet,
+        pods: &BTreeMap<usize, Pod>,
+        update_revision: String,
+    ) -> (StatefulSetStatus, Option<Duration>) {
         let spec = set.spec.as_ref();
         let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
         let min_ready = spec.and_then(|s| s.min_ready_seconds).unwrap_or(0);
         let live: Vec<&Pod> = pods.values().filter(|p| !is_terminating(p)).collect();
-        let count = |f: &dyn Fn(&Pod) -> bool| i32::try_from(live.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX);
+        let count = |f: &dyn Fn(&Pod) -> bool| {
+            i32::try_from(live.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
+        };
         let mut wake = None;
         let mut available = 0;
         for pod in live.iter().filter(|p| is_running_and_ready(p)) {
@@ -190,7 +232,9 @@ impl Controller {
             replicas: count(&|_| true),
             ready_replicas: Some(ready),
             available_replicas: Some(available),
-            current_replicas: Some(count(&|p| revision_of(p).as_ref() == Some(&current_revision))),
+            current_replicas: Some(count(&|p| {
+                revision_of(p).as_ref() == Some(&current_revision)
+            })),
             updated_replicas: Some(updated),
             current_revision: Some(current_revision),
             update_revision: Some(update_revision),

@@ -15,8 +15,13 @@ pub(crate) fn template_hash(template: &PodTemplateSpec, collision_count: Option<
     if let Some(count) = collision_count {
         bytes.extend_from_slice(&count.to_le_bytes());
     }
-    let hash = bytes.iter().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193));
-    hash.to_string().bytes().map(|d| char::from(SAFE[usize::from(d) % SAFE.len()])).collect()
+    let hash = bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    });
+    hash.to_string()
+        .bytes()
+        .map(|d| char::from(SAFE[usize::from(d) % SAFE.len()]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -29,14 +34,29 @@ mod tests {
         let template = PodTemplateSpec::default();
         let annotated = PodTemplateSpec {
             metadata: Some(ObjectMeta {
-                annotations: Some([("kubectl.kubernetes.io/restartedAt".into(), "now".into())].into()),
+                annotations: Some(
+                    [("kubectl.kubernetes.io/restartedAt".into(), "now".into())].into(),
+                ),
                 ..ObjectMeta::default()
             }),
             spec: None,
         };
-        assert_eq!(template_hash(&template, None), template_hash(&template.clone(), None));
-        assert_ne!(template_hash(&template, None), template_hash(&annotated, None));
-        assert_ne!(template_hash(&template, None), template_hash(&template, Some(1)));
-        assert!(template_hash(&template, None).bytes().all(|b| SAFE.contains(&b)));
+        assert_eq!(
+            template_hash(&template, None),
+            template_hash(&template.clone(), None)
+        );
+        assert_ne!(
+            template_hash(&template, None),
+            template_hash(&annotated, None)
+        );
+        assert_ne!(
+            template_hash(&template, None),
+            template_hash(&template, Some(1))
+        );
+        assert!(
+            template_hash(&template, None)
+                .bytes()
+                .all(|b| SAFE.contains(&b))
+        );
     }
 }

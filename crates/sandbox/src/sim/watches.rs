@@ -31,7 +31,12 @@ pub(crate) struct Watches {
 impl Watches {
     /// Watches against the API `client` talks to.
     pub(crate) fn new(client: Client) -> Self {
-        Watches { client, tasks: JoinSet::new(), changed: Arc::new(Notify::new()), ready: Vec::new() }
+        Watches {
+            client,
+            tasks: JoinSet::new(),
+            changed: Arc::new(Notify::new()),
+            ready: Vec::new(),
+        }
     }
 
     /// A cache of every `K` in the cluster, kept current by a watch that also wakes the
@@ -41,9 +46,12 @@ impl Watches {
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
         let (store, writer) = reflector::store();
-        let stream = watcher(Api::<K>::all(self.client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(writer);
+        let stream = watcher(
+            Api::<K>::all(self.client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer);
         let changed = self.changed.clone();
         self.tasks.spawn(async move {
             let mut stream = std::pin::pin!(stream);

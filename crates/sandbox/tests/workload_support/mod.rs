@@ -3,7 +3,10 @@
 //! (Running, Ready after an optional startup delay, a pod IP) and finishes graceful
 //! deletions, unless a test holds a pod in Terminating with an annotation.
 
-#![allow(dead_code, reason = "each test binary uses its own subset of the helpers")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own subset of the helpers"
+)]
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,10 +40,17 @@ pub struct Cluster {
 impl Cluster {
     /// Everything on a free loopback port, simulated time 10x faster.
     pub async fn start() -> Cluster {
-        let server = ApiServer::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        let controllers = WorkloadControllers::spawn(server.client(), TimeScale::new(10.0).unwrap());
+        let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let controllers =
+            WorkloadControllers::spawn(server.client(), TimeScale::new(10.0).unwrap());
         let kubelet = tokio::spawn(kubelet(server.client()));
-        Cluster { server, controllers, kubelet }
+        Cluster {
+            server,
+            controllers,
+            kubelet,
+        }
     }
 
     pub fn client(&self) -> Client {
@@ -66,7 +76,9 @@ pub async fn create<K>(api: &Api<K>, obj: Value) -> K
 where
     K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    api.create(&Default::default(), &serde_json::from_value(obj).unwrap()).await.unwrap()
+    api.create(&Default::default(), &serde_json::from_value(obj).unwrap())
+        .await
+        .unwrap()
 }
 
 /// Waits up to 30 s for `check` to return `Some`, re-checking every 20 ms; panics with `what`.
@@ -111,14 +123,21 @@ pub fn ready(pod: &Pod) -> bool {
 async fn kubelet(client: Client) {
     let pods: Api<Pod> = Api::all(client);
     let next_ip = Arc::new(AtomicU32::new(1));
-    let stream = watcher(pods.clone(), watcher::Config::default()).default_backoff().applied_objects();
+    let stream = watcher(pods.clone(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects();
     let mut stream = std::pin::pin!(stream);
     while let Some(Ok(pod)) = stream.next().await {
-        let api: Api<Pod> = Api::namespaced(pods.clone().into_client(), &pod.namespace().unwrap_or_default());
+        let api: Api<Pod> = Api::namespaced(
+            pods.clone().into_client(),
+            &pod.namespace().unwrap_or_default(),
+        );
         let name = pod.name_any();
         if pod.metadata.deletion_timestamp.is_some() {
             if !pod.annotations().contains_key(HOLD) {
-                let _ = api.delete(&name, &DeleteParams::default().grace_period(0)).await;
+                let _ = api
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
             }
             continue;
         }
@@ -126,17 +145,29 @@ async fn kubelet(client: Client) {
             continue;
         }
         let ip = format!("10.0.0.{}", next_ip.fetch_add(1, Ordering::Relaxed));
-        let delay = pod.annotations().get(READY_AFTER_MS).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let delay = pod
+            .annotations()
+            .get(READY_AFTER_MS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let status = |ready: &str| {
             json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
                 "conditions": [{"type": "Ready", "status": ready, "lastTransitionTime": Timestamp::now().to_string()}]}})
         };
-        let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status("False"))).await;
+        let _ = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(status("False")),
+            )
+            .await;
         let ready_status = status("True");
         tokio::spawn(async move {
             // A simulated startup delay, not test synchronisation.
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(ready_status)).await;
+            let _ = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(ready_status))
+                .await;
         });
     }
 }
