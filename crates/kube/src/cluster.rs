@@ -89,11 +89,15 @@ pub trait Cluster {
         on_gone: &mut dyn FnMut(&str),
         deadline: Instant,
     ) -> impl Future<Output = Result<()>>;
-    /// Watches the workload until its desired replicas are Ready on nodes other than `node`.
+    /// Watches the pods of one namespace until each of `workloads` (all in `namespace`) has its
+    /// desired replicas Ready on nodes other than `node`, calling `on_replaced` for each as it
+    /// passes. One watch per namespace, not per workload, keeps the request count low.
     fn wait_replaced(
         &self,
-        workload: &WorkloadRef,
+        namespace: &str,
+        workloads: &[WorkloadRef],
         node: &str,
+        on_replaced: &mut dyn FnMut(&WorkloadRef),
         deadline: Instant,
     ) -> impl Future<Output = Result<()>>;
     /// Watches VolumeAttachments until none is left for `node`.

@@ -199,20 +199,34 @@ impl<C: Cluster> Run<'_, C> {
         Ok(())
     }
 
-    /// Waits (concurrently) for each workload's replicas to be Ready off the node.
+    /// Waits for each workload's replicas to be Ready off the node, one namespace at a time
+    /// per watch, all namespaces concurrently.
     async fn gate(&self, plan: &DrainPlan, workloads: &[WorkloadRef]) -> Result<()> {
-        let waits = workloads.iter().map(|workload| async move {
-            self.cluster
-                .wait_replaced(workload, &self.spec.node, self.deadline)
-                .await?;
-            for pod in plan
-                .pods
+        let namespaces: BTreeSet<&str> = workloads.iter().map(|w| w.namespace.as_str()).collect();
+        let waits = namespaces.into_iter().map(|namespace| async move {
+            let theirs: Vec<WorkloadRef> = workloads
                 .iter()
-                .filter(|p| p.facts.workload.as_ref() == Some(workload))
-            {
-                self.stage(&pod.facts.key(), Stage::Replaced);
-            }
-            Ok::<(), Error>(())
+                .filter(|w| w.namespace == namespace)
+                .cloned()
+                .collect();
+            let mut on_replaced = |workload: &WorkloadRef| {
+                for pod in plan
+                    .pods
+                    .iter()
+                    .filter(|p| p.facts.workload.as_ref() == Some(workload))
+                {
+                    self.stage(&pod.facts.key(), Stage::Replaced);
+                }
+            };
+            self.cluster
+                .wait_replaced(
+                    namespace,
+                    &theirs,
+                    &self.spec.node,
+                    &mut on_replaced,
+                    self.deadline,
+                )
+                .await
         });
         join_all(waits).await.into_iter().collect()
     }

@@ -269,41 +269,65 @@ impl Cluster for KubeCluster {
 
     async fn wait_replaced(
         &self,
-        workload: &WorkloadRef,
+        namespace: &str,
+        workloads: &[WorkloadRef],
         node: &str,
+        on_replaced: &mut dyn FnMut(&WorkloadRef),
         deadline: Instant,
     ) -> Result<()> {
-        let (desired, selector) = self.desired_and_selector(workload).await?;
-        let Some(selector) = selector else {
+        let found =
+            futures::future::try_join_all(workloads.iter().map(|w| self.desired_and_selector(w)))
+                .await?;
+        let mut targets = Vec::new();
+        for (workload, (desired, selector)) in workloads.iter().zip(found) {
+            match selector {
+                Some(selector) => targets.push((workload, desired, selector)),
+                None => on_replaced(workload),
+            }
+        }
+        if targets.is_empty() {
             return Ok(());
-        };
-        let labels = selector_string(&selector);
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &workload.namespace);
-        let what = format!("waiting for {workload} to have {desired} Ready pods off {node}");
-        wait_until(
-            api,
-            watcher::Config::default().labels(&labels),
-            deadline,
-            &what,
-            |pods| gate::replaced(desired, pods.values(), node),
-        )
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let what = format!("waiting for the workloads in {namespace} to be Ready off {node}");
+        wait_until(api, watcher::Config::default(), deadline, &what, |pods| {
+            targets.retain(|(workload, desired, selector)| {
+                let theirs = pods.values().filter(|p| {
+                    quiesce_core::selector::matches(Some(selector), p.metadata.labels.as_ref())
+                });
+                let done = gate::replaced(*desired, theirs, node);
+                if done {
+                    on_replaced(workload);
+                }
+                !done
+            });
+            targets.is_empty()
+        })
         .await
     }
 
     async fn wait_volumes_detached(&self, node: &str, deadline: Instant) -> Result<()> {
         let api: Api<VolumeAttachment> = Api::all(self.client.clone());
-        if let Err(kube::Error::Api(status)) = api.list(&ListParams::default().limit(1)).await
-            && status.code == 404
-        {
-            tracing::info!("this API server has no VolumeAttachments; nothing to wait for");
-            return Ok(());
+        let attached = |va: &VolumeAttachment| va.spec.node_name == node;
+        match api.list(&ListParams::default()).await {
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                tracing::info!("this API server has no VolumeAttachments; nothing to wait for");
+                return Ok(());
+            }
+            // Most drains have nothing attached: one list, no watch.
+            Ok(list) if !list.items.iter().any(attached) => return Ok(()),
+            Ok(_) => {}
+            Err(err) if transient(&err) => {
+                tracing::warn!(%err, "listing VolumeAttachments failed; watching instead")
+            }
+            Err(err) => return Err(err.into()),
         }
         wait_until(
             api,
             watcher::Config::default(),
             deadline,
             "waiting for volumes to detach",
-            |vas| !vas.values().any(|va| va.spec.node_name == node),
+            |vas| !vas.values().any(attached),
         )
         .await
     }
@@ -367,31 +391,12 @@ fn parse_taint(spec: &str) -> serde_json::Value {
     }
 }
 
-/// A label selector in the query-string syntax the API server parses.
-fn selector_string(selector: &LabelSelector) -> String {
-    let labels = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"));
-    let exprs = selector.match_expressions.iter().flatten().map(|e| {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "DoesNotExist" => format!("!{}", e.key),
-            _ => e.key.clone(),
-        }
-    });
-    labels.chain(exprs).collect::<Vec<_>>().join(",")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn taints_and_selectors_render_like_kubectl() {
+    fn taints_render_like_kubectl() {
         assert_eq!(
             parse_taint("quiesce.io/draining=true:NoExecute"),
             json!({"key": "quiesce.io/draining", "value": "true", "effect": "NoExecute"})
@@ -400,11 +405,5 @@ mod tests {
             parse_taint("dedicated"),
             json!({"key": "dedicated", "effect": "NoSchedule"})
         );
-        let selector: LabelSelector = serde_json::from_value(json!({
-            "matchLabels": {"app": "web"},
-            "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}, {"key": "x", "operator": "DoesNotExist"}]
-        }))
-        .unwrap();
-        assert_eq!(selector_string(&selector), "app=web,tier in (a,b),!x");
     }
 }
