@@ -1,6 +1,6 @@
 //! `quiesce drain` against the real `kubectl drain --ignore-daemonsets --delete-emptydir-data`
-//! on identical sandbox clusters (default scenario, 3 nodes, real time), draining the node that
-//! runs the 1-replica `api` Deployment.
+//! on identical sandbox clusters (default scenario, 3 nodes, real time), draining the node with
+//! the most workload pods.
 //!
 //! For each tool: seconds until the node holds only DaemonSet pods, seconds until every
 //! Deployment and StatefulSet has its desired Ready pods on other nodes, API requests made
@@ -157,11 +157,24 @@ async fn ready_cluster() -> (Sandbox, String) {
             break;
         }
     }
-    let node = seen
+    // The node with the most pods to move, so the PDB-guarded web pods take part.
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for p in seen.values().filter(|p| app(p) != Some("log-agent")) {
+        if let Some(n) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            *counts.entry(n).or_default() += 1;
+        }
+    }
+    let node = counts
+        .iter()
+        .max_by_key(|(n, c)| (**c, std::cmp::Reverse((*n).clone())))
+        .map(|(n, _)| n.clone())
+        .expect("pods are scheduled");
+    let moving: Vec<&str> = seen
         .values()
-        .find(|p| app(p) == Some("api"))
-        .and_then(|p| p.spec.as_ref()?.node_name.clone())
-        .expect("api is scheduled");
+        .filter(|p| on(p, &node) && app(p) != Some("log-agent"))
+        .filter_map(|p| p.metadata.name.as_deref())
+        .collect();
+    println!("draining {node}: {moving:?}");
     (sb, node)
 }
 

@@ -229,3 +229,70 @@ async fn two_budgets_and_a_capacity_shortage_are_reported_before_anything_change
     );
     sb.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_at_zero_refuses_with_429_until_a_replacement_is_ready() {
+    let sb = sandbox(Scenario::nodes_only(2)).await;
+    let client = sb.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cordon = |on: bool| json!({"spec": {"unschedulable": on}});
+    let params = kube::api::PatchParams::default();
+    // Both replicas land on node-1 while node-2 is cordoned.
+    nodes
+        .patch("node-2", &params, &kube::api::Patch::Merge(cordon(true)))
+        .await
+        .unwrap();
+    let deployment = json!({
+        "metadata": {"name": "pair", "namespace": "default"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "pair"}}, "template": {
+            "metadata": {"labels": {"app": "pair"}},
+            "spec": {"containers": [{"name": "pair", "image": "pair:1", "resources": {"requests": {"cpu": "100m"}}}]}}}
+    });
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment).unwrap(),
+        )
+        .await
+        .unwrap();
+    ready(&client, "default", "app=pair", 2).await;
+    nodes
+        .patch("node-2", &params, &kube::api::Patch::Merge(cordon(false)))
+        .await
+        .unwrap();
+    let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        Api::namespaced(client.clone(), "default");
+    let pdb = json!({"metadata": {"name": "pair"}, "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "pair"}}}});
+    pdbs.create(
+        &PostParams::default(),
+        &serde_json::from_value(pdb).unwrap(),
+    )
+    .await
+    .unwrap();
+    support::wait_for(
+        pdbs,
+        watcher::Config::default(),
+        "PDB status",
+        |b: &[k8s_openapi::api::policy::v1::PodDisruptionBudget]| {
+            b.iter().any(|b| {
+                b.status
+                    .as_ref()
+                    .is_some_and(|s| s.disruptions_allowed == 1)
+            })
+        },
+    )
+    .await;
+
+    let report = run(client.clone(), "node-1", Duration::from_secs(60)).await;
+
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    let refusals: Vec<u32> = report.pods.iter().map(|p| p.refusals).collect();
+    assert_eq!(
+        refusals.iter().filter(|r| **r > 0).count(),
+        1,
+        "one eviction waited for the budget: {report:#?}"
+    );
+    ready(&client, "default", "app=pair", 2).await;
+    assert!(pods_on(&client, "node-1").await.is_empty());
+    sb.shutdown().await;
+}
