@@ -396,7 +396,10 @@ impl Store {
         }
         inner.rv += 1;
         new["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        // The last finalizer going completes a deletion; a pod still in its grace period
+        // stays until its kubelet deletes it with grace 0.
         let finalized = !new["metadata"]["deletionTimestamp"].is_null()
+            && new["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
             && new["metadata"]["finalizers"]
                 .as_array()
                 .is_none_or(Vec::is_empty);
