@@ -124,6 +124,79 @@ async fn rolling_update_keeps_ready_pods_within_max_unavailable_and_surge() {
     c.stop().await;
 }
 
+/// The real kubectl, pointed at the test's API server.
+struct Kubectl {
+    kubeconfig: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(c: &Cluster) -> Kubectl {
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            serde_saphyr::to_string(&c.server.kubeconfig()).unwrap(),
+        )
+        .unwrap();
+        Kubectl {
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// Runs kubectl (at most 60 s): whether it succeeded, and its stdout and stderr.
+    async fn run(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = tokio::process::Command::new("kubectl");
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--request-timeout=20s")
+            .args(args);
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
+    /// Runs kubectl and insists it succeeds.
+    async fn ok(&self, args: &[&str]) -> String {
+        let (success, text) = self.run(args).await;
+        assert!(success, "kubectl {args:?} failed: {text}");
+        text
+    }
+}
+
+#[tokio::test]
+async fn kubectl_rollout_status_fails_once_the_progress_deadline_passes() {
+    let c = Cluster::start().await;
+    let deployments: Api<Deployment> = c.api();
+    // Pods that never become Ready within the test; a 3 s deadline is 0.3 s at 10x.
+    let mut stuck = deployment("stuck", 2, 600_000, json!({}));
+    stuck["spec"]["progressDeadlineSeconds"] = json!(3);
+    create(&deployments, stuck).await;
+    let (success, text) = Kubectl::new(&c)
+        .run(&["rollout", "status", "deployment/stuck", "--timeout=30s"])
+        .await;
+    assert!(
+        !success && text.contains("exceeded its progress deadline"),
+        "{text}"
+    );
+    let d = deployments.get("stuck").await.unwrap();
+    let conditions = d.status.unwrap().conditions.unwrap();
+    let progressing = conditions
+        .iter()
+        .find(|c| c.type_ == "Progressing")
+        .unwrap();
+    assert_eq!(
+        (progressing.status.as_str(), progressing.reason.as_deref()),
+        ("False", Some("ProgressDeadlineExceeded"))
+    );
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn kubectl_rollout_restart_completes_with_upstream_conditions() {
     let c = Cluster::start().await;
@@ -135,33 +208,11 @@ async fn kubectl_rollout_restart_completes_with_upstream_conditions() {
     })
     .await;
 
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        serde_saphyr::to_string(&c.server.kubeconfig()).unwrap(),
-    )
-    .unwrap();
-    let kubectl = |args: &'static [&'static str]| {
-        let kubeconfig = kubeconfig.clone();
-        async move {
-            let mut cmd = tokio::process::Command::new("kubectl");
-            cmd.arg("--kubeconfig")
-                .arg(kubeconfig)
-                .arg("--request-timeout=20s")
-                .args(args);
-            let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
-                .await
-                .unwrap()
-                .unwrap();
-            let text = String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr);
-            assert!(out.status.success(), "kubectl {args:?} failed: {text}");
-            text
-        }
-    };
-    kubectl(&["rollout", "restart", "deployment/api"]).await;
-    let status = kubectl(&["rollout", "status", "deployment/api", "--timeout=60s"]).await;
+    let kubectl = Kubectl::new(&c);
+    kubectl.ok(&["rollout", "restart", "deployment/api"]).await;
+    let status = kubectl
+        .ok(&["rollout", "status", "deployment/api", "--timeout=60s"])
+        .await;
     assert!(status.contains("successfully rolled out"), "{status}");
 
     let d = deployments.get("api").await.unwrap();

@@ -7,16 +7,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::{
-    Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
-};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
+use super::deployment_status::{self, Counts, Progress};
 use super::ownership::{controlled_by, controller_ref, key};
 use super::pod_state::{availability, is_active, is_ready};
 use super::rollout::{Set, fenceposts, new_replicas, old_replicas};
@@ -75,6 +73,15 @@ impl Owned {
         Set {
             replicas: self.replicas,
             available: self.available.min(self.replicas),
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        Counts {
+            name: self.rs.name_any(),
+            active: self.active,
+            ready: self.ready,
+            available: self.available,
         }
     }
 
@@ -179,7 +186,13 @@ impl Controller {
                 .await;
             }
         }
-        let status = status(deployment, replicas, new.as_ref(), &old);
+        let progress = Progress {
+            replicas,
+            new: new.as_ref().map(Owned::counts),
+            old: old.iter().map(Owned::counts).sum(),
+            scale: self.scale,
+        };
+        let (status, deadline) = deployment_status::status(deployment, &progress);
         if deployment.status.as_ref() != Some(&status) {
             let mut updated = deployment.clone();
             updated.status = Some(status);
@@ -189,7 +202,7 @@ impl Controller {
             )
             .await;
         }
-        wake
+        earliest(wake, deadline)
     }
 
     /// The ReplicaSets `deployment` controls, with their active/ready/available pod counts,
@@ -422,113 +435,4 @@ impl Controller {
 
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-/// The status `kubectl rollout status` reads: pod counts over all owned ReplicaSets, and
-/// conditions Available and Progressing (reason NewReplicaSetAvailable once complete).
-fn status(
-    deployment: &Deployment,
-    replicas: i32,
-    new: Option<&Owned>,
-    old: &[Owned],
-) -> DeploymentStatus {
-    let all = || new.into_iter().chain(old.iter());
-    let total = all().map(|o| o.active).sum::<i32>();
-    let updated = new.map_or(0, |n| n.active);
-    let available = all().map(|o| o.available).sum::<i32>();
-    let spec = deployment.spec.as_ref();
-    let rolling = spec
-        .and_then(|s| s.strategy.as_ref())
-        .and_then(|s| s.rolling_update.as_ref());
-    let recreate = spec
-        .and_then(|s| s.strategy.as_ref())
-        .and_then(|s| s.type_.as_deref())
-        == Some("Recreate");
-    let max_unavailable = if recreate {
-        0
-    } else {
-        fenceposts(
-            rolling.and_then(|r| r.max_surge.as_ref()),
-            rolling.and_then(|r| r.max_unavailable.as_ref()),
-            replicas,
-        )
-        .map_or(0, |(_, u)| u)
-    };
-    let previous = deployment.status.as_ref();
-    let new_name = new.map_or_else(
-        || format!("{}-", deployment.name_any()),
-        |n| n.rs.name_any(),
-    );
-    let complete = updated == replicas && total == replicas && available == replicas;
-    let available_condition = if available >= replicas - max_unavailable {
-        (
-            "True",
-            "MinimumReplicasAvailable",
-            "Deployment has minimum availability.".to_owned(),
-        )
-    } else {
-        (
-            "False",
-            "MinimumReplicasUnavailable",
-            "Deployment does not have minimum availability.".to_owned(),
-        )
-    };
-    let progressing = if complete {
-        (
-            "True",
-            "NewReplicaSetAvailable",
-            format!("ReplicaSet \"{new_name}\" has successfully progressed."),
-        )
-    } else {
-        (
-            "True",
-            "ReplicaSetUpdated",
-            format!("ReplicaSet \"{new_name}\" is progressing."),
-        )
-    };
-    let conditions = vec![
-        condition(previous, "Available", available_condition),
-        condition(previous, "Progressing", progressing),
-    ];
-    DeploymentStatus {
-        observed_generation: deployment.metadata.generation,
-        replicas: Some(total),
-        updated_replicas: Some(updated),
-        ready_replicas: Some(all().map(|o| o.ready).sum()),
-        available_replicas: Some(available),
-        unavailable_replicas: Some((replicas - available).max(0)),
-        conditions: Some(conditions),
-        collision_count: previous.and_then(|s| s.collision_count),
-        terminating_replicas: None,
-    }
-}
-
-/// A condition, keeping the previous one verbatim (its timestamps) when nothing changed.
-fn condition(
-    previous: Option<&DeploymentStatus>,
-    type_: &str,
-    (status, reason, message): (&str, &str, String),
-) -> DeploymentCondition {
-    let before = previous
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == type_));
-    if let Some(before) = before.filter(|c| {
-        c.status == status
-            && c.reason.as_deref() == Some(reason)
-            && c.message.as_deref() == Some(&message)
-    }) {
-        return before.clone();
-    }
-    let now = Some(Time(Timestamp::now()));
-    DeploymentCondition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: Some(reason.into()),
-        message: Some(message),
-        last_update_time: now.clone(),
-        last_transition_time: before
-            .filter(|c| c.status == status)
-            .and_then(|c| c.last_transition_time.clone())
-            .or(now),
-    }
 }

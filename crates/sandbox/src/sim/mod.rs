@@ -2,6 +2,7 @@
 //! client of the API so it behaves the same against the sandbox and a real API server.
 
 pub mod deployment;
+mod deployment_status;
 pub mod disruption;
 pub mod endpointslice;
 mod expectations;
