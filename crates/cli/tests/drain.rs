@@ -64,13 +64,6 @@ fn node_of(pod: &Pod) -> String {
     pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap()
 }
 
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Runs the binary with a deadline; returns exit code and stdout.
 async fn quiesce(setup: &Setup, args: &[&str]) -> (i32, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiesce"));
@@ -101,7 +94,7 @@ async fn exits_zero_only_once_the_single_replica_is_ready_elsewhere() {
     assert_eq!(code, 0, "{stdout}");
     let pods = api_pods(&setup.client).await;
     assert!(
-        pods.len() == 1 && ready(&pods[0]) && node_of(&pods[0]) != node,
+        pods.len() == 1 && quiesce_core::gate::is_ready(&pods[0]) && node_of(&pods[0]) != node,
         "{pods:#?}"
     );
     let report: Value = serde_json::from_str(&stdout).unwrap();

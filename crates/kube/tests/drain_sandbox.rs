@@ -63,6 +63,25 @@ async fn ready(client: &Client, namespace: &str, selector: &str, n: usize) {
     .await;
 }
 
+/// Creates a Deployment `app=NAME` of `replicas` pods requesting `cpu` each, and waits until
+/// they are Ready.
+async fn deployment(client: &Client, name: &str, replicas: i32, cpu: &str) {
+    let deployment = json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": {
+            "metadata": {"labels": {"app": name}},
+            "spec": {"containers": [{"name": name, "image": "app:1", "resources": {"requests": {"cpu": cpu}}}]}}}
+    });
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment).unwrap(),
+        )
+        .await
+        .unwrap();
+    ready(client, "default", &format!("app={name}"), replicas as usize).await;
+}
+
 async fn pods_on(client: &Client, node: &str) -> Vec<Pod> {
     let api: Api<Pod> = Api::all(client.clone());
     api.list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
@@ -171,20 +190,7 @@ async fn two_budgets_and_a_capacity_shortage_are_reported_before_anything_change
     let sb = sandbox(Scenario::nodes_only(2)).await;
     let client = sb.client();
     // 2 replicas of 3 CPU on 4-CPU nodes: one per node, and no room for a second anywhere.
-    let deployment = json!({
-        "metadata": {"name": "big", "namespace": "default"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "big"}}, "template": {
-            "metadata": {"labels": {"app": "big"}},
-            "spec": {"containers": [{"name": "big", "image": "big:1", "resources": {"requests": {"cpu": "3"}}}]}}}
-    });
-    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "default")
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(deployment).unwrap(),
-        )
-        .await
-        .unwrap();
-    ready(&client, "default", "app=big", 2).await;
+    deployment(&client, "big", 2, "3").await;
     let pdbs: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
         Api::namespaced(client.clone(), "default");
     for name in ["big-a", "big-b"] {
@@ -242,20 +248,7 @@ async fn a_budget_at_zero_refuses_with_429_until_a_replacement_is_ready() {
         .patch("node-2", &params, &kube::api::Patch::Merge(cordon(true)))
         .await
         .unwrap();
-    let deployment = json!({
-        "metadata": {"name": "pair", "namespace": "default"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "pair"}}, "template": {
-            "metadata": {"labels": {"app": "pair"}},
-            "spec": {"containers": [{"name": "pair", "image": "pair:1", "resources": {"requests": {"cpu": "100m"}}}]}}}
-    });
-    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), "default")
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(deployment).unwrap(),
-        )
-        .await
-        .unwrap();
-    ready(&client, "default", "app=pair", 2).await;
+    deployment(&client, "pair", 2, "100m").await;
     nodes
         .patch("node-2", &params, &kube::api::Patch::Merge(cordon(false)))
         .await
