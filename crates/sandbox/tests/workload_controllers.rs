@@ -259,3 +259,50 @@ async fn deleting_a_deployment_collects_its_replicasets_and_pods() {
     .await;
     c.stop().await;
 }
+
+#[tokio::test]
+async fn statefulset_scales_down_from_the_highest_ordinal() {
+    let c = Cluster::start().await;
+    let sets: Api<StatefulSet> = c.api();
+    let pods: Api<Pod> = c.api();
+    create(
+        &sets,
+        json!({"metadata": {"name": "db"}, "spec": {"replicas": 3, "serviceName": "db",
+        "selector": {"matchLabels": {"app": "db"}}, "template": template("db")}}),
+    )
+    .await;
+    eventually("3 ready replicas", || async {
+        (sets.get("db").await.ok()?.status?.ready_replicas == Some(3)).then_some(())
+    })
+    .await;
+    let order = tokio::spawn({
+        let pods = pods.clone();
+        async move {
+            let mut deleted = Vec::new();
+            let stream = watcher(pods, watcher::Config::default()).default_backoff();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(event)) = stream.next().await {
+                if let watcher::Event::Delete(pod) = event {
+                    deleted.push(pod.name_any());
+                }
+                if deleted.len() == 2 {
+                    break;
+                }
+            }
+            deleted
+        }
+    });
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    let order = tokio::time::timeout(std::time::Duration::from_secs(30), order)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(order, ["db-2", "db-1"]);
+    c.stop().await;
+}

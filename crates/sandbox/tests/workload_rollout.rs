@@ -381,3 +381,64 @@ async fn eviction_turns_from_429_to_allowed_once_the_replacement_is_ready() {
     );
     c.stop().await;
 }
+
+#[tokio::test]
+async fn recreate_removes_every_old_pod_before_creating_new_ones() {
+    let c = Cluster::start().await;
+    let deployments: Api<Deployment> = c.api();
+    let pods: Api<Pod> = c.api();
+    create(
+        &deployments,
+        deployment("batch", 3, 20, json!({"type": "Recreate"})),
+    )
+    .await;
+    eventually("the first rollout", || {
+        rolled_out(&deployments, "batch", 1, 3)
+    })
+    .await;
+    let old_hash = active_pods(&pods, "batch-").await[0].labels()["pod-template-hash"].clone();
+
+    // Over every pod change: was a new-template pod ever present beside a live old one?
+    let overlap = Arc::new(Mutex::new(None::<bool>));
+    let watch = tokio::spawn({
+        let (pods, overlap, old_hash) = (pods.clone(), overlap.clone(), old_hash.clone());
+        async move {
+            let mut state: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+            let stream = watcher(pods, watcher::Config::default())
+                .default_backoff()
+                .touched_objects();
+            let mut stream = std::pin::pin!(stream);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while let Ok(Some(Ok(pod))) = tokio::time::timeout_at(deadline, stream.next()).await {
+                let old = pod.labels().get("pod-template-hash") == Some(&old_hash);
+                state.insert(
+                    pod.name_any(),
+                    (old, pod.metadata.deletion_timestamp.is_none()),
+                );
+                let both =
+                    state.values().any(|(o, live)| *o && *live) && state.values().any(|(o, _)| !o);
+                let mut seen = overlap.lock().unwrap();
+                *seen = Some(seen.unwrap_or(false) || both);
+            }
+        }
+    });
+    eventually("the watch to start", || async {
+        overlap.lock().unwrap().map(|_| ())
+    })
+    .await;
+    deployments
+        .patch("batch", &PatchParams::default(), &Patch::Merge(json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "app:2"}]}}}})))
+        .await
+        .unwrap();
+    eventually("the second rollout", || {
+        rolled_out(&deployments, "batch", 2, 3)
+    })
+    .await;
+    watch.abort();
+    assert_eq!(
+        *overlap.lock().unwrap(),
+        Some(false),
+        "a new pod existed while an old one was live"
+    );
+    c.stop().await;
+}
