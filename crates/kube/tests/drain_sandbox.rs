@@ -219,6 +219,23 @@ async fn two_budgets_and_a_capacity_shortage_are_reported_before_anything_change
         text.iter().any(|b| b.contains("no other node has room")),
         "{text:?}"
     );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let on_node: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.involved_object.kind.as_deref() == Some("Node")
+                && e.reason.as_deref() == Some("DrainBlocked")
+        })
+        .filter_map(|e| e.message)
+        .collect();
+    assert!(
+        on_node.iter().any(|m| m.contains("default/big-a")),
+        "the Node's events name the PDBs: {on_node:?}"
+    );
     let node = Api::<Node>::all(client.clone())
         .get("node-1")
         .await
