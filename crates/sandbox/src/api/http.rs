@@ -393,9 +393,9 @@ fn watch(
     };
     let encode = move |c: &Change| {
         let object = if as_table {
-            table::table(r, std::slice::from_ref(&c.object), c.rv)
+            table::table(r, std::slice::from_ref(&*c.object), c.rv)
         } else {
-            c.object.clone()
+            Value::clone(&c.object)
         };
         event_line(c.kind.as_str(), object)
     };

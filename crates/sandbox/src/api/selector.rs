@@ -212,6 +212,16 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
+    /// The node an equality requirement on `spec.nodeName` pins, so the store can use its
+    /// index; the full selector is still checked on every candidate. `spec.nodeName=` (the
+    /// scheduler's "unbound pods") pins none.
+    pub fn node_name(&self) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(field, value, negate)| field == "spec.nodeName" && !negate && !value.is_empty())
+            .map(|(_, value, _)| value.as_str())
+    }
+
     /// Whether an object satisfies every requirement; a missing field reads as "".
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, value, negate)| {

@@ -2,7 +2,7 @@
 //! and a bounded history of changes for watches. All writes — from HTTP clients and from the
 //! simulated controllers — go through here, so watch streams see every change in order.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use k8s_openapi::jiff::Timestamp;
@@ -45,8 +45,8 @@ pub struct Change {
     pub resource: usize,
     /// What happened.
     pub kind: EventKind,
-    /// The object after the change (before it, for a deletion).
-    pub object: Value,
+    /// The object after the change (before it, for a deletion), shared with the store.
+    pub object: Arc<Value>,
 }
 
 /// The start of a watch: the changes to replay, then a receiver for live ones.
@@ -81,9 +81,76 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
+type Key = (String, String);
+
+/// The objects of one resource, and the one index a large cluster needs: pods by
+/// `spec.nodeName`, so a kubelet's or a drain's field-selected list does not scan every pod.
+#[derive(Default)]
+struct Objects {
+    by_key: BTreeMap<Key, Arc<Value>>,
+    by_node: HashMap<String, BTreeSet<Key>>,
+}
+
+fn node_of(obj: &Value) -> Option<&str> {
+    obj["spec"]["nodeName"].as_str().filter(|n| !n.is_empty())
+}
+
+impl Objects {
+    fn get(&self, key: &Key) -> Option<&Arc<Value>> {
+        self.by_key.get(key)
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.by_key.contains_key(key)
+    }
+
+    fn insert(&mut self, key: Key, obj: Arc<Value>) {
+        self.remove(&key);
+        if let Some(node) = node_of(&obj) {
+            self.by_node
+                .entry(node.to_string())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.by_key.insert(key, obj);
+    }
+
+    fn remove(&mut self, key: &Key) {
+        let Some(old) = self.by_key.remove(key) else {
+            return;
+        };
+        if let Some(node) = node_of(&old)
+            && let Some(keys) = self.by_node.get_mut(node)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
+
+    /// The objects a list must look at: those on one node when the selector pins
+    /// `spec.nodeName`, otherwise all.
+    fn candidates<'a>(
+        &'a self,
+        node: Option<&str>,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Value>> + 'a> {
+        match node {
+            Some(node) => Box::new(
+                self.by_node
+                    .get(node)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|k| self.by_key.get(k)),
+            ),
+            None => Box::new(self.by_key.values()),
+        }
+    }
+}
+
 struct Inner {
     rv: u64,
-    objects: Vec<BTreeMap<(String, String), Value>>,
+    objects: Vec<Objects>,
     history: VecDeque<Arc<Change>>,
 }
 
@@ -130,7 +197,7 @@ fn random_suffix() -> String {
         .collect()
 }
 
-fn key(ns: &str, name: &str) -> (String, String) {
+fn key(ns: &str, name: &str) -> Key {
     (ns.to_string(), name.to_string())
 }
 
@@ -142,7 +209,7 @@ impl Store {
         let store = Arc::new(Store {
             inner: Mutex::new(Inner {
                 rv: 0,
-                objects: RESOURCES.iter().map(|_| BTreeMap::new()).collect(),
+                objects: RESOURCES.iter().map(|_| Objects::default()).collect(),
                 history: VecDeque::new(),
             }),
             history_capacity: history_capacity.max(1),
@@ -174,7 +241,7 @@ impl Store {
         self.lock().rv
     }
 
-    fn record(&self, inner: &mut Inner, resource: usize, kind: EventKind, object: Value) {
+    fn record(&self, inner: &mut Inner, resource: usize, kind: EventKind, object: Arc<Value>) {
         let change = Arc::new(Change {
             rv: inner.rv,
             resource,
@@ -194,7 +261,7 @@ impl Store {
         let inner = self.lock();
         inner.objects[index_of(r)]
             .get(&key(ns, name))
-            .cloned()
+            .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))
     }
 
@@ -208,10 +275,10 @@ impl Store {
     ) -> (Vec<Value>, u64) {
         let inner = self.lock();
         let items = inner.objects[index_of(r)]
-            .iter()
-            .filter(|((o_ns, _), _)| ns.is_none_or(|n| n == o_ns))
-            .filter(|(_, o)| labels.matches(&o["metadata"]["labels"]) && fields.matches(o))
-            .map(|(_, o)| o.clone())
+            .candidates(fields.node_name())
+            .filter(|o| ns.is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n)))
+            .filter(|o| labels.matches(&o["metadata"]["labels"]) && fields.matches(o))
+            .map(|o| Value::clone(o))
             .collect();
         (items, inner.rv)
     }
@@ -219,7 +286,10 @@ impl Store {
     /// Runs `f` over every object of a resource without cloning the collection.
     pub fn for_each(&self, r: &'static Resource, mut f: impl FnMut(&Value)) {
         let inner = self.lock();
-        inner.objects[index_of(r)].values().for_each(&mut f);
+        inner.objects[index_of(r)]
+            .by_key
+            .values()
+            .for_each(|o| f(o));
     }
 
     /// Creates an object, filling in the metadata the server owns.
@@ -248,7 +318,7 @@ impl Store {
         if r.namespaced {
             let ns_idx =
                 index_of(super::resources::lookup("", "v1", "namespaces").expect("served"));
-            if !inner.objects[ns_idx].contains_key(&key("", ns)) {
+            if !inner.objects[ns_idx].contains(&key("", ns)) {
                 return Err(ApiError::not_found("", "namespaces", ns));
             }
         }
@@ -268,7 +338,7 @@ impl Store {
             }
         };
         let idx = index_of(r);
-        if inner.objects[idx].contains_key(&key(ns, &name)) {
+        if inner.objects[idx].contains(&key(ns, &name)) {
             return Err(ApiError::already_exists(r.group, r.plural, &name));
         }
         super::defaults::on_create(r, &mut obj);
@@ -296,9 +366,10 @@ impl Store {
             return Ok(obj);
         }
         inner.rv = rv;
+        let obj = Arc::new(obj);
         inner.objects[idx].insert(key(ns, &name), obj.clone());
         self.record(&mut inner, idx, EventKind::Added, obj.clone());
-        Ok(obj)
+        Ok(Value::clone(&obj))
     }
 
     /// Replaces an object (PUT), or the part of it `part` names.
@@ -328,7 +399,7 @@ impl Store {
         let idx = index_of(r);
         let existing = inner.objects[idx]
             .get(&key(ns, name))
-            .cloned()
+            .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
         let mut new = change(&existing)?;
         if !new.is_object() {
@@ -399,18 +470,22 @@ impl Store {
         // The last finalizer going completes a deletion; a pod still in its grace period
         // stays until its kubelet deletes it with grace 0.
         let finalized = !new["metadata"]["deletionTimestamp"].is_null()
-            && new["metadata"]["deletionGracePeriodSeconds"].as_i64().unwrap_or(0) == 0
+            && new["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .unwrap_or(0)
+                == 0
             && new["metadata"]["finalizers"]
                 .as_array()
                 .is_none_or(Vec::is_empty);
+        let shared = Arc::new(new);
         if finalized {
             inner.objects[idx].remove(&key(ns, name));
-            self.record(&mut inner, idx, EventKind::Deleted, new.clone());
+            self.record(&mut inner, idx, EventKind::Deleted, shared.clone());
         } else {
-            inner.objects[idx].insert(key(ns, name), new.clone());
-            self.record(&mut inner, idx, EventKind::Modified, new.clone());
+            inner.objects[idx].insert(key(ns, name), shared.clone());
+            self.record(&mut inner, idx, EventKind::Modified, shared.clone());
         }
-        Ok(new)
+        Ok(Value::clone(&shared))
     }
 
     /// Deletes an object the way the registry does: pods bound to a node terminate gracefully
@@ -428,7 +503,7 @@ impl Store {
         let idx = index_of(r);
         let existing = inner.objects[idx]
             .get(&key(ns, name))
-            .cloned()
+            .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
         let actual_uid = existing["metadata"]["uid"].as_str().unwrap_or_default();
         if let Some(uid) = &opts.uid
@@ -456,7 +531,7 @@ impl Store {
             inner.rv += 1;
             obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
             inner.objects[idx].remove(&key(ns, name));
-            self.record(&mut inner, idx, EventKind::Deleted, obj.clone());
+            self.record(&mut inner, idx, EventKind::Deleted, Arc::new(obj.clone()));
             return Ok(obj);
         }
         let grace = grace.unwrap_or(0);
@@ -475,9 +550,10 @@ impl Store {
         }
         inner.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-        inner.objects[idx].insert(key(ns, name), obj.clone());
-        self.record(&mut inner, idx, EventKind::Modified, obj.clone());
-        Ok(obj)
+        let shared = Arc::new(obj);
+        inner.objects[idx].insert(key(ns, name), shared.clone());
+        self.record(&mut inner, idx, EventKind::Modified, shared.clone());
+        Ok(Value::clone(&shared))
     }
 
     /// A watch: the changes after `since` still in history (or the current objects as ADDED
@@ -488,6 +564,7 @@ impl Store {
         let receiver = self.changes.subscribe();
         let backlog = match since {
             None => inner.objects[idx]
+                .by_key
                 .values()
                 .map(|o| {
                     Arc::new(Change {
@@ -604,6 +681,43 @@ mod tests {
         };
         store.delete(pods(), "default", "a", &opts).unwrap();
         assert_eq!(store.get(pods(), "default", "a").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn node_index_follows_binding_and_deletion() {
+        let store = Store::new(100);
+        let on = |node: &str| {
+            let fields = FieldSelector::parse(&format!("spec.nodeName={node}"), "pods").unwrap();
+            let (items, _) = store.list(pods(), None, &LabelSelector::default(), &fields);
+            items
+                .iter()
+                .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        for (name, node) in [("a", json!("n1")), ("b", json!("n1")), ("c", json!(null))] {
+            let pod = json!({"metadata": {"name": name}, "spec": {"nodeName": node}});
+            store.create(pods(), "default", pod, false).unwrap();
+        }
+        assert_eq!(
+            (on("n1"), on("")),
+            (vec!["a".into(), "b".into()], vec!["c".into()])
+        );
+        store
+            .modify(pods(), "default", "c", Part::Main, |p| {
+                let mut p = p.clone();
+                p["spec"]["nodeName"] = json!("n2");
+                Ok(p)
+            })
+            .unwrap();
+        let now = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        store.delete(pods(), "default", "a", &now).unwrap();
+        assert_eq!(
+            (on("n1"), on("n2"), on("")),
+            (vec!["b".into()], vec!["c".into()], vec![])
+        );
     }
 
     #[test]
