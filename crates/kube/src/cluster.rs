@@ -70,25 +70,25 @@ pub enum Eviction {
 }
 
 /// The verbs the drain engine needs. Waits are watches and end at `deadline`.
-pub trait Cluster {
+pub trait Cluster: Sync {
     /// Reads nodes, pods, PDBs, ReplicaSets and Deployments.
-    fn snapshot(&self) -> impl Future<Output = Result<Snapshot>>;
+    fn snapshot(&self) -> impl Future<Output = Result<Snapshot>> + Send;
     /// Marks the node unschedulable (plus `cordon`'s extras).
-    fn cordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>>;
+    fn cordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>> + Send;
     /// Undoes [`Cluster::cordon`].
-    fn uncordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>>;
+    fn uncordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>> + Send;
     /// Posts one Eviction with the pod's UID as precondition.
-    fn evict(&self, pod: &PodFacts) -> impl Future<Output = Result<Eviction>>;
+    fn evict(&self, pod: &PodFacts) -> impl Future<Output = Result<Eviction>> + Send;
     /// Starts a rolling restart of a Deployment (what `kubectl rollout restart` does).
-    fn restart(&self, workload: &WorkloadRef) -> impl Future<Output = Result<()>>;
+    fn restart(&self, workload: &WorkloadRef) -> impl Future<Output = Result<()>> + Send;
     /// Watches the node's pods until none of `uids` is left, calling `on_gone` for each.
     fn wait_gone(
         &self,
         node: &str,
         uids: &[String],
-        on_gone: &mut dyn FnMut(&str),
+        on_gone: &mut (dyn FnMut(&str) + Send),
         deadline: Instant,
-    ) -> impl Future<Output = Result<()>>;
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Watches the pods of one namespace until each of `workloads` (all in `namespace`) has its
     /// desired replicas Ready on nodes other than `node`, calling `on_replaced` for each as it
     /// passes. One watch per namespace, not per workload, keeps the request count low.
@@ -97,15 +97,20 @@ pub trait Cluster {
         namespace: &str,
         workloads: &[WorkloadRef],
         node: &str,
-        on_replaced: &mut dyn FnMut(&WorkloadRef),
+        on_replaced: &mut (dyn FnMut(&WorkloadRef) + Send),
         deadline: Instant,
-    ) -> impl Future<Output = Result<()>>;
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Watches VolumeAttachments until none is left for `node`.
     fn wait_volumes_detached(
         &self,
         node: &str,
         deadline: Instant,
-    ) -> impl Future<Output = Result<()>>;
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Records a Kubernetes Event on the Node (blockers, progress people should see).
-    fn event(&self, node: &str, reason: &str, message: &str) -> impl Future<Output = Result<()>>;
+    fn event(
+        &self,
+        node: &str,
+        reason: &str,
+        message: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
 }

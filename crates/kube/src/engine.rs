@@ -5,8 +5,8 @@
 //! each pod every second, retries 429 and the multi-PDB 500 with backoff instead of failing,
 //! and does not call the node drained until the workloads are whole again.
 
-use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::{join_all, try_join};
@@ -40,14 +40,14 @@ pub struct DrainSpec {
 }
 
 /// Called whenever a pod moves to a new stage, for live progress.
-pub type Progress<'a> = &'a dyn Fn(&str, Stage);
+pub type Progress<'a> = &'a (dyn Fn(&str, Stage) + Sync);
 
 struct Run<'a, C> {
     cluster: &'a C,
     spec: &'a DrainSpec,
     started: Instant,
     deadline: Instant,
-    report: RefCell<DrainReport>,
+    report: Mutex<DrainReport>,
     progress: Progress<'a>,
 }
 
@@ -82,11 +82,11 @@ pub async fn drain<C: Cluster>(
         spec,
         started,
         deadline: started + spec.timeout,
-        report: RefCell::new(DrainReport::from_plan(&plan, Outcome::Failed)),
+        report: Mutex::new(DrainReport::from_plan(&plan, Outcome::Failed)),
         progress,
     };
     let result = run.execute(&plan).await;
-    let mut report = run.report.into_inner();
+    let mut report = run.report.into_inner().unwrap_or_else(|p| p.into_inner());
     match result {
         Ok(()) => {
             report.outcome = Outcome::Drained;
@@ -264,7 +264,7 @@ impl<C: Cluster> Run<'_, C> {
                 announced = true;
             }
             if !backoff.wait(retry_after, self.deadline).await {
-                self.report.borrow_mut().blockers.push(Blocker {
+                self.report().blockers.push(Blocker {
                     pod: Some(key.clone()),
                     pdb: None,
                     severity: Severity::Wait,
@@ -275,36 +275,54 @@ impl<C: Cluster> Run<'_, C> {
         }
     }
 
+    /// The report under construction (a poisoned lock still holds a usable report).
+    fn report(&self) -> MutexGuard<'_, DrainReport> {
+        self.report.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn phase(&self, name: &'static str) {
         let seconds = self.started.elapsed().as_secs_f64();
         tracing::info!(node = %self.spec.node, phase = name, elapsed = %humantime::format_duration(Duration::from_millis((seconds * 1000.0) as u64)), "phase done");
-        let mut report = self.report.borrow_mut();
+        let mut report = self.report();
         report.phases.retain(|p| p.name != name);
         report.phases.push(Phase { name, seconds });
     }
 
     fn stage(&self, pod: &str, stage: Stage) {
-        if let Some(p) = self
-            .report
-            .borrow_mut()
-            .pods
-            .iter_mut()
-            .find(|p| p.pod == pod)
-        {
+        if let Some(p) = self.report().pods.iter_mut().find(|p| p.pod == pod) {
             p.stage = stage;
         }
         (self.progress)(pod, stage);
     }
 
     fn refused(&self, pod: &str) {
-        if let Some(p) = self
-            .report
-            .borrow_mut()
-            .pods
-            .iter_mut()
-            .find(|p| p.pod == pod)
-        {
+        if let Some(p) = self.report().pods.iter_mut().find(|p| p.pod == pod) {
             p.refusals += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube_cluster::KubeCluster;
+
+    fn spawnable<T: Send>(_: &T) {}
+
+    /// The lifecycle-hook drainer runs drains in spawned tasks, so the future must be `Send`.
+    #[tokio::test]
+    async fn the_drain_future_is_send() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let cluster = KubeCluster::new(kube::Client::try_from(config).unwrap());
+        let spec = DrainSpec {
+            node: "node-1".into(),
+            options: DrainOptions::default(),
+            timeout: Duration::from_secs(1),
+            dry_run: true,
+            uncordon_on_failure: false,
+            cordon: Cordon::default(),
+        };
+        let future = drain(&cluster, &spec, &|_, _| {});
+        spawnable(&future);
     }
 }

@@ -239,7 +239,7 @@ impl Cluster for KubeCluster {
         &self,
         node: &str,
         uids: &[String],
-        on_gone: &mut dyn FnMut(&str),
+        on_gone: &mut (dyn FnMut(&str) + Send),
         deadline: Instant,
     ) -> Result<()> {
         let mut remaining: BTreeSet<String> = uids.iter().cloned().collect();
@@ -272,7 +272,7 @@ impl Cluster for KubeCluster {
         namespace: &str,
         workloads: &[WorkloadRef],
         node: &str,
-        on_replaced: &mut dyn FnMut(&WorkloadRef),
+        on_replaced: &mut (dyn FnMut(&WorkloadRef) + Send),
         deadline: Instant,
     ) -> Result<()> {
         let found =
