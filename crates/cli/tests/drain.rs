@@ -87,7 +87,17 @@ async fn exits_zero_only_once_the_single_replica_is_ready_elsewhere() {
 
     let (code, stdout) = quiesce(
         &setup,
-        &["drain", &node, "--timeout", "60s", "--output", "json"],
+        &[
+            "drain",
+            &node,
+            "--timeout",
+            "60s",
+            "--output",
+            "json",
+            "--taint",
+            "quiesce.io/draining=true:NoSchedule",
+            "--exclude-from-load-balancers",
+        ],
     )
     .await;
 
@@ -96,6 +106,22 @@ async fn exits_zero_only_once_the_single_replica_is_ready_elsewhere() {
     assert!(
         pods.len() == 1 && quiesce_core::gate::is_ready(&pods[0]) && node_of(&pods[0]) != node,
         "{pods:#?}"
+    );
+    let fenced = Api::<Node>::all(setup.client.clone())
+        .get(&node)
+        .await
+        .unwrap();
+    let labels = fenced.metadata.labels.unwrap_or_default();
+    assert_eq!(
+        labels.get("node.kubernetes.io/exclude-from-external-load-balancers"),
+        Some(&"quiesce".to_string())
+    );
+    let taints = fenced.spec.and_then(|s| s.taints).unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t.key == "quiesce.io/draining" && t.effect == "NoSchedule"),
+        "{taints:?}"
     );
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["outcome"], "drained");
