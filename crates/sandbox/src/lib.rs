@@ -2,8 +2,10 @@
 //!
 //! - [`api`]: an in-memory API server over real HTTP (discovery, list/watch, patch, eviction
 //!   with PodDisruptionBudget semantics, `Status` errors), so kubectl and kube-rs work unchanged;
-//! - [`cluster`]: the simulated scheduler, kubelets and controllers, writing through the same
-//!   store so every watch sees their changes;
+//! - [`cluster`]: the simulated scheduler, kubelets and DaemonSet controller, in-process on the
+//!   same store so every watch sees their changes;
+//! - [`sim`]: the workload controllers (ReplicaSet, Deployment, StatefulSet, PDB status,
+//!   EndpointSlice, garbage collector) as kube-rs clients of the API;
 //! - [`scenario`]: the YAML that seeds nodes and workloads.
 //!
 //! [`Sandbox`] puts them together: the handle tests and `quiesce sandbox` use.
@@ -21,6 +23,7 @@ use std::time::Duration;
 use api::{ApiServer, FaultInjector};
 use cluster::{Cluster, ClusterOptions};
 use scenario::{Scenario, ScenarioError};
+use sim::workloads::WorkloadControllers;
 use time::TimeScale;
 
 /// Why the sandbox could not start.
@@ -70,6 +73,7 @@ impl Default for SandboxOptions {
 pub struct Sandbox {
     api: ApiServer,
     cluster: Cluster,
+    workloads: WorkloadControllers,
 }
 
 impl Sandbox {
@@ -84,7 +88,12 @@ impl Sandbox {
                 startup_delay: opts.startup_delay,
             },
         );
-        Ok(Sandbox { api, cluster })
+        let workloads = WorkloadControllers::spawn(api.client(), opts.time_scale);
+        Ok(Sandbox {
+            api,
+            cluster,
+            workloads,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -120,6 +129,7 @@ impl Sandbox {
 
     /// Stops the simulation, then the API.
     pub async fn shutdown(self) {
+        self.workloads.stop().await;
         self.cluster.stop().await;
         self.api.shutdown().await;
     }

@@ -2,11 +2,10 @@
 //! pods tolerate `node.kubernetes.io/unschedulable`, as upstream adds that toleration, so a
 //! cordon does not evict them), bound directly to its node.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::objects::{self, deleting, tolerates};
-use super::replicaset::owned;
-use super::{Pass, pod_from_template, pods};
+use super::objects::{self, deleting, owned, tolerates};
+use super::{Pass, pods};
 use crate::api::eviction::is_ready;
 use crate::api::resources::by_kind;
 use crate::api::store::Part;
@@ -52,7 +51,7 @@ pub(super) fn reconcile(pass: &mut Pass<'_>) {
                 .iter()
                 .any(|p| p["spec"]["nodeName"] == json!(node_name) && !deleting(p))
             {
-                let mut pod = pod_from_template(&ds, None, &[]);
+                let mut pod = pod_from_template(&ds);
                 pod["spec"]["nodeName"] = json!(node_name);
                 pod["spec"]["tolerations"] = tolerations.clone();
                 pass.create(pods(), objects::namespace(&ds), pod);
@@ -79,4 +78,21 @@ pub(super) fn reconcile(pass: &mut Pass<'_>) {
                 "numberUnavailable": eligible.len().saturating_sub(ready)});
         });
     }
+}
+
+/// A pod stamped from the DaemonSet's template, bound to no node yet.
+fn pod_from_template(ds: &Value) -> Value {
+    let template = &ds["spec"]["template"];
+    let mut pod = json!({
+        "metadata": {
+            "generateName": format!("{}-", objects::name(ds)),
+            "labels": template["metadata"]["labels"],
+            "ownerReferences": objects::owner_ref(ds),
+        },
+        "spec": template["spec"],
+    });
+    if template["metadata"]["annotations"].is_object() {
+        pod["metadata"]["annotations"] = template["metadata"]["annotations"].clone();
+    }
+    pod
 }

@@ -1,6 +1,5 @@
-//! The simulated cluster: scheduler, kubelets, and the workload controllers of
-//! kube-controller-manager (ReplicaSet, Deployment, StatefulSet, DaemonSet, disruption,
-//! EndpointSlice, garbage collector), running in-process on the API server's store.
+//! The simulated nodes: scheduler, kubelets and the DaemonSet controller, running in-process on
+//! the API server's store (the workload controllers are kube-rs clients, in [`crate::sim`]).
 //!
 //! One loop reconciles everything on every change, level-triggered like upstream controllers:
 //! it wakes when the store's resourceVersion moves or when the earliest simulated deadline
@@ -9,15 +8,9 @@
 //! would see a real kubelet's or controller's.
 
 mod daemonset;
-mod deployment;
-mod disruption;
-mod endpointslice;
-mod gc;
 mod kubelet;
 pub mod objects;
-mod replicaset;
 mod scheduler;
-mod statefulset;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -174,45 +167,7 @@ impl Cluster {
 /// One level-triggered pass of every component, in the order a real cluster converges.
 fn reconcile(pass: &mut Pass<'_>) {
     kubelet::nodes(pass);
-    deployment::reconcile(pass);
-    replicaset::reconcile(pass);
-    statefulset::reconcile(pass);
     daemonset::reconcile(pass);
     scheduler::schedule(pass);
     kubelet::pod_lifecycles(pass);
-    disruption::reconcile(pass);
-    endpointslice::reconcile(pass);
-    gc::collect(pass);
-}
-
-/// A pod stamped from a workload's template.
-fn pod_from_template(owner: &Value, name: Option<&str>, extra_labels: &[(&str, String)]) -> Value {
-    let template = &owner["spec"]["template"];
-    let mut pod = serde_json::json!({
-        "metadata": {
-            "labels": template["metadata"]["labels"].clone(),
-            "annotations": template["metadata"]["annotations"].clone(),
-            "ownerReferences": objects::owner_ref(owner),
-        },
-        "spec": template["spec"].clone(),
-    });
-    if !pod["metadata"]["labels"].is_object() {
-        pod["metadata"]["labels"] = serde_json::json!({});
-    }
-    for (k, v) in extra_labels {
-        pod["metadata"]["labels"][*k] = serde_json::json!(v);
-    }
-    if pod["metadata"]["annotations"].is_null()
-        && let Some(m) = pod["metadata"].as_object_mut()
-    {
-        m.remove("annotations");
-    }
-    match name {
-        Some(n) => pod["metadata"]["name"] = serde_json::json!(n),
-        None => {
-            pod["metadata"]["generateName"] =
-                serde_json::json!(format!("{}-", objects::name(owner)))
-        }
-    }
-    pod
 }

@@ -33,6 +33,14 @@ pub fn controller_uid(obj: &Value) -> Option<&str> {
         .and_then(|r| r["uid"].as_str())
 }
 
+/// The objects a controller owns, by controller UID.
+pub fn owned<'a>(all: &'a [Value], owner: &Value) -> Vec<&'a Value> {
+    let owner_uid = uid(owner);
+    all.iter()
+        .filter(|o| controller_uid(o) == Some(owner_uid))
+        .collect()
+}
+
 /// The owner reference a controller puts on what it creates.
 pub fn owner_ref(owner: &Value) -> Value {
     serde_json::json!([{
@@ -52,25 +60,6 @@ pub fn terminal(pod: &Value) -> bool {
 /// A pod that counts towards its controller's replicas: not finished, not being deleted.
 pub fn active(pod: &Value) -> bool {
     !terminal(pod) && !deleting(pod)
-}
-
-/// Reads an int-or-percent (`2`, `"25%"`) against `total`, rounding as asked.
-pub fn scaled(value: &Value, total: i64, round_up: bool) -> i64 {
-    match value {
-        Value::Number(n) => n.as_i64().unwrap_or(0),
-        Value::String(s) => match s.strip_suffix('%').and_then(|p| p.parse::<f64>().ok()) {
-            Some(pct) => {
-                let exact = pct * total as f64 / 100.0;
-                if round_up {
-                    exact.ceil() as i64
-                } else {
-                    exact.floor() as i64
-                }
-            }
-            None => s.parse().unwrap_or(0),
-        },
-        _ => 0,
-    }
 }
 
 /// A duration annotation (`5s`, `1m30s`) on the object, if set and valid.
@@ -160,13 +149,10 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn quantities_and_percentages() {
+    fn quantities() {
         assert_eq!(cpu_millis(&json!("250m")), 250);
         assert_eq!(cpu_millis(&json!("1.5")), 1500);
         assert_eq!(memory_bytes(&json!("1Gi")), 1 << 30);
-        assert_eq!(scaled(&json!("25%"), 3, true), 1);
-        assert_eq!(scaled(&json!("25%"), 3, false), 0);
-        assert_eq!(scaled(&json!(2), 3, false), 2);
     }
 
     #[test]
