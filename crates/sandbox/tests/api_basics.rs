@@ -202,66 +202,78 @@ async fn watches_resume_and_expire() {
     server.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_reflector_stays_consistent_through_a_storm() {
-    let server = server().await;
-    let nodes: Api<Node> = Api::all(server.client());
-    let (reader, writer) = reflector::store();
-    let stream = reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
-        .applied_objects()
-        .boxed();
-    let driver = tokio::spawn(stream.for_each(|_| async {}));
-    for i in 0..60 {
-        let name = format!("n{i}");
-        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        nodes.create(&PostParams::default(), &node).await.unwrap();
-        if i % 3 == 0 {
-            nodes
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"unschedulable": true}})),
-                )
-                .await
-                .unwrap();
-        }
-        if i % 5 == 0 {
-            nodes.delete(&name, &DeleteParams::default()).await.unwrap();
-        }
-    }
-    let truth = nodes.list(&ListParams::default()).await.unwrap();
-    let want: std::collections::BTreeMap<String, Option<String>> = truth
-        .items
-        .iter()
+/// Name → resourceVersion of every node, the view a reflector must converge to.
+type Versions = std::collections::BTreeMap<String, Option<String>>;
+
+fn versions<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> Versions {
+    nodes
+        .into_iter()
         .map(|n| {
             (
                 n.metadata.name.clone().unwrap(),
                 n.metadata.resource_version.clone(),
             )
         })
-        .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let have: std::collections::BTreeMap<String, Option<String>> = reader
-            .state()
-            .iter()
-            .map(|n| {
-                (
-                    n.metadata.name.clone().unwrap(),
-                    n.metadata.resource_version.clone(),
-                )
-            })
-            .collect();
-        if have == want {
-            break;
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reflector_stays_consistent_through_a_storm() {
+    let server = server().await;
+    let nodes: Api<Node> = Api::all(server.client());
+    let (reader, writer) = reflector::store();
+    // Touched, not applied: a deletion must wake the loop below too.
+    let mut stream = reflector(writer, watcher(nodes.clone(), watcher::Config::default()))
+        .touched_objects()
+        .boxed();
+    // Three writers at once: creates, patches and deletes interleave on the server.
+    let storm = (0..3).map(|w| {
+        let nodes = nodes.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                let name = format!("n{w}-{i}");
+                let node: Node =
+                    serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+                nodes.create(&PostParams::default(), &node).await.unwrap();
+                if i % 3 == 0 {
+                    let cordon = Patch::Merge(json!({"spec": {"unschedulable": true}}));
+                    nodes
+                        .patch(&name, &PatchParams::default(), &cordon)
+                        .await
+                        .unwrap();
+                }
+                if i % 5 == 0 {
+                    nodes.delete(&name, &DeleteParams::default()).await.unwrap();
+                }
+            }
+        })
+    });
+    let storm: Vec<_> = storm.collect();
+    // Drive the reflector while the storm runs, so it sees the changes as they happen.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for writer in storm {
+        let mut writer = std::pin::pin!(writer);
+        loop {
+            tokio::select! {
+                done = &mut writer => { done.unwrap(); break; }
+                event = tokio::time::timeout_at(deadline, stream.next()) => {
+                    event.expect("the storm finished within 30s").unwrap().unwrap();
+                }
+            }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reflector never converged: {have:?} vs {want:?}"
-        );
-        reader.wait_until_ready().await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    driver.abort();
+    let want = versions(&nodes.list(&ListParams::default()).await.unwrap().items);
+    assert_eq!(
+        want.len(),
+        3 * (40 - 8),
+        "the storm left the nodes it should"
+    );
+    while versions(reader.state().iter().map(|n| n.as_ref())) != want {
+        tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("the reflector converged within 30s")
+            .expect("the watcher stream is still open")
+            .unwrap();
+    }
     server.shutdown().await;
 }

@@ -1,0 +1,270 @@
+//! Every error is a `Status` with the real code, reason and message; malformed requests never
+//! panic or drop the connection; injected faults look to clients like a struggling server.
+
+mod api_support;
+
+use std::time::{Duration, Instant};
+
+use api_support::{api_error, pod, send, send_json, server};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use quiesce_sandbox::api::FaultKind;
+use serde_json::json;
+
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+#[tokio::test]
+async fn malformed_requests_get_status_errors_on_a_live_connection() {
+    let server = server().await;
+    let cases: [(&str, &str, &str, &[u8], u16, &str); 8] = [
+        (
+            "POST",
+            PODS,
+            "application/json",
+            b"{\"metadata\": ",
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            PODS,
+            "application/json",
+            b"[1, 2]",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/widgets",
+            "application/json",
+            b"",
+            404,
+            "NotFound",
+        ),
+        (
+            "GET",
+            "/apis/nope.example/v1",
+            "application/json",
+            b"",
+            404,
+            "NotFound",
+        ),
+        (
+            "GET",
+            "/api/v1/pods?labelSelector=a%20in%20(b",
+            "application/json",
+            b"",
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/api/v1/pods?fieldSelector=spec.bogus%3Dx",
+            "application/json",
+            b"",
+            400,
+            "BadRequest",
+        ),
+        (
+            "PUT",
+            PODS,
+            "application/json",
+            b"{}",
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/pods/x",
+            "text/plain",
+            b"{}",
+            415,
+            "UnsupportedMediaType",
+        ),
+    ];
+    for (method, path, content_type, body, code, reason) in cases {
+        let answer = send(&server, method, path, content_type, body).await;
+        assert_eq!(
+            (
+                answer.code,
+                answer.body["kind"].as_str(),
+                answer.body["reason"].as_str()
+            ),
+            (code, Some("Status"), Some(reason)),
+            "{method} {path}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body["status"], "Failure");
+        assert_eq!(answer.body["code"], code);
+    }
+    let truncated = send(
+        &server,
+        "POST",
+        PODS,
+        "application/json",
+        b"{\"metadata\": ",
+    )
+    .await;
+    assert_eq!(
+        truncated.body["message"],
+        r#"the object provided is unrecognized (must be of type Pod): couldn't get version/kind; json parse error: unexpected end of JSON input ({"metadata": )"#
+    );
+    // The server still answers after all that.
+    let pods: Api<Pod> = Api::namespaced(server.client(), "default");
+    assert!(
+        pods.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn create_validates_names_and_namespaces() {
+    let server = server().await;
+    let nameless = send_json(&server, "POST", PODS, json!({"metadata": {}})).await;
+    assert_eq!(
+        (nameless.code, nameless.body["reason"].as_str()),
+        (422, Some("Invalid"))
+    );
+    assert_eq!(
+        nameless.body["details"]["causes"][0]["field"], "metadata.name",
+        "{}",
+        nameless.body
+    );
+    let elsewhere: Api<Pod> = Api::namespaced(server.client(), "nowhere");
+    let (code, _, message) = api_error(
+        elsewhere
+            .create(&PostParams::default(), &pod("a", None, json!({})))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        (code, message.as_str()),
+        (404, r#"namespaces "nowhere" not found"#)
+    );
+
+    let pods: Api<Pod> = Api::namespaced(server.client(), "default");
+    let mut generated = pod("", None, json!({}));
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("web-".into());
+    let made = pods
+        .create(&PostParams::default(), &generated)
+        .await
+        .unwrap();
+    let name = made.metadata.name.unwrap();
+    assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    pods.create(&dry, &pod("dry", None, json!({})))
+        .await
+        .unwrap();
+    assert_eq!(api_error(pods.get("dry").await.unwrap_err()).0, 404);
+
+    let unserved: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    assert_eq!(
+        api_error(unserved.list(&Default::default()).await.unwrap_err()).0,
+        404
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn finalizers_hold_a_deleted_object_until_emptied() {
+    let server = server().await;
+    let pods: Api<Pod> = Api::namespaced(server.client(), "default");
+    let mut held = pod("held", None, json!({}));
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    pods.create(&PostParams::default(), &held).await.unwrap();
+    pods.delete("held", &DeleteParams::default()).await.unwrap();
+    let deleting = pods.get("held").await.unwrap();
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    let stale_rv = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: None,
+            resource_version: Some("1".into()),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        api_error(pods.delete("held", &stale_rv).await.unwrap_err()).0,
+        409
+    );
+    pods.patch(
+        "held",
+        &Default::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(api_error(pods.get("held").await.unwrap_err()).0, 404);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn injected_faults_hit_the_matching_requests_only() {
+    let server = server().await;
+    let faults = server.faults();
+    let pods: Api<Pod> = Api::namespaced(server.client(), "default");
+    faults.inject(Some("POST"), Some("pods"), 2, FaultKind::InternalError);
+    for _ in 0..2 {
+        let (code, reason, _) = api_error(
+            pods.create(&PostParams::default(), &pod("a", None, json!({})))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((code, reason.as_str()), (500, "InternalError"));
+    }
+    assert!(
+        pods.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "a GET is not hit"
+    );
+    pods.create(&PostParams::default(), &pod("a", None, json!({})))
+        .await
+        .expect("the third create goes through");
+
+    faults.inject(
+        None,
+        Some("pods"),
+        1,
+        FaultKind::Timeout(Duration::from_millis(200)),
+    );
+    let started = Instant::now();
+    let (code, reason, _) = api_error(pods.get("a").await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (504, "Timeout"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "the answer was held back"
+    );
+
+    faults.inject(
+        Some("get"),
+        None,
+        1,
+        FaultKind::Delay(Duration::from_millis(200)),
+    );
+    let started = Instant::now();
+    assert_eq!(
+        pods.get("a").await.unwrap().metadata.name.as_deref(),
+        Some("a")
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "the answer was held back"
+    );
+
+    faults.inject(None, None, 5, FaultKind::InternalError);
+    faults.clear();
+    pods.get("a").await.expect("cleared faults do not fire");
+    server.shutdown().await;
+}
