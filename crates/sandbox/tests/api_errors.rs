@@ -14,10 +14,20 @@ use serde_json::json;
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
+/// method, path, content type, body → code, reason.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [u8],
+    u16,
+    &'static str,
+);
+
 #[tokio::test]
 async fn malformed_requests_get_status_errors_on_a_live_connection() {
     let server = server().await;
-    let cases: [(&str, &str, &str, &[u8], u16, &str); 8] = [
+    let cases: [Case; 8] = [
         (
             "POST",
             PODS,
