@@ -94,6 +94,30 @@ fn node_status(node: &Value) -> String {
     status
 }
 
+/// Upstream's `findNodeRoles`: `node-role.kubernetes.io/<role>` labels and the
+/// `kubernetes.io/role` label, sorted, comma-joined; `<none>` without any.
+fn node_roles(node: &Value) -> String {
+    let mut roles: Vec<&str> = node["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(
+            |(key, value)| match key.strip_prefix("node-role.kubernetes.io/") {
+                Some(role) if !role.is_empty() => Some(role),
+                _ if key == "kubernetes.io/role" => value.as_str().filter(|v| !v.is_empty()),
+                _ => None,
+            },
+        )
+        .collect();
+    roles.sort_unstable();
+    roles.dedup();
+    if roles.is_empty() {
+        "<none>".into()
+    } else {
+        roles.join(",")
+    }
+}
+
 fn pod_status(pod: &Value) -> String {
     if !pod["metadata"]["deletionTimestamp"].is_null() {
         return "Terminating".into();
@@ -127,7 +151,7 @@ fn cells(r: &Resource, obj: &Value) -> Vec<Value> {
             vec![
                 name,
                 json!(node_status(obj)),
-                json!("<none>"),
+                json!(node_roles(obj)),
                 json!(age(obj)),
                 info["kubeletVersion"].clone(),
                 json!(address("InternalIP")),
@@ -202,4 +226,18 @@ pub fn table(r: &Resource, objects: &[Value], resource_version: u64) -> Value {
         "metadata": {"resourceVersion": resource_version.to_string()},
         "columnDefinitions": columns(r), "rows": rows,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_roles_come_from_labels() {
+        let node = json!({"metadata": {"labels": {
+            "node-role.kubernetes.io/worker": "", "node-role.kubernetes.io/control-plane": "",
+            "kubernetes.io/role": "worker", "zone": "a"}}});
+        assert_eq!(node_roles(&node), "control-plane,worker");
+        assert_eq!(node_roles(&json!({"metadata": {}})), "<none>");
+    }
 }
