@@ -1,5 +1,5 @@
 //! The real kubectl (v1.32) against the bare API server, no simulated cluster: discovery and
-//! short names, `create -f`, the three patch types, server-side Tables, `get -w` streaming,
+//! short names, `create -f`, the three patch types, `scale`, server-side Tables, `get -w` streaming,
 //! graceful `delete`, and kubectl's rendering of our `Status` errors.
 
 mod api_support;
@@ -213,15 +213,8 @@ async fn discovery_create_and_patch() {
         r#"[{"op": "replace", "path": "/spec/replicas", "value": 3}]"#,
     ])
     .await;
-    k.ok(&[
-        "patch",
-        "deploy",
-        "web",
-        "--type=merge",
-        "-p",
-        r#"{"spec": {"replicas": 4}}"#,
-    ])
-    .await;
+    let scaled = k.ok(&["scale", "deploy/web", "--replicas=4"]).await;
+    assert_eq!(scaled.trim(), "deployment.apps/web scaled");
     k.ok(&["label", "pdb", "web", "team=edge"]).await;
     let got = k
         .ok(&[

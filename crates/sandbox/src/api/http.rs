@@ -21,6 +21,7 @@ use super::faults::FaultKind;
 use super::openapi;
 use super::patch::{self, PatchType};
 use super::resources::{self, Resource, lookup};
+use super::scale;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::{Change, Part, index_of};
@@ -70,7 +71,8 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, Api
         (None, rest)
     };
     let resource = lookup(group, version, rest[0]).ok_or_else(ApiError::no_such_resource)?;
-    if rest.len() > 3 || (rest.len() == 3 && !matches!(rest[2], "status" | "eviction" | "binding"))
+    if rest.len() > 3
+        || (rest.len() == 3 && !matches!(rest[2], "status" | "eviction" | "binding" | "scale"))
     {
         return Err(ApiError::no_such_resource());
     }
@@ -272,6 +274,19 @@ async fn serve(
                 Ok(next)
             })?;
             Ok(json_response(201, &super::status::success()))
+        }
+        ("GET", Some(name), Some("scale")) if scale::scalable(r) => {
+            Ok(json_response(200, &scale::get(store, r, &ns, name)?))
+        }
+        ("PUT", Some(name), Some("scale")) if scale::scalable(r) => {
+            let body = parse_body(&body, "Scale", content_type)?;
+            let written = scale::write(store, r, &ns, name, body, None)?;
+            Ok(json_response(200, &written))
+        }
+        ("PATCH", Some(name), Some("scale")) if scale::scalable(r) => {
+            let kind = PatchType::from_content_type(content_type)?;
+            let written = scale::write(store, r, &ns, name, Value::Null, Some((kind, &body)))?;
+            Ok(json_response(200, &written))
         }
         ("PUT", Some(name), None | Some("status")) => {
             let obj = parse_body(&body, r.kind, content_type)?;

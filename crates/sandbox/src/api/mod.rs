@@ -13,6 +13,7 @@ mod http;
 mod openapi;
 pub mod patch;
 pub mod resources;
+mod scale;
 pub mod selector;
 pub mod status;
 pub mod store;

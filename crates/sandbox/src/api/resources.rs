@@ -245,6 +245,13 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}),
             );
         }
+        if super::scale::scalable(r) {
+            resources.push(
+                json!({"name": format!("{}/scale", r.plural), "singularName": "",
+                "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale",
+                "verbs": ["get", "patch", "update"]}),
+            );
+        }
         if r.plural == "pods" {
             resources.push(
                 json!({"name": "pods/eviction", "singularName": "", "namespaced": true,

@@ -85,6 +85,27 @@ impl LabelSelector {
     }
 }
 
+/// The selector as a query string (`metav1.LabelSelector` → `labels.Selector.String()`),
+/// sorted by key as upstream prints it; a Scale's `status.selector` carries it.
+impl std::fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut reqs: Vec<&(String, Op)> = self.0.iter().collect();
+        reqs.sort_by(|a, b| a.0.cmp(&b.0));
+        let parts: Vec<String> = reqs
+            .into_iter()
+            .map(|(key, op)| match op {
+                Op::In(values) if values.len() == 1 => format!("{key}={}", values[0]),
+                Op::In(values) => format!("{key} in ({})", values.join(",")),
+                Op::NotIn(values) if values.len() == 1 => format!("{key}!={}", values[0]),
+                Op::NotIn(values) => format!("{key} notin ({})", values.join(",")),
+                Op::Exists => key.clone(),
+                Op::DoesNotExist => format!("!{key}"),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
 /// Splits on commas outside parentheses.
 fn split_top_level(text: &str) -> Vec<&str> {
     let mut parts = Vec::new();
@@ -255,6 +276,17 @@ mod tests {
         assert!(!sel("app!=web"));
         assert!(sel("tier"));
         assert!(sel(""));
+    }
+
+    #[test]
+    fn selectors_print_as_they_parse() {
+        let text = "app=web,tier in (a,b),!gone,zone";
+        let sel = LabelSelector::parse(text).unwrap();
+        assert_eq!(sel.to_string(), "app=web,!gone,tier in (a,b),zone");
+        assert_eq!(
+            LabelSelector::parse(&sel.to_string()).unwrap().to_string(),
+            sel.to_string()
+        );
     }
 
     #[test]
