@@ -16,8 +16,9 @@ use quiesce_kube::cluster::Cordon;
 use quiesce_kube::engine::{DrainSpec, drain};
 use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::report::{DrainReport, Outcome};
+use quiesce_testbed::kubelet::{NEVER_READY_ANNOTATION, STARTUP_DELAY_ANNOTATION};
 use serde_json::json;
-use support::{Cluster, NEVER_READY_ANNOTATION, STARTUP_DELAY_ANNOTATION};
+use support::Cluster;
 
 fn spec(node: &str, options: DrainOptions, timeout: Duration) -> DrainSpec {
     DrainSpec {

@@ -4,10 +4,10 @@
 //! itself. This crate starts the real thing — etcd, kube-apiserver, kube-controller-manager and
 //! kube-scheduler v1.20.2, built from Debian's source package by `scripts/control-plane-build` —
 //! on loopback, so the same scenarios can run against both and expose where the sandbox lies.
-//! There is no kubelet: whoever starts a [`ControlPlane`] runs the sandbox's kubelet stand-in
-//! against it.
+//! There is no kubelet: [`kubelet`] is a stand-in, a client of the API like any other.
 
 mod certs;
+pub mod kubelet;
 mod process;
 
 use std::path::{Path, PathBuf};

@@ -12,20 +12,12 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
-    Preconditions,
-};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use quiesce_testbed::ControlPlane;
 use serde_json::json;
 use tokio::time::Instant;
-
-/// Pods wait this long after binding before the stand-in marks them Ready.
-pub const STARTUP_DELAY_ANNOTATION: &str = "sandbox.quiesce.io/startup-delay";
-/// A pod with this annotation is never marked Ready (a crash-looping app).
-pub const NEVER_READY_ANNOTATION: &str = "test.quiesce.io/never-ready";
 
 /// A running control plane, its client and the kubelet stand-in.
 pub struct Cluster {
@@ -48,9 +40,11 @@ impl Cluster {
             .expect("the v1.20 control plane starts");
         let client = plane.client().await.unwrap();
         for i in 1..=nodes {
-            add_node(&client, &format!("node-{i}"), "4").await;
+            quiesce_testbed::kubelet::add_ready_node(&client, &format!("node-{i}"), "4")
+                .await
+                .unwrap();
         }
-        let kubelet = tokio::spawn(kubelet(client.clone()));
+        let kubelet = quiesce_testbed::kubelet::spawn(client.clone());
         Cluster {
             plane,
             client,
@@ -83,7 +77,10 @@ impl Cluster {
         api.create(&PostParams::default(), &serde_json::from_value(d).unwrap())
             .await
             .unwrap();
-        if pod_annotations.get(NEVER_READY_ANNOTATION).is_none() {
+        if pod_annotations
+            .get(quiesce_testbed::kubelet::NEVER_READY_ANNOTATION)
+            .is_none()
+        {
             self.wait_ready(name, replicas as usize).await;
         } else {
             self.wait_bound(name, replicas as usize).await;
@@ -227,91 +224,5 @@ pub async fn wait_for<K>(
         if listed && done(&items) {
             return;
         }
-    }
-}
-
-async fn add_node(client: &Client, name: &str, cpu: &str) {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node = json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}});
-    nodes
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(node).unwrap(),
-        )
-        .await
-        .unwrap();
-    // The TaintNodesByCondition admission plugin adds `not-ready`; a kubelet would clear it.
-    nodes
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"taints": null}})),
-        )
-        .await
-        .unwrap();
-    let resources = json!({"cpu": cpu, "memory": "8Gi", "pods": "110"});
-    let status = json!({"status": {
-        "capacity": resources, "allocatable": resources,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "stand-in"}]
-    }});
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .unwrap();
-}
-
-/// The kubelet stand-in: bound pods become Running and Ready (after their startup delay);
-/// pods marked for deletion are removed (their grace period is not simulated).
-async fn kubelet(client: Client) {
-    let api: Api<Pod> = Api::all(client.clone());
-    let mut started: BTreeMap<String, ()> = BTreeMap::new();
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .applied_objects()
-        .boxed();
-    while let Some(Ok(pod)) = events.next().await {
-        let uid = pod.uid().unwrap_or_default();
-        let ns = pod.namespace().unwrap_or_default();
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        if pod.metadata.deletion_timestamp.is_some() {
-            let dp = DeleteParams {
-                grace_period_seconds: Some(0),
-                preconditions: Some(Preconditions {
-                    uid: Some(uid),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            let name = pod.name_any();
-            tokio::spawn(async move {
-                let _ = pods.delete(&name, &dp).await;
-            });
-            continue;
-        }
-        let bound = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_ref())
-            .is_some();
-        let annotations = pod.annotations();
-        if !bound || started.contains_key(&uid) || annotations.contains_key(NEVER_READY_ANNOTATION)
-        {
-            continue;
-        }
-        started.insert(uid, ());
-        let delay = annotations
-            .get(STARTUP_DELAY_ANNOTATION)
-            .and_then(|d| humantime::parse_duration(d).ok())
-            .unwrap_or_default();
-        let name = pod.name_any();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let status = json!({"status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"},
-                {"type": "Initialized", "status": "True"}, {"type": "PodScheduled", "status": "True"}]}});
-            let _ = pods
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-                .await;
-        });
     }
 }
