@@ -265,20 +265,21 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))
     }
 
-    /// Objects matching the selectors, in one namespace or all, with the list's resourceVersion.
+    /// Objects matching the selectors, in one namespace or all, with the list's resourceVersion;
+    /// shared, not copied, so a big list costs the lock only a few pointer copies.
     pub fn list(
         &self,
         r: &'static Resource,
         ns: Option<&str>,
         labels: &LabelSelector,
         fields: &FieldSelector,
-    ) -> (Vec<Value>, u64) {
+    ) -> (Vec<Arc<Value>>, u64) {
         let inner = self.lock();
         let items = inner.objects[index_of(r)]
             .candidates(fields.node_name())
             .filter(|o| ns.is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n)))
             .filter(|o| labels.matches(&o["metadata"]["labels"]) && fields.matches(o))
-            .map(|o| Value::clone(o))
+            .cloned()
             .collect();
         (items, inner.rv)
     }

@@ -213,9 +213,13 @@ fn cells(r: &Resource, obj: &Value) -> Vec<Value> {
 }
 
 /// A Table of `objects`, as a list or as one watch event's object.
-pub fn table(r: &Resource, objects: &[Value], resource_version: u64) -> Value {
+pub fn table<'a>(
+    r: &Resource,
+    objects: impl IntoIterator<Item = &'a Value>,
+    resource_version: u64,
+) -> Value {
     let rows: Vec<Value> = objects
-        .iter()
+        .into_iter()
         .map(|o| {
             json!({"cells": cells(r, o), "object": {
                 "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}})
