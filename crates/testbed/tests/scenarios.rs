@@ -30,7 +30,7 @@ enum Backend {
         _dir: tempfile::TempDir,
     },
     Real {
-        plane: ControlPlane,
+        plane: Box<ControlPlane>,
         client: kube::Client,
         kubelet: tokio::task::JoinHandle<()>,
     },
@@ -67,7 +67,7 @@ impl Backend {
         }
         let kubelet = kubelet::spawn(client.clone());
         Backend::Real {
-            plane,
+            plane: Box::new(plane),
             client,
             kubelet,
         }
