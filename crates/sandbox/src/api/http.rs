@@ -486,8 +486,10 @@ fn watch(
                         }
                         encode(&change)
                     }
-                    // A watcher that fell behind the broadcast buffer ends its stream; the
-                    // client resumes from its last resourceVersion, as after any timeout.
+                    // A watcher that fell behind the broadcast buffer ends its stream, as
+                    // upstream's cacher closes an unresponsive watcher ("Forcing watcher close
+                    // due to unresponsiveness"); the client resumes from its last
+                    // resourceVersion, as after any timeout.
                     Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
                 },
             };
