@@ -378,6 +378,132 @@ const UID_CONFLICT: &str = r#"Operation cannot be fulfilled on Pod "p1": the UID
 
 const MALFORMED_JSON: &str = r#"the object provided is unrecognized (must be of type Pod): couldn't get version/kind; json parse error: unexpected end of JSON input ({"metadata": )"#;
 
+/// The watch events kube-apiserver v1.20 sent, in order, for: a Service created, relabelled
+/// and deleted; a pod bound to a node created, deleted gracefully, then deleted with grace 0 —
+/// which the registry first records as a MODIFIED (grace shortened to 0), then DELETED.
+const REAL_WATCH_ORDER: &[&str] = &[
+    "services ADDED s1",
+    "services MODIFIED s1",
+    "services DELETED s1",
+    "pods ADDED w1",
+    "pods MODIFIED w1 terminating",
+    "pods MODIFIED w1 terminating",
+    "pods DELETED w1 terminating",
+];
+
+/// Watches from a list's resourceVersion while the sequences run; returns the events seen.
+async fn watch_order(client: &kube::Client) -> Vec<String> {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{ListParams, WatchParams};
+
+    let ns = "watched";
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let svc_rv = services
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let pod_rv = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut svc_events = services
+        .watch(&WatchParams::default().timeout(30), &svc_rv)
+        .await
+        .unwrap()
+        .boxed();
+    let mut pod_events = pods
+        .watch(&WatchParams::default().timeout(30), &pod_rv)
+        .await
+        .unwrap()
+        .boxed();
+
+    let svc = json!({"metadata": {"name": "s1"}, "spec": {"ports": [{"port": 80}], "selector": {"app": "x"}}});
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(svc).unwrap(),
+        )
+        .await
+        .unwrap();
+    services
+        .patch(
+            "s1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"v": "2"}}})),
+        )
+        .await
+        .unwrap();
+    services
+        .delete("s1", &DeleteParams::default())
+        .await
+        .unwrap();
+    // A node that does not exist: no kubelet (stand-in or simulated) touches the pod.
+    let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "w1"},
+        "spec": {"nodeName": "no-such-node", "containers": [{"name": "a", "image": "a"}]}}))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods.delete("w1", &DeleteParams::default().grace_period(30))
+        .await
+        .unwrap();
+    pods.delete("w1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+
+    let mut seen = next_events("services", &mut svc_events, 3).await;
+    seen.extend(next_events("pods", &mut pod_events, 4).await);
+    seen
+}
+
+/// The next `count` events of a watch (bookmarks skipped), as `KIND TYPE NAME [terminating]`.
+async fn next_events<K, S>(kind: &str, stream: &mut S, count: usize) -> Vec<String>
+where
+    K: k8s_openapi::serde::Serialize,
+    S: futures::Stream<Item = Result<kube::api::WatchEvent<K>, kube::Error>> + Unpin,
+{
+    use futures::TryStreamExt;
+    use kube::api::WatchEvent;
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let event = tokio::time::timeout(Duration::from_secs(20), stream.try_next())
+            .await
+            .unwrap_or_else(|_| panic!("{kind}: {count} watch events within 20s, saw {seen:?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{kind}: the watch ended early, saw {seen:?}"));
+        let (verb, object) = match event {
+            WatchEvent::Added(o) => ("ADDED", o),
+            WatchEvent::Modified(o) => ("MODIFIED", o),
+            WatchEvent::Deleted(o) => ("DELETED", o),
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("{kind}: watch error {e:?}"),
+        };
+        let object = serde_json::to_value(object).unwrap();
+        let terminating = if object["metadata"]["deletionTimestamp"].is_null() {
+            ""
+        } else {
+            " terminating"
+        };
+        let name = object["metadata"]["name"].as_str().unwrap_or_default();
+        seen.push(format!("{kind} {verb} {name}{terminating}"));
+    }
+    seen
+}
+
 /// Compares answers with the recorded table, reporting every difference at once.
 fn differences(answers: &[(&'static str, Answer)]) -> Vec<String> {
     let mut diffs = Vec::new();
@@ -403,7 +529,9 @@ async fn the_real_server_answers_as_recorded() {
     let plane = quiesce_testbed::ControlPlane::start()
         .await
         .expect("control plane starts");
-    let answers = run_probes(&plane.client().await.unwrap()).await;
+    let client = plane.client().await.unwrap();
+    let answers = run_probes(&client).await;
+    assert_eq!(watch_order(&client).await, REAL_WATCH_ORDER);
     let diffs = differences(&answers);
     assert!(
         diffs.is_empty(),
@@ -418,8 +546,10 @@ async fn the_sandbox_answers_like_the_real_server() {
         .await
         .expect("sandbox starts");
     let answers = run_probes(&sandbox.client()).await;
+    let order = watch_order(&sandbox.client()).await;
     let diffs = differences(&answers);
     sandbox.shutdown().await;
+    assert_eq!(order, REAL_WATCH_ORDER, "watch event order");
     assert!(
         diffs.is_empty(),
         "the sandbox differs from kube-apiserver v1.20:\n{}",

@@ -529,6 +529,19 @@ impl Store {
             if opts.dry_run {
                 return Ok(obj);
             }
+            // Upstream shortens a pending graceful deletion before removing the object
+            // (`updateForGracefulDeletionAndFinalizers`): watchers see the grace period drop
+            // to 0 in a MODIFIED, then the DELETED (pinned by the testbed's watch-order probe).
+            if existing["metadata"]["deletionGracePeriodSeconds"]
+                .as_i64()
+                .is_some_and(|g| g > 0)
+            {
+                inner.rv += 1;
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+                obj["metadata"]["deletionTimestamp"] = json!(now());
+                obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+                self.record(&mut inner, idx, EventKind::Modified, Arc::new(obj.clone()));
+            }
             inner.rv += 1;
             obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
             inner.objects[idx].remove(&key(ns, name));
