@@ -305,3 +305,70 @@ fn prestop_sleep_needs_no_shell() {
     assert!(status.success());
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
+
+/// A tiny HTTP app on loopback: answers every request with `status`, records request lines.
+fn fake_app(
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+) -> (SocketAddr, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut line = String::new();
+            let _ = BufReader::new(stream.try_clone().unwrap()).read_line(&mut line);
+            let code = status.load(std::sync::atomic::Ordering::SeqCst);
+            let _ = write!(stream, "HTTP/1.0 {code} X\r\nContent-Length: 0\r\n\r\n");
+            if tx.send(line.trim().to_string()).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn upstream_readiness_until_the_drain_then_the_on_drain_call() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let status = Arc::new(AtomicU16::new(200));
+    let (app, requests) = fake_app(status.clone());
+    let ready = free_addr();
+    let mut child = init(&[
+        "--drain-delay",
+        "0s",
+        "--ready-addr",
+        &ready.to_string(),
+        "--ready-upstream",
+        &format!("http://{app}/health/readiness"),
+        "--on-drain",
+        &format!("http://{app}/deregister"),
+        "--",
+        "sleep",
+        "30",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_until("readiness to follow the app (200)", || {
+        get(ready) == Some(200)
+    });
+    status.store(503, Ordering::SeqCst);
+    wait_until("readiness to follow the app (503)", || {
+        get(ready) == Some(503)
+    });
+    status.store(200, Ordering::SeqCst);
+    wait_until("readiness back to 200", || get(ready) == Some(200));
+    signal(&child, "TERM");
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let line = requests
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the on-drain call within the deadline");
+        if line.starts_with("POST /deregister") {
+            break;
+        }
+    }
+    assert_eq!(wait_exit(&mut child).code(), Some(143));
+}
