@@ -214,18 +214,17 @@ impl Supervisor {
             "drain started by {cause}: readiness 503, keeping the app running for {}",
             humantime::format_duration(delay)
         ));
-        if let Some(url) = self.config.on_drain.clone() {
-            let timeout = self.config.on_drain_timeout;
-            std::thread::spawn(move || {
-                let started = Instant::now();
-                match http::request("POST", &url, timeout) {
-                    Ok(code) => log::phase(&format!(
-                        "on-drain POST {url} answered {code} in {:?}",
-                        started.elapsed()
-                    )),
-                    Err(e) => log::phase(&format!("on-drain POST {url} failed: {e}")),
-                }
-            });
+        // The deregistration runs before the delay starts counting, so the delay is what the
+        // discovery caches get after it; its timeout bounds how long it can hold the drain.
+        if let Some(url) = &self.config.on_drain {
+            let started = Instant::now();
+            match http::request("POST", url, self.config.on_drain_timeout) {
+                Ok(code) => log::phase(&format!(
+                    "on-drain POST {url} answered {code} in {:?}",
+                    started.elapsed()
+                )),
+                Err(e) => log::phase(&format!("on-drain POST {url} failed: {e}")),
+            }
         }
         self.phase = Phase::Delaying {
             until: Instant::now() + delay,
