@@ -1,0 +1,9 @@
+//! The AWS side of quiesce.
+//!
+//! - [`event`]: the lifecycle-hook messages a drainer receives (EventBridge events, direct
+//!   Auto Scaling → SQS notifications, the test notification), parsed into one type, with a
+//!   clear error for anything else so a bad message is handled by policy, never a crash loop;
+//! - [`instance`]: which Kubernetes node an EC2 instance is, from the node's `spec.providerID`.
+
+pub mod event;
+pub mod instance;
