@@ -4,6 +4,7 @@
 //! `quiesce-sandbox`) feed it plain data and carry out what it decides, so the same rules run
 //! against a real cluster, the sandbox, and unit tests without a network.
 
+pub mod budget;
 pub mod capacity;
 pub mod classify;
 pub mod gate;

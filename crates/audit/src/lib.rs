@@ -1,0 +1,1 @@
+//! `quiesce audit`: checks whether the timing of a workload's manifests adds up.
