@@ -37,6 +37,8 @@ enum Command {
     Sandbox(cmd::sandbox::Args),
     /// Drain a node and wait until every evicted pod's replacement is Ready elsewhere.
     Drain(cmd::drain::Args),
+    /// Check that manifests' preStop delays and grace periods cover their discovery stack.
+    Audit(cmd::audit::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Drain(args) => cmd::drain::run(args),
+        Command::Audit(args) => cmd::audit::run(args),
     };
     match outcome {
         Ok(code) => code,

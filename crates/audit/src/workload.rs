@@ -1,0 +1,92 @@
+//! Grouping objects into workloads with the Services and PDBs that select their pods.
+
+use serde_json::Value;
+
+use crate::load::Object;
+
+/// Something that runs pods, with what routes traffic to them and what protects them.
+#[derive(Debug, Clone)]
+pub struct Workload<'a> {
+    /// The controller object (or the bare Pod).
+    pub object: &'a Object,
+    /// `Deployment`, `StatefulSet`, `DaemonSet`, `ReplicaSet` or `Pod`.
+    pub kind: String,
+    /// `namespace/name`, for reports.
+    pub name: String,
+    /// The pod spec (the template's for controllers).
+    pub pod_spec: &'a Value,
+    /// Where the pod spec sits, for field paths in findings.
+    pub pod_spec_path: &'static str,
+    /// Services whose selector matches the pod labels.
+    pub services: Vec<&'a Object>,
+    /// PodDisruptionBudgets whose selector matches the pod labels.
+    pub pdbs: Vec<&'a Object>,
+}
+
+fn namespace(doc: &Value) -> &str {
+    doc.pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+}
+
+fn matches_labels(selector: Option<&Value>, labels: Option<&Value>) -> bool {
+    let Some(Value::Object(sel)) = selector else {
+        return false;
+    };
+    if sel.is_empty() {
+        return false;
+    }
+    sel.iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+}
+
+/// Groups `objects` into workloads; objects of other kinds only matter as selectors.
+pub fn group(objects: &[Object]) -> Vec<Workload<'_>> {
+    let mut out = Vec::new();
+    for object in objects {
+        let doc = &object.doc;
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let (pod_spec_path, labels_path) = match kind {
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => {
+                ("/spec/template/spec", "/spec/template/metadata/labels")
+            }
+            "Pod" => ("/spec", "/metadata/labels"),
+            _ => continue,
+        };
+        let Some(pod_spec) = doc.pointer(pod_spec_path) else {
+            continue;
+        };
+        let labels = doc.pointer(labels_path);
+        let ns = namespace(doc);
+        let same_ns = |o: &&Object, k: &str| {
+            o.doc.get("kind").and_then(Value::as_str) == Some(k) && namespace(&o.doc) == ns
+        };
+        let services = objects
+            .iter()
+            .filter(|o| {
+                same_ns(o, "Service") && matches_labels(o.doc.pointer("/spec/selector"), labels)
+            })
+            .collect();
+        let pdbs = objects
+            .iter()
+            .filter(|o| {
+                same_ns(o, "PodDisruptionBudget")
+                    && matches_labels(o.doc.pointer("/spec/selector/matchLabels"), labels)
+            })
+            .collect();
+        let name = doc
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("<unnamed>");
+        out.push(Workload {
+            object,
+            kind: kind.to_string(),
+            name: format!("{ns}/{name}"),
+            pod_spec,
+            pod_spec_path,
+            services,
+            pdbs,
+        });
+    }
+    out
+}

@@ -1,0 +1,85 @@
+//! `quiesce audit`: the timing-budget linter for manifests.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use quiesce_audit::{Level, Options};
+use quiesce_core::budget::Stack;
+
+/// Report formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// Grouped by workload, for people.
+    Text,
+    /// An array of findings, for scripts.
+    Json,
+}
+
+/// Arguments of `quiesce audit`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Files or directories of manifests (`-` reads stdin).
+    #[arg(default_value = "-")]
+    paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// Discovery stacks in front of the workloads (kube-proxy, alb, nlb, eureka, istio, linkerd).
+    #[arg(long = "stack", value_delimiter = ',', default_value = "kube-proxy")]
+    stacks: Vec<Stack>,
+    /// The longest request the apps serve.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    max_request: Duration,
+    /// The apps' own shutdown time where the manifests do not show it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    shutdown: Duration,
+    /// Print why a rule matters and how to fix it, then exit.
+    #[arg(long, value_name = "RULE")]
+    explain: Option<String>,
+}
+
+/// Exit 0 clean, 1 on error-level findings, 2 on input that cannot be read or parsed.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(id) = args.explain {
+        let Some(rule) = quiesce_audit::rules::explain(&id) else {
+            let ids: Vec<&str> = quiesce_audit::rules::RULES.iter().map(|r| r.id).collect();
+            eprintln!("error: unknown rule {id:?}; rules are {}", ids.join(", "));
+            return Ok(ExitCode::from(2));
+        };
+        println!(
+            "{} ({:?})\n\nwhy: {}\nfix: {}",
+            rule.id, rule.level, rule.why, rule.fix
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let objects = match quiesce_audit::load::load_paths(&args.paths) {
+        Ok(objects) => objects,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let opts = Options {
+        stacks: args.stacks,
+        max_request: args.max_request,
+        shutdown: args.shutdown,
+    };
+    let (findings, workloads) = quiesce_audit::audit(&objects, &opts);
+    tracing::debug!(
+        objects = objects.len(),
+        workloads,
+        findings = findings.len(),
+        "audited"
+    );
+    match args.format {
+        Format::Text => print!("{}", quiesce_audit::report::text(&findings, workloads)),
+        Format::Json => println!("{}", quiesce_audit::report::json(&findings)),
+    }
+    let failed = findings.iter().any(|f| f.level == Level::Error);
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
