@@ -1,0 +1,183 @@
+//! Rules over fixture manifests: a failing and a passing case per rule, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quiesce_audit::{Error, Finding, Options, audit, load};
+use quiesce_core::budget::Stack;
+
+fn opts(stacks: &[Stack]) -> Options {
+    Options {
+        stacks: stacks.to_vec(),
+        max_request: Duration::from_secs(5),
+        shutdown: Duration::from_secs(10),
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn run_text(text: &str, stacks: &[Stack]) -> Vec<Finding> {
+    let objects = load::parse(Path::new("inline.yaml"), text).expect("fixture parses");
+    audit(&objects, &opts(stacks)).0
+}
+
+fn rules(findings: &[Finding]) -> Vec<&'static str> {
+    findings.iter().map(|f| f.rule).collect()
+}
+
+fn deployment(replicas: u32, extra_spec: &str, container: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n{extra_spec}  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 60\n      containers:\n        - name: app\n          image: example/web:1\n{container}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{selector: {{app: web}}}}\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\nspec: {{maxUnavailable: 1, selector: {{matchLabels: {{app: web}}}}}}\n"
+    )
+}
+
+const GOOD: &str = "          readinessProbe: {httpGet: {path: /, port: 80}}\n          lifecycle: {preStop: {sleep: {seconds: 10}}}\n";
+
+#[test]
+fn eureka_deployment_with_thirty_second_prestop_fails_and_the_fix_passes() {
+    let short = load::load_paths(&[fixture("eureka-short.yaml")]).unwrap();
+    let (findings, workloads) = audit(&short, &opts(&[Stack::Eureka]));
+    assert_eq!(workloads, 1);
+    assert_eq!(rules(&findings), ["prestop-too-short", "grace-too-short"]);
+    assert!(
+        findings[0].message.contains("needed 1m 35s"),
+        "{}",
+        findings[0].message
+    );
+    assert!(
+        findings[1].fix.contains("at least 105"),
+        "{}",
+        findings[1].fix
+    );
+
+    let fixed = load::load_paths(&[fixture("eureka-fixed.yaml")]).unwrap();
+    assert!(audit(&fixed, &opts(&[Stack::Eureka])).0.is_empty());
+}
+
+#[test]
+fn a_clean_deployment_has_no_findings() {
+    assert!(run_text(&deployment(2, "", GOOD), &[Stack::KubeProxy]).is_empty());
+}
+
+#[test]
+fn missing_readiness_probe_is_reported() {
+    let c = "          lifecycle: {preStop: {sleep: {seconds: 10}}}\n";
+    assert_eq!(
+        rules(&run_text(&deployment(2, "", c), &[Stack::KubeProxy])),
+        ["no-readiness-probe"]
+    );
+}
+
+#[test]
+fn recreate_strategy_is_reported() {
+    let s = "  strategy: {type: Recreate}\n";
+    assert_eq!(
+        rules(&run_text(&deployment(2, s, GOOD), &[Stack::KubeProxy])),
+        ["recreate-strategy"]
+    );
+}
+
+#[test]
+fn single_replica_is_reported() {
+    assert_eq!(
+        rules(&run_text(&deployment(1, "", GOOD), &[Stack::KubeProxy])),
+        ["single-replica"]
+    );
+}
+
+#[test]
+fn missing_pdb_is_reported() {
+    let text = deployment(2, "", GOOD);
+    let without_pdb = text.split("---\napiVersion: policy/v1").next().unwrap();
+    assert_eq!(
+        rules(&run_text(without_pdb, &[Stack::KubeProxy])),
+        ["no-pdb"]
+    );
+}
+
+#[test]
+fn missing_prestop_behind_a_service_is_an_error() {
+    let c = "          readinessProbe: {httpGet: {path: /, port: 80}}\n";
+    let findings = run_text(&deployment(2, "", c), &[Stack::KubeProxy]);
+    assert_eq!(rules(&findings), ["no-prestop-delay"]);
+    assert!(findings[0].fix.contains("7s"), "{}", findings[0].fix);
+}
+
+#[test]
+fn exec_sleep_counts_as_a_prestop_delay() {
+    let c = "          readinessProbe: {httpGet: {path: /, port: 80}}\n          lifecycle: {preStop: {exec: {command: [sh, -c, sleep 20]}}}\n";
+    assert!(run_text(&deployment(2, "", c), &[Stack::Istio]).is_empty());
+    assert_eq!(
+        rules(&run_text(&deployment(2, "", c), &[Stack::Alb])),
+        ["prestop-too-short"]
+    );
+}
+
+#[test]
+fn grace_shorter_than_prestop_plus_shutdown_is_an_error() {
+    let c = "          readinessProbe: {httpGet: {path: /, port: 80}}\n          lifecycle: {preStop: {sleep: {seconds: 55}}}\n";
+    assert_eq!(
+        rules(&run_text(&deployment(2, "", c), &[Stack::KubeProxy])),
+        ["grace-too-short"]
+    );
+}
+
+#[test]
+fn quiesce_init_drain_delay_and_annotation_stack_are_recognised() {
+    let objects = load::load_paths(&[fixture("quiesce-init.yaml")]).unwrap();
+    let (findings, workloads) = audit(&objects, &opts(&[Stack::Eureka]));
+    assert_eq!(workloads, 1);
+    assert!(findings.is_empty(), "{findings:?}");
+}
+
+#[test]
+fn real_guestbook_manifest_lacks_probes_and_prestop() {
+    let objects = load::load_paths(&[fixture("guestbook-all-in-one.yaml")]).unwrap();
+    let (findings, workloads) = audit(&objects, &opts(&[Stack::KubeProxy]));
+    assert_eq!(workloads, 3);
+    let r = rules(&findings);
+    assert!(
+        r.contains(&"single-replica") && r.contains(&"no-prestop-delay"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn malformed_yaml_names_file_and_line() {
+    let err = load::load_paths(&[fixture("malformed.yaml")]).unwrap_err();
+    let Error::Parse { path, line, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(path.ends_with("malformed.yaml"));
+    assert_eq!(*line, 2);
+    assert!(err.to_string().contains("malformed.yaml:2"));
+}
+
+#[test]
+fn alias_bomb_is_refused() {
+    let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..12 {
+        let prev = i - 1;
+        text.push_str(&format!(
+            "a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
+        ));
+    }
+    let err = load::parse(Path::new("bomb.yaml"), &text).unwrap_err();
+    assert!(matches!(err, Error::Parse { .. }), "{err}");
+    assert!(err.to_string().contains("bomb.yaml"));
+}
+
+#[test]
+fn huge_file_is_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.yaml");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(load::MAX_FILE_BYTES + 1).unwrap();
+    let err = load::load_paths(&[path]).unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains("huge.yaml"));
+}
