@@ -81,14 +81,29 @@ fn check_size(path: &Path, size: u64) -> Result<(), Error> {
     Ok(())
 }
 
-/// Parses a multi-document YAML (or JSON) stream; serde-saphyr's default budget refuses alias
-/// bombs and absurd nesting with an error instead of exhausting memory.
+/// serde-saphyr's default budget (de/budget.rs) is sized for one config file: 1,024 documents
+/// and 250,000 nodes. A rendered chart or a cluster dump is a stream of thousands of objects, so
+/// the counting limits scale to what fits in `MAX_FILE_BYTES`; the alias limits (absolute cap
+/// and alias/anchor ratio, the alias-bomb defence) and depth limit stay at their defaults.
+fn options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 1_000_000;
+    budget.max_nodes = 20_000_000;
+    budget.max_events = 40_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// Parses a multi-document YAML (or JSON) stream under [`options`]'s budget, which refuses
+/// alias bombs and absurd nesting with an error instead of exhausting memory.
 pub fn parse(source: &Path, text: &str) -> Result<Vec<Object>, Error> {
-    let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| Error::Parse {
-        path: source.to_path_buf(),
-        line: e.location().map_or(0, |l| l.line()),
-        message: e.to_string(),
-    })?;
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, options()).map_err(|e| Error::Parse {
+            path: source.to_path_buf(),
+            line: e.location().map_or(0, |l| l.line()),
+            message: e.to_string(),
+        })?;
     let mut out = Vec::new();
     for doc in docs {
         flatten(source, doc, &mut out);

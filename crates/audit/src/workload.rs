@@ -1,5 +1,7 @@
 //! Grouping objects into workloads with the Services and PDBs that select their pods.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
 use crate::load::Object;
@@ -42,6 +44,29 @@ fn matches_labels(selector: Option<&Value>, labels: Option<&Value>) -> bool {
 
 /// Groups `objects` into workloads; objects of other kinds only matter as selectors.
 pub fn group(objects: &[Object]) -> Vec<Workload<'_>> {
+    // Selectors only match within a namespace, so index by it: a 10,000-object stream would
+    // otherwise compare every workload with every object.
+    let mut by_namespace: HashMap<(&str, &str), Vec<&Object>> = HashMap::new();
+    for o in objects {
+        if let Some(kind @ ("Service" | "PodDisruptionBudget")) =
+            o.doc.get("kind").and_then(Value::as_str)
+        {
+            by_namespace
+                .entry((namespace(&o.doc), kind))
+                .or_default()
+                .push(o);
+        }
+    }
+    let selecting =
+        |ns: &str, kind: &str, selector: &str, labels: Option<&Value>| -> Vec<&Object> {
+            by_namespace
+                .get(&(ns, kind))
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|o| matches_labels(o.doc.pointer(selector), labels))
+                .collect()
+        };
     let mut out = Vec::new();
     for object in objects {
         let doc = &object.doc;
@@ -58,22 +83,13 @@ pub fn group(objects: &[Object]) -> Vec<Workload<'_>> {
         };
         let labels = doc.pointer(labels_path);
         let ns = namespace(doc);
-        let same_ns = |o: &&Object, k: &str| {
-            o.doc.get("kind").and_then(Value::as_str) == Some(k) && namespace(&o.doc) == ns
-        };
-        let services = objects
-            .iter()
-            .filter(|o| {
-                same_ns(o, "Service") && matches_labels(o.doc.pointer("/spec/selector"), labels)
-            })
-            .collect();
-        let pdbs = objects
-            .iter()
-            .filter(|o| {
-                same_ns(o, "PodDisruptionBudget")
-                    && matches_labels(o.doc.pointer("/spec/selector/matchLabels"), labels)
-            })
-            .collect();
+        let services = selecting(ns, "Service", "/spec/selector", labels);
+        let pdbs = selecting(
+            ns,
+            "PodDisruptionBudget",
+            "/spec/selector/matchLabels",
+            labels,
+        );
         let name = doc
             .pointer("/metadata/name")
             .and_then(Value::as_str)
