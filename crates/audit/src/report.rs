@@ -36,3 +36,44 @@ pub fn text(findings: &[Finding], workloads: usize) -> String {
 pub fn json(findings: &[Finding]) -> String {
     serde_json::to_string_pretty(findings).unwrap_or_default()
 }
+
+/// SARIF 2.1.0 log, for code scanning (GitHub and others): one run, every rule described,
+/// each finding located at its file with the workload and field path as a logical location.
+pub fn sarif(findings: &[Finding]) -> String {
+    let rules: Vec<_> = crate::rules::RULES
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.id,
+                "shortDescription": { "text": r.why },
+                "help": { "text": r.fix },
+                "defaultConfiguration": { "level": r.level },
+            })
+        })
+        .collect();
+    let results: Vec<_> = findings
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "ruleId": f.rule,
+                "level": f.level,
+                "message": { "text": format!("{}: {} (fix: {})", f.workload, f.message, f.fix) },
+                "locations": [{
+                    "physicalLocation": {
+                        "artifactLocation": { "uri": f.source.to_string_lossy().replace('\\', "/") }
+                    },
+                    "logicalLocations": [{ "fullyQualifiedName": format!("{}{}", f.workload, f.path) }]
+                }]
+            })
+        })
+        .collect();
+    let log = serde_json::json!({
+        "$schema": "https://raw.githubusercontent.com/oasis-tcs/sarif-spec/master/Schemata/sarif-schema-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [{
+            "tool": { "driver": { "name": "quiesce audit", "rules": rules } },
+            "results": results
+        }]
+    });
+    serde_json::to_string_pretty(&log).unwrap_or_default()
+}

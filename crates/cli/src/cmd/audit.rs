@@ -14,6 +14,8 @@ pub enum Format {
     Text,
     /// An array of findings, for scripts.
     Json,
+    /// SARIF 2.1.0, for code scanning.
+    Sarif,
 }
 
 /// Arguments of `quiesce audit`.
@@ -75,6 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.format {
         Format::Text => print!("{}", quiesce_audit::report::text(&findings, workloads)),
         Format::Json => println!("{}", quiesce_audit::report::json(&findings)),
+        Format::Sarif => println!("{}", quiesce_audit::report::sarif(&findings)),
     }
     let failed = findings.iter().any(|f| f.level == Level::Error);
     Ok(if failed {
