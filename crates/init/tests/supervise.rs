@@ -14,6 +14,15 @@ fn init(args: &[&str]) -> Command {
     cmd
 }
 
+/// quiesce-init with its output discarded, as most tests only watch its effects.
+fn spawn_quiet(args: &[&str]) -> Child {
+    init(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -88,11 +97,7 @@ fn signals_are_forwarded() {
         "for s in USR1 USR2 HUP QUIT WINCH; do trap \"echo $s >> {0}\" $s; done; echo up >> {0}; while :; do sleep 0.05; done",
         log.display()
     );
-    let mut child = init(&["--drain-delay", "0s", "--", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_quiet(&["--drain-delay", "0s", "--", "sh", "-c", &script]);
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     wait_until("the child to start", || read(&log).contains("up"));
     for sig in ["USR1", "USR2", "HUP", "QUIT", "WINCH"] {
@@ -109,18 +114,14 @@ fn signals_are_forwarded() {
 fn orphans_are_reaped() {
     // The child forks a grandchild and exits at once; the grandchild is re-parented to
     // quiesce-init (a subreaper) and must not stay a zombie.
-    let mut child = init(&[
+    let mut child = spawn_quiet(&[
         "--drain-delay",
         "0s",
         "--",
         "sh",
         "-c",
         "(sh -c 'exit 0' &) ; exec sleep 30",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    ]);
     let children = format!("/proc/{0}/task/{0}/children", child.id());
     wait_until("only the command to remain a child", || {
         let list = std::fs::read_to_string(&children).unwrap_or_default();
@@ -245,7 +246,7 @@ fn prestop_blocks_through_the_delay_with_readiness_already_false() {
     let socket = dir.path().join("control.sock");
     let ready_file = dir.path().join("ready");
     let ready = free_addr();
-    let mut child = init(&[
+    let mut child = spawn_quiet(&[
         "--drain-delay",
         "3s",
         "--ready-addr",
@@ -257,11 +258,7 @@ fn prestop_blocks_through_the_delay_with_readiness_already_false() {
         "--",
         "sleep",
         "30",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    ]);
     wait_until("the control socket", || {
         socket.exists() && get(ready) == Some(200)
     });
@@ -334,7 +331,7 @@ fn upstream_readiness_until_the_drain_then_the_on_drain_call() {
     let status = Arc::new(AtomicU16::new(200));
     let (app, requests) = fake_app(status.clone());
     let ready = free_addr();
-    let mut child = init(&[
+    let mut child = spawn_quiet(&[
         "--drain-delay",
         "0s",
         "--ready-addr",
@@ -346,11 +343,7 @@ fn upstream_readiness_until_the_drain_then_the_on_drain_call() {
         "--",
         "sleep",
         "30",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    ]);
     wait_until("readiness to follow the app (200)", || {
         get(ready) == Some(200)
     });

@@ -30,6 +30,20 @@ async fn send(client: &kube::Client, method: &str, path: &str, body: serde_json:
     send_bytes(client, method, path, bytes).await
 }
 
+/// Posts an Eviction for `name` (no apiVersion/kind, which every server version accepts).
+async fn evict(
+    client: &kube::Client,
+    base: &str,
+    name: &str,
+    delete_options: serde_json::Value,
+) -> Answer {
+    let mut body = json!({"metadata": {"name": name}});
+    if !delete_options.is_null() {
+        body["deleteOptions"] = delete_options;
+    }
+    send(client, "POST", &format!("{base}/{name}/eviction"), body).await
+}
+
 /// Sends a raw body, so malformed JSON can be sent too.
 async fn send_bytes(client: &kube::Client, method: &str, path: &str, body: Vec<u8>) -> Answer {
     let req = http::Request::builder()
@@ -221,17 +235,17 @@ async fn run_probes(client: &kube::Client) -> Vec<(&'static str, Answer)> {
     ));
     out.push((
         "evict with a wrong UID precondition",
-        send(client, "POST", &format!("{base}/p1/eviction"), json!({"metadata": {"name": "p1"}, "deleteOptions": {"preconditions": {"uid": "0000"}}})).await,
+        evict(
+            client,
+            &base,
+            "p1",
+            json!({"preconditions": {"uid": "0000"}}),
+        )
+        .await,
     ));
     out.push((
         "evict a missing pod",
-        send(
-            client,
-            "POST",
-            &format!("{base}/nope/eviction"),
-            json!({"metadata": {"name": "nope"}}),
-        )
-        .await,
+        evict(client, &base, "nope", json!(null)).await,
     ));
 
     let pdb_api = pdb_resource(client).await;
@@ -252,13 +266,7 @@ async fn run_probes(client: &kube::Client) -> Vec<(&'static str, Answer)> {
     wait_pdb_observed(&pdbs, "web-pdb").await;
     out.push((
         "evict a pod whose PDB allows no disruption",
-        send(
-            client,
-            "POST",
-            &format!("{base}/web-1/eviction"),
-            json!({"metadata": {"name": "web-1"}}),
-        )
-        .await,
+        evict(client, &base, "web-1", json!(null)).await,
     ));
     pdbs.create(&PostParams::default(), &pdb("web-pdb-2"))
         .await
@@ -266,24 +274,12 @@ async fn run_probes(client: &kube::Client) -> Vec<(&'static str, Answer)> {
     wait_pdb_observed(&pdbs, "web-pdb-2").await;
     out.push((
         "evict a pod under two PDBs",
-        send(
-            client,
-            "POST",
-            &format!("{base}/web-1/eviction"),
-            json!({"metadata": {"name": "web-1"}}),
-        )
-        .await,
+        evict(client, &base, "web-1", json!(null)).await,
     ));
     mark_ready(&pods, "p1").await;
     out.push((
         "evict a pod without a PDB",
-        send(
-            client,
-            "POST",
-            &format!("{base}/p1/eviction"),
-            json!({"metadata": {"name": "p1"}, "deleteOptions": {"preconditions": {"uid": uid}}}),
-        )
-        .await,
+        evict(client, &base, "p1", json!({"preconditions": {"uid": uid}})).await,
     ));
     let evicted = pods.get("p1").await.unwrap();
     assert!(
