@@ -14,9 +14,10 @@ pub use rules::{Finding, Level, Options};
 /// Audits loaded objects; returns the findings and how many workloads were checked.
 pub fn audit(objects: &[load::Object], opts: &Options) -> (Vec<Finding>, usize) {
     let workloads = workload::group(objects);
-    let findings = workloads
+    let mut findings: Vec<Finding> = workloads
         .iter()
         .flat_map(|w| rules::check(w, opts))
         .collect();
+    findings.extend(rules::orphan_pdbs(objects, &workloads));
     (findings, workloads.len())
 }

@@ -59,6 +59,54 @@ pub const RULES: &[Rule] = &[
         fix: "Add a PodDisruptionBudget with maxUnavailable: 1.",
     },
     Rule {
+        id: "readiness-equals-liveness",
+        level: Level::Warning,
+        why: "When readiness and liveness probe the same thing, a slow moment restarts the container instead of only taking it out of rotation, and a drain flip of readiness kills it.",
+        fix: "Make liveness a cheap 'process is alive' check and readiness the 'can serve now' check.",
+    },
+    Rule {
+        id: "rolling-all-at-once",
+        level: Level::Error,
+        why: "A RollingUpdate whose maxUnavailable covers every replica may take all of them down at once.",
+        fix: "Set rollingUpdate.maxUnavailable below the replica count (0 or 1, with maxSurge 1).",
+    },
+    Rule {
+        id: "pdb-blocks-drain",
+        level: Level::Error,
+        why: "A PodDisruptionBudget that never allows a disruption (maxUnavailable 0, minAvailable at or above the replicas, 100%) blocks every node drain until someone deletes it.",
+        fix: "Use maxUnavailable: 1 (or a minAvailable below the replica count).",
+    },
+    Rule {
+        id: "multiple-pdbs",
+        level: Level::Error,
+        why: "The eviction API refuses with a 500 for a pod under more than one PodDisruptionBudget, so drains fail on it.",
+        fix: "Keep exactly one PodDisruptionBudget per set of pods.",
+    },
+    Rule {
+        id: "pdb-selects-nothing",
+        level: Level::Warning,
+        why: "A PodDisruptionBudget that selects no workload protects nothing; usually its selector has a typo.",
+        fix: "Make spec.selector match the pod template's labels.",
+    },
+    Rule {
+        id: "headless-service-stateless",
+        level: Level::Warning,
+        why: "A headless Service hands out pod IPs through DNS; clients cache them past the pod's end, so a Deployment behind it drops requests on every rollout.",
+        fix: "Use a ClusterIP Service for stateless apps; keep headless Services for StatefulSets.",
+    },
+    Rule {
+        id: "exec-prestop-needs-shell",
+        level: Level::Warning,
+        why: "An exec preStop that runs sh or bash fails in images without a shell (distroless, scratch); the kubelet then sends SIGTERM at once.",
+        fix: "Use lifecycle.preStop.sleep, or quiesce-init's shell-free `quiesce-init prestop`.",
+    },
+    Rule {
+        id: "spring-no-graceful-shutdown",
+        level: Level::Warning,
+        why: "Spring Boot stops at once on SIGTERM unless server.shutdown=graceful, cutting in-flight requests.",
+        fix: "Set SERVER_SHUTDOWN=graceful (or --server.shutdown=graceful) and spring.lifecycle.timeout-per-shutdown-phase.",
+    },
+    Rule {
         id: "no-prestop-delay",
         level: Level::Error,
         why: "Behind a Service, the endpoint is removed at the same time as SIGTERM is sent; clients keep sending requests until every discovery layer catches up.",
@@ -207,6 +255,71 @@ fn stacks(w: &Workload<'_>, opts: &Options) -> Vec<Stack> {
     }
 }
 
+/// An int-or-percent against `total` (percentages round as upstream's `GetScaledValueFromIntOrPercent`).
+fn int_or_percent(v: &Value, total: i64, round_up: bool) -> i64 {
+    match v {
+        Value::String(s) => s
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<f64>().ok())
+            .map_or(0, |p| {
+                let exact = p * total as f64 / 100.0;
+                if round_up {
+                    exact.ceil() as i64
+                } else {
+                    exact.floor() as i64
+                }
+            }),
+        other => other.as_i64().unwrap_or(0),
+    }
+}
+
+/// Why a PDB can never allow a disruption of `replicas` pods, if it cannot.
+fn blocks_every_drain(pdb: &Value, replicas: i64) -> Option<String> {
+    let spec = pdb.get("spec")?;
+    if let Some(max) = spec.get("maxUnavailable") {
+        return (int_or_percent(max, replicas, true) == 0)
+            .then(|| format!("maxUnavailable {max} allows no disruption"));
+    }
+    let min = spec.get("minAvailable")?;
+    (int_or_percent(min, replicas, true) >= replicas)
+        .then(|| format!("minAvailable {min} with {replicas} replica(s) allows no disruption"))
+}
+
+/// The shell an exec preStop runs, if it runs one.
+fn exec_prestop_shell(c: &Value) -> Option<String> {
+    let first = c.pointer("/lifecycle/preStop/exec/command/0")?.as_str()?;
+    let base = first.rsplit('/').next().unwrap_or(first);
+    matches!(base, "sh" | "bash" | "ash" | "dash" | "zsh").then(|| first.to_string())
+}
+
+/// Whether the env, command or image shows a Spring Boot app.
+fn looks_like_spring_boot(c: &Value) -> bool {
+    let env_says = c
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|e| {
+            e.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.starts_with("SPRING_"))
+        });
+    let args_say = ["command", "args"]
+        .iter()
+        .filter_map(|k| c.get(*k).and_then(Value::as_array))
+        .flatten()
+        .filter_map(Value::as_str)
+        .any(|a| a.contains("spring.") || a.contains("spring-boot"));
+    env_says || args_say
+}
+
+/// Whether graceful shutdown is switched on (env or argument).
+fn spring_graceful(c: &Value) -> bool {
+    env(c, "SERVER_SHUTDOWN").is_some_and(|v| v.eq_ignore_ascii_case("graceful"))
+        || arg(c, "--server.shutdown").is_some_and(|v| v.eq_ignore_ascii_case("graceful"))
+        || env(c, "JAVA_TOOL_OPTIONS").is_some_and(|v| v.contains("server.shutdown=graceful"))
+}
+
 /// Runs every rule over one workload.
 pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -233,7 +346,89 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
             );
         }
     }
+    for (i, c) in containers(w) {
+        if let (Some(r), Some(l)) = (c.get("readinessProbe"), c.get("livenessProbe"))
+            && r == l
+        {
+            emit(
+                "readiness-equals-liveness",
+                format!("{spec}/containers/{i}/livenessProbe"),
+                "livenessProbe is identical to readinessProbe".into(),
+                None,
+            );
+        }
+        if let Some(shell) = exec_prestop_shell(c) {
+            emit(
+                "exec-prestop-needs-shell",
+                format!("{spec}/containers/{i}/lifecycle/preStop/exec/command"),
+                format!("the preStop hook runs {shell}, which images without a shell lack"),
+                None,
+            );
+        }
+        if looks_like_spring_boot(c) && !spring_graceful(c) {
+            emit(
+                "spring-no-graceful-shutdown",
+                format!("{spec}/containers/{i}/env"),
+                "a Spring Boot app without server.shutdown=graceful".into(),
+                None,
+            );
+        }
+    }
     let doc = &w.object.doc;
+    let replicas = doc
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    if w.kind == "Deployment"
+        && doc.pointer("/spec/strategy/type").and_then(Value::as_str) != Some("Recreate")
+    {
+        let max_unavailable = doc
+            .pointer("/spec/strategy/rollingUpdate/maxUnavailable")
+            .map_or(0, |v| int_or_percent(v, replicas, false));
+        if replicas > 1 && max_unavailable >= replicas {
+            emit(
+                "rolling-all-at-once",
+                "/spec/strategy/rollingUpdate/maxUnavailable".into(),
+                format!("maxUnavailable lets all {replicas} replicas go at once"),
+                None,
+            );
+        }
+    }
+    if w.pdbs.len() > 1 {
+        emit(
+            "multiple-pdbs",
+            "/metadata".into(),
+            format!("{} PodDisruptionBudgets select these pods", w.pdbs.len()),
+            None,
+        );
+    }
+    for pdb in &w.pdbs {
+        if let Some(why) = blocks_every_drain(&pdb.doc, replicas) {
+            let name = pdb
+                .doc
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            emit(
+                "pdb-blocks-drain",
+                "/spec".into(),
+                format!("PodDisruptionBudget {name}: {why}"),
+                None,
+            );
+        }
+    }
+    if w.kind == "Deployment"
+        && w.services
+            .iter()
+            .any(|s| s.doc.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None"))
+    {
+        emit(
+            "headless-service-stateless",
+            "/metadata".into(),
+            "a headless Service selects this Deployment".into(),
+            None,
+        );
+    }
     if doc.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") {
         emit(
             "recreate-strategy",
@@ -243,10 +438,6 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
         );
     }
     if matches!(w.kind.as_str(), "Deployment" | "StatefulSet") {
-        let replicas = doc
-            .pointer("/spec/replicas")
-            .and_then(Value::as_u64)
-            .unwrap_or(1);
         if replicas < 2 {
             emit(
                 "single-replica",
@@ -332,4 +523,39 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
         );
     }
     out
+}
+
+/// Findings that belong to no workload: PodDisruptionBudgets that select none.
+pub fn orphan_pdbs(objects: &[crate::load::Object], workloads: &[Workload<'_>]) -> Vec<Finding> {
+    let rule = explain("pdb-selects-nothing").expect("listed in RULES");
+    objects
+        .iter()
+        .filter(|o| o.doc.get("kind").and_then(Value::as_str) == Some("PodDisruptionBudget"))
+        .filter(|o| {
+            !workloads
+                .iter()
+                .any(|w| w.pdbs.iter().any(|p| std::ptr::eq(*p, *o)))
+        })
+        .map(|o| {
+            let ns = o
+                .doc
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default");
+            let name = o
+                .doc
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            Finding {
+                rule: rule.id,
+                level: rule.level,
+                source: o.source.clone(),
+                workload: format!("PodDisruptionBudget {ns}/{name}"),
+                path: "/spec/selector".into(),
+                message: "selects no workload in these manifests".into(),
+                fix: rule.fix.into(),
+            }
+        })
+        .collect()
 }

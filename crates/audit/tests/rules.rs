@@ -109,7 +109,7 @@ fn missing_prestop_behind_a_service_is_an_error() {
 
 #[test]
 fn exec_sleep_counts_as_a_prestop_delay() {
-    let c = "          readinessProbe: {httpGet: {path: /, port: 80}}\n          lifecycle: {preStop: {exec: {command: [sh, -c, sleep 20]}}}\n";
+    let c = "          readinessProbe: {httpGet: {path: /, port: 80}}\n          lifecycle: {preStop: {exec: {command: [sleep, \"20\"]}}}\n";
     assert!(run_text(&deployment(2, "", c), &[Stack::Istio]).is_empty());
     assert_eq!(
         rules(&run_text(&deployment(2, "", c), &[Stack::Alb])),
@@ -180,4 +180,91 @@ fn huge_file_is_refused_before_parsing() {
     let err = load::load_paths(&[path]).unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     assert!(err.to_string().contains("huge.yaml"));
+}
+
+#[test]
+fn an_exec_prestop_through_a_shell_is_flagged() {
+    let c = "          readinessProbe: {httpGet: {path: /, port: 80}}\n          lifecycle: {preStop: {exec: {command: [/bin/sh, -c, sleep 20]}}}\n";
+    assert_eq!(
+        rules(&run_text(&deployment(2, "", c), &[Stack::Istio])),
+        ["exec-prestop-needs-shell"]
+    );
+}
+
+#[test]
+fn readiness_identical_to_liveness_is_flagged() {
+    let same = "          readinessProbe: {httpGet: {path: /, port: 80}}\n          livenessProbe: {httpGet: {path: /, port: 80}}\n          lifecycle: {preStop: {sleep: {seconds: 10}}}\n";
+    assert_eq!(
+        rules(&run_text(&deployment(2, "", same), &[Stack::KubeProxy])),
+        ["readiness-equals-liveness"]
+    );
+    let different = same.replace(
+        "livenessProbe: {httpGet: {path: /, port: 80}}",
+        "livenessProbe: {tcpSocket: {port: 80}}",
+    );
+    assert!(run_text(&deployment(2, "", &different), &[Stack::KubeProxy]).is_empty());
+}
+
+#[test]
+fn a_rollout_that_lets_every_replica_go_is_an_error() {
+    let all = "  strategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 100%}}\n";
+    assert_eq!(
+        rules(&run_text(&deployment(2, all, GOOD), &[Stack::KubeProxy])),
+        ["rolling-all-at-once"]
+    );
+    let one = "  strategy: {type: RollingUpdate, rollingUpdate: {maxUnavailable: 1}}\n";
+    assert!(run_text(&deployment(2, one, GOOD), &[Stack::KubeProxy]).is_empty());
+}
+
+#[test]
+fn budgets_that_block_drains_overlap_or_select_nothing() {
+    let base = deployment(2, "", GOOD);
+    let blocking = base.replace("maxUnavailable: 1, selector", "maxUnavailable: 0, selector");
+    assert_eq!(
+        rules(&run_text(&blocking, &[Stack::KubeProxy])),
+        ["pdb-blocks-drain"]
+    );
+    let min_all = base.replace("maxUnavailable: 1, selector", "minAvailable: 2, selector");
+    assert_eq!(
+        rules(&run_text(&min_all, &[Stack::KubeProxy])),
+        ["pdb-blocks-drain"]
+    );
+    let second = format!(
+        "{base}---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web-2}}\nspec: {{maxUnavailable: 1, selector: {{matchLabels: {{app: web}}}}}}\n"
+    );
+    assert_eq!(
+        rules(&run_text(&second, &[Stack::KubeProxy])),
+        ["multiple-pdbs"]
+    );
+    let stray = format!(
+        "{base}---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: typo}}\nspec: {{maxUnavailable: 1, selector: {{matchLabels: {{app: wbe}}}}}}\n"
+    );
+    let findings = run_text(&stray, &[Stack::KubeProxy]);
+    assert_eq!(rules(&findings), ["pdb-selects-nothing"]);
+    assert_eq!(findings[0].workload, "PodDisruptionBudget default/typo");
+}
+
+#[test]
+fn a_headless_service_in_front_of_a_deployment_is_flagged() {
+    let headless = deployment(2, "", GOOD).replace(
+        "spec: {selector: {app: web}}",
+        "spec: {clusterIP: None, selector: {app: web}}",
+    );
+    assert_eq!(
+        rules(&run_text(&headless, &[Stack::KubeProxy])),
+        ["headless-service-stateless"]
+    );
+}
+
+#[test]
+fn spring_boot_without_graceful_shutdown_is_flagged() {
+    let spring = format!("{GOOD}          env: [{{name: SPRING_PROFILES_ACTIVE, value: prod}}]\n");
+    assert_eq!(
+        rules(&run_text(&deployment(2, "", &spring), &[Stack::KubeProxy])),
+        ["spring-no-graceful-shutdown"]
+    );
+    let graceful = format!(
+        "{GOOD}          env: [{{name: SPRING_PROFILES_ACTIVE, value: prod}}, {{name: SERVER_SHUTDOWN, value: graceful}}]\n"
+    );
+    assert!(run_text(&deployment(2, "", &graceful), &[Stack::KubeProxy]).is_empty());
 }
