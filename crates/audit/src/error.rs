@@ -31,4 +31,20 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
+    /// The live cluster could not be listed.
+    #[error("listing {what} from the cluster: {source}")]
+    Cluster {
+        /// The resource being listed.
+        what: String,
+        /// kube-rs's reason.
+        source: kube::Error,
+    },
+    /// The cluster serves none of the versions we read a kind at.
+    #[error("the cluster serves {kind} at none of the versions {versions}")]
+    NotServed {
+        /// The kind.
+        kind: String,
+        /// The versions tried.
+        versions: String,
+    },
 }

@@ -2,6 +2,7 @@
 //! kube-linter and Polaris check that a readiness probe exists; this computes whether the
 //! preStop delay and grace period cover the discovery stack in front of the pod.
 
+pub mod cluster;
 mod error;
 pub mod load;
 pub mod report;

@@ -92,3 +92,45 @@ fn unknown_stack_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("consul"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_reads_the_live_objects() {
+    let sandbox = quiesce_sandbox::Sandbox::start(quiesce_sandbox::SandboxOptions {
+        scenario: quiesce_sandbox::scenario::Scenario::default_for(3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    sandbox.write_kubeconfig(&kubeconfig).unwrap();
+    let path = kubeconfig.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        quiesce(
+            &[
+                "audit",
+                "--cluster",
+                "--kubeconfig",
+                &path,
+                "--format",
+                "json",
+            ],
+            None,
+        )
+    })
+    .await
+    .unwrap();
+    sandbox.shutdown().await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("cluster/default/Deployment/web"),
+        "{report}"
+    );
+    assert!(report.contains("no-prestop-delay"), "{report}");
+}

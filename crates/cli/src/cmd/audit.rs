@@ -36,6 +36,12 @@ pub struct Args {
     /// The apps' own shutdown time where the manifests do not show it.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     shutdown: Duration,
+    /// Audit the live objects of a cluster instead of files.
+    #[arg(long, conflicts_with = "paths")]
+    cluster: bool,
+    /// Kubeconfig for --cluster (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, requires = "cluster")]
+    kubeconfig: Option<PathBuf>,
     /// Print why a rule matters and how to fix it, then exit.
     #[arg(long, value_name = "RULE")]
     explain: Option<String>,
@@ -55,7 +61,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let objects = match quiesce_audit::load::load_paths(&args.paths) {
+    let loaded = if args.cluster {
+        load_cluster(args.kubeconfig.as_deref())?
+    } else {
+        quiesce_audit::load::load_paths(&args.paths)
+    };
+    let objects = match loaded {
         Ok(objects) => objects,
         Err(err) => {
             eprintln!("error: {err}");
@@ -84,5 +95,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// Reads the live objects through kube-rs.
+fn load_cluster(
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<Result<Vec<quiesce_audit::load::Object>, quiesce_audit::Error>> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let config = match kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+            }
+            None => kube::Config::infer().await?,
+        };
+        let client = kube::Client::try_from(config)?;
+        Ok(quiesce_audit::cluster::load(&client).await)
     })
 }
