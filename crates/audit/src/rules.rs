@@ -53,6 +53,12 @@ pub const RULES: &[Rule] = &[
         fix: "Run at least 2 replicas.",
     },
     Rule {
+        id: "no-spread",
+        level: Level::Warning,
+        why: "Without pod anti-affinity or topology spread, every replica may land on one node or in one zone, and one drain takes them all.",
+        fix: "Add topologySpreadConstraints over kubernetes.io/hostname (and topology.kubernetes.io/zone), or a preferred podAntiAffinity.",
+    },
+    Rule {
         id: "no-pdb",
         level: Level::Warning,
         why: "Without a PodDisruptionBudget a drain may evict every replica at once.",
@@ -285,6 +291,15 @@ fn blocks_every_drain(pdb: &Value, replicas: i64) -> Option<String> {
         .then(|| format!("minAvailable {min} with {replicas} replica(s) allows no disruption"))
 }
 
+/// Whether the pod spec spreads replicas over nodes or zones.
+fn spreads(pod_spec: &Value) -> bool {
+    pod_spec.pointer("/affinity/podAntiAffinity").is_some()
+        || pod_spec
+            .get("topologySpreadConstraints")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty())
+}
+
 /// The shell an exec preStop runs, if it runs one.
 fn exec_prestop_shell(c: &Value) -> Option<String> {
     let first = c.pointer("/lifecycle/preStop/exec/command/0")?.as_str()?;
@@ -438,13 +453,29 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
         );
     }
     if matches!(w.kind.as_str(), "Deployment" | "StatefulSet") {
-        if replicas < 2 {
-            emit(
-                "single-replica",
-                "/spec/replicas".into(),
+        let (count, path, what) = match w.hpa_min_replicas {
+            Some(min) => (
+                min,
+                "/spec/replicas",
+                format!("its HorizontalPodAutoscaler's minReplicas is {min}"),
+            ),
+            None => (
+                replicas,
+                "/spec/replicas",
                 format!("replicas is {replicas}"),
+            ),
+        };
+        if count >= 2 && !spreads(w.pod_spec) {
+            emit(
+                "no-spread",
+                format!("{spec}/topologySpreadConstraints"),
+                "no pod anti-affinity or topology spread: all replicas may share a node or zone"
+                    .into(),
                 None,
             );
+        }
+        if count < 2 {
+            emit("single-replica", path.into(), what, None);
         } else if w.pdbs.is_empty() {
             emit(
                 "no-pdb",
@@ -458,7 +489,16 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
         return out;
     }
     let stacks = stacks(w, opts);
-    let delay = containers(w).filter_map(|(_, c)| prestop_delay(c)).max();
+    // The container whose preStop delay is longest holds the pod; findings point at it (or at
+    // the first container when none has one).
+    let longest = containers(w)
+        .filter_map(|(i, c)| prestop_delay(c).map(|d| (d, i)))
+        .max();
+    let delay = longest.map(|(d, _)| d);
+    let prestop_path = format!(
+        "{spec}/containers/{}/lifecycle/preStop",
+        longest.map_or(0, |(_, i)| i)
+    );
     let app_shutdown = containers(w)
         .filter_map(|(_, c)| shutdown(c))
         .max()
@@ -480,7 +520,7 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
     match delay {
         None => emit(
             "no-prestop-delay",
-            format!("{spec}/containers/0/lifecycle/preStop"),
+            prestop_path.clone(),
             format!(
                 "no preStop delay behind a Service; needed {needed} = {}",
                 terms.join(" + ")
@@ -489,7 +529,7 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
         ),
         Some(d) if d < b.needed_prestop => emit(
             "prestop-too-short",
-            format!("{spec}/containers/0/lifecycle/preStop"),
+            prestop_path.clone(),
             format!(
                 "preStop delay {} < needed {needed} = {}",
                 humantime::format_duration(d),

@@ -23,6 +23,8 @@ pub struct Workload<'a> {
     pub services: Vec<&'a Object>,
     /// PodDisruptionBudgets whose selector matches the pod labels.
     pub pdbs: Vec<&'a Object>,
+    /// The `minReplicas` of a HorizontalPodAutoscaler scaling this workload (default 1).
+    pub hpa_min_replicas: Option<i64>,
 }
 
 fn namespace(doc: &Value) -> &str {
@@ -48,7 +50,7 @@ pub fn group(objects: &[Object]) -> Vec<Workload<'_>> {
     // otherwise compare every workload with every object.
     let mut by_namespace: HashMap<(&str, &str), Vec<&Object>> = HashMap::new();
     for o in objects {
-        if let Some(kind @ ("Service" | "PodDisruptionBudget")) =
+        if let Some(kind @ ("Service" | "PodDisruptionBudget" | "HorizontalPodAutoscaler")) =
             o.doc.get("kind").and_then(Value::as_str)
         {
             by_namespace
@@ -94,6 +96,26 @@ pub fn group(objects: &[Object]) -> Vec<Workload<'_>> {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("<unnamed>");
+        let hpa_min_replicas = by_namespace
+            .get(&(ns, "HorizontalPodAutoscaler"))
+            .into_iter()
+            .flatten()
+            .find(|h| {
+                h.doc
+                    .pointer("/spec/scaleTargetRef/kind")
+                    .and_then(Value::as_str)
+                    == Some(kind)
+                    && h.doc
+                        .pointer("/spec/scaleTargetRef/name")
+                        .and_then(Value::as_str)
+                        == Some(name)
+            })
+            .map(|h| {
+                h.doc
+                    .pointer("/spec/minReplicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1)
+            });
         out.push(Workload {
             object,
             kind: kind.to_string(),
@@ -102,6 +124,7 @@ pub fn group(objects: &[Object]) -> Vec<Workload<'_>> {
             pod_spec_path,
             services,
             pdbs,
+            hpa_min_replicas,
         });
     }
     out

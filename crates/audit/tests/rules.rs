@@ -31,7 +31,7 @@ fn rules(findings: &[Finding]) -> Vec<&'static str> {
 
 fn deployment(replicas: u32, extra_spec: &str, container: &str) -> String {
     format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n{extra_spec}  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 60\n      containers:\n        - name: app\n          image: example/web:1\n{container}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{selector: {{app: web}}}}\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\nspec: {{maxUnavailable: 1, selector: {{matchLabels: {{app: web}}}}}}\n"
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n{extra_spec}  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 60\n      topologySpreadConstraints: [{{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {{matchLabels: {{app: web}}}}}}]\n      containers:\n        - name: app\n          image: example/web:1\n{container}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{selector: {{app: web}}}}\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\nspec: {{maxUnavailable: 1, selector: {{matchLabels: {{app: web}}}}}}\n"
     )
 }
 
@@ -267,4 +267,37 @@ fn spring_boot_without_graceful_shutdown_is_flagged() {
         "{GOOD}          env: [{{name: SPRING_PROFILES_ACTIVE, value: prod}}, {{name: SERVER_SHUTDOWN, value: graceful}}]\n"
     );
     assert!(run_text(&deployment(2, "", &graceful), &[Stack::KubeProxy]).is_empty());
+}
+
+#[test]
+fn replicas_without_spread_are_flagged() {
+    let unspread =
+        deployment(2, "", GOOD).replace("      topologySpreadConstraints", "      x-unused");
+    assert_eq!(
+        rules(&run_text(&unspread, &[Stack::KubeProxy])),
+        ["no-spread"]
+    );
+    let anti = deployment(2, "", GOOD).replace(
+        "      topologySpreadConstraints: [{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: web}}}]",
+        "      affinity: {podAntiAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, podAffinityTerm: {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: web}}}}]}}",
+    );
+    assert!(run_text(&anti, &[Stack::KubeProxy]).is_empty());
+}
+
+#[test]
+fn an_hpa_with_one_minimum_replica_is_a_single_replica() {
+    let hpa = |min: u32| {
+        format!(
+            "{}---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: web}}\nspec: {{scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}, minReplicas: {min}, maxReplicas: 5}}\n",
+            deployment(2, "", GOOD)
+        )
+    };
+    let findings = run_text(&hpa(1), &[Stack::KubeProxy]);
+    assert_eq!(rules(&findings), ["single-replica"]);
+    assert!(
+        findings[0].message.contains("minReplicas is 1"),
+        "{}",
+        findings[0].message
+    );
+    assert!(run_text(&hpa(2), &[Stack::KubeProxy]).is_empty());
 }
