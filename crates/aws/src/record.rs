@@ -1,0 +1,108 @@
+//! The lifecycle action in flight, recorded on the Node as an annotation so that a restarted
+//! drainer resumes it and a duplicate message is recognised instead of run twice.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{LifecycleAction, Transition};
+
+/// The Node annotation that holds an [`InFlight`] record as JSON.
+pub const ANNOTATION: &str = "quiesce.io/lifecycle-action";
+
+/// Where the action stands; a restarted drainer picks up from here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Received, nothing changed yet.
+    Received,
+    /// The drain engine is running.
+    Draining,
+    /// Drained; CONTINUE is being sent.
+    Completing,
+    /// The drain failed or ran out of time; the node was uncordoned and ABANDON is being sent.
+    Abandoning,
+}
+
+/// One action in flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InFlight {
+    /// The instance.
+    pub instance_id: String,
+    /// Its Auto Scaling group.
+    pub group: String,
+    /// The hook.
+    pub hook: String,
+    /// The token that completes exactly this action.
+    pub token: String,
+    /// `terminating` or `launching`.
+    pub transition: String,
+    /// Where it stands.
+    pub phase: Phase,
+    /// When the drain gives up (RFC 3339).
+    pub deadline: String,
+}
+
+impl InFlight {
+    /// A fresh record for `action`, due at `deadline`.
+    pub fn new(action: &LifecycleAction, deadline: String) -> InFlight {
+        InFlight {
+            instance_id: action.instance_id.clone(),
+            group: action.group.clone(),
+            hook: action.hook.clone(),
+            token: action.token.clone(),
+            transition: match action.transition {
+                Transition::Terminating => "terminating",
+                Transition::Launching => "launching",
+            }
+            .into(),
+            phase: Phase::Received,
+            deadline,
+        }
+    }
+
+    /// Whether `action` is this one again (a redelivered or duplicated message).
+    pub fn is_same(&self, action: &LifecycleAction) -> bool {
+        self.token == action.token && self.instance_id == action.instance_id
+    }
+
+    /// The annotation value.
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).expect("the record serialises")
+    }
+
+    /// Reads an annotation value; a corrupt one is an error naming the annotation.
+    pub fn from_annotation(value: &str) -> Result<InFlight, String> {
+        serde_json::from_str(value)
+            .map_err(|e| format!("annotation {ANNOTATION} is not a lifecycle record: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(token: &str) -> LifecycleAction {
+        LifecycleAction {
+            transition: Transition::Terminating,
+            group: "eks-workers".into(),
+            hook: "quiesce-drain".into(),
+            instance_id: "i-0abc".into(),
+            token: token.into(),
+            metadata: None,
+        }
+    }
+
+    #[test]
+    fn round_trips_and_recognises_duplicates() {
+        let mut record = InFlight::new(&action("t-1"), "2026-11-23T08:30:00Z".into());
+        record.phase = Phase::Draining;
+        let text = record.to_annotation();
+        assert!(text.contains("\"phase\":\"draining\""), "{text}");
+        let back = InFlight::from_annotation(&text).unwrap();
+        assert_eq!(back, record);
+        assert!(back.is_same(&action("t-1")));
+        assert!(!back.is_same(&action("t-2")), "a new token is a new action");
+        let err = InFlight::from_annotation("{oops").unwrap_err();
+        assert!(err.contains(ANNOTATION), "{err}");
+    }
+}
