@@ -132,10 +132,8 @@ async fn wait_pdb_observed(pdbs: &Api<DynamicObject>, name: &str) {
     .unwrap();
 }
 
-/// Runs every probe in a fresh namespace and returns the answers by step, with object UIDs
-/// replaced by `<uid>` so two servers can be compared.
-async fn run_probes(client: &kube::Client) -> Vec<(&'static str, Answer)> {
-    let ns = "probe";
+/// Creates the namespace a probe sequence runs in.
+async fn create_namespace(client: &kube::Client, ns: &str) {
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     namespaces
         .create(
@@ -144,6 +142,13 @@ async fn run_probes(client: &kube::Client) -> Vec<(&'static str, Answer)> {
         )
         .await
         .unwrap();
+}
+
+/// Runs every probe in a fresh namespace and returns the answers by step, with object UIDs
+/// replaced by `<uid>` so two servers can be compared.
+async fn run_probes(client: &kube::Client) -> Vec<(&'static str, Answer)> {
+    let ns = "probe";
+    create_namespace(client, ns).await;
     // The node the probe pods are bound to; without it podgc removes them as orphans.
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     nodes
@@ -394,14 +399,7 @@ async fn watch_order(client: &kube::Client) -> Vec<String> {
     use kube::api::{ListParams, WatchParams};
 
     let ns = "watched";
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    create_namespace(client, ns).await;
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let svc_rv = services
