@@ -18,8 +18,19 @@ pub enum Phase {
     Draining,
     /// Drained; CONTINUE is being sent.
     Completing,
-    /// The drain failed or ran out of time; the node was uncordoned and ABANDON is being sent.
+    /// The drain failed or ran out of time; the node is uncordoned and ABANDON is being sent.
     Abandoning,
+    /// CONTINUE was accepted: a message for this token again is a duplicate.
+    Continued,
+    /// ABANDON was accepted: a message for this token again is a duplicate.
+    Abandoned,
+}
+
+impl Phase {
+    /// Whether the hook has been completed, so nothing is left to do for this token.
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Continued | Phase::Abandoned)
+    }
 }
 
 /// One action in flight.
@@ -40,6 +51,9 @@ pub struct InFlight {
     pub phase: Phase,
     /// When the drain gives up (RFC 3339).
     pub deadline: String,
+    /// Why it is abandoning or abandoned, for the person who finds the node still there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl InFlight {
@@ -57,6 +71,7 @@ impl InFlight {
             .into(),
             phase: Phase::Received,
             deadline,
+            reason: None,
         }
     }
 

@@ -1,0 +1,131 @@
+//! Finding the instance's node, and keeping the in-flight record on it.
+//!
+//! The node is found by `spec.providerID` (`aws:///<az>/<instance-id>`), which is exact; a node
+//! name guessed from the instance's private DNS name breaks with custom hostnames. The
+//! long-running drainer keeps a watched index (a kube-runtime reflector) and falls back to a
+//! fresh list when the index has not seen the node yet; the Lambda lists.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use quiesce_aws::instance::instance_id;
+use quiesce_aws::record::{ANNOTATION, InFlight};
+use serde_json::json;
+
+/// Where the drainer looks nodes up.
+#[derive(Clone)]
+pub struct NodeIndex {
+    api: Api<Node>,
+    store: Option<Store<Node>>,
+    synced: Arc<AtomicBool>,
+}
+
+impl NodeIndex {
+    /// Lists nodes on every lookup (the Lambda: short-lived, few lookups).
+    pub fn listed(client: Client) -> NodeIndex {
+        NodeIndex {
+            api: Api::all(client),
+            store: None,
+            synced: Arc::new(AtomicBool::new(true)),
+        }
+    }
+
+    /// A watched index, and the future that keeps it current (spawn it).
+    pub fn watched(client: Client) -> (NodeIndex, impl Future<Output = ()> + Send + 'static) {
+        let api: Api<Node> = Api::all(client);
+        let (store, writer) = reflector::store();
+        let synced = Arc::new(AtomicBool::new(false));
+        let flag = synced.clone();
+        let keep = watcher(api.clone(), watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(move |event| {
+                match event {
+                    Ok(watcher::Event::InitDone) => flag.store(true, Ordering::Relaxed),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(%err, "node watch interrupted; retrying"),
+                }
+                std::future::ready(())
+            });
+        (
+            NodeIndex {
+                api,
+                store: Some(store),
+                synced,
+            },
+            keep,
+        )
+    }
+
+    /// Whether lookups can be trusted yet (the watched index has listed once).
+    pub fn ready(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    /// The node whose providerID names `instance`, read fresh from the API server.
+    pub async fn find(&self, instance: &str) -> Result<Option<Node>, kube::Error> {
+        let name = match &self.store {
+            Some(store) => store
+                .state()
+                .iter()
+                .find(|n| provider_instance(n) == Some(instance))
+                .map(|n| n.name_any()),
+            None => None,
+        };
+        if let Some(name) = name {
+            return self.api.get_opt(&name).await;
+        }
+        let nodes = self.api.list(&ListParams::default()).await?;
+        Ok(nodes
+            .items
+            .into_iter()
+            .find(|n| provider_instance(n) == Some(instance)))
+    }
+
+    /// The node by name, fresh.
+    pub async fn get(&self, name: &str) -> Result<Option<Node>, kube::Error> {
+        self.api.get_opt(name).await
+    }
+
+    /// Writes (or replaces) the in-flight record on the node.
+    pub async fn write_record(&self, node: &str, record: &InFlight) -> Result<(), kube::Error> {
+        let patch = json!({"metadata": {"annotations": {ANNOTATION: record.to_annotation()}}});
+        self.api
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+    }
+}
+
+fn provider_instance(node: &Node) -> Option<&str> {
+    node.spec
+        .as_ref()?
+        .provider_id
+        .as_deref()
+        .and_then(instance_id)
+}
+
+/// The record on `node`, if any. A corrupt one is logged and treated as absent: the message
+/// then starts the action afresh, which is safe (cordon and evictions are idempotent).
+pub fn record_of(node: &Node) -> Option<InFlight> {
+    let value = node.annotations().get(ANNOTATION)?;
+    InFlight::from_annotation(value)
+        .inspect_err(|err| tracing::warn!(node = %node.name_any(), %err, "ignoring the record"))
+        .ok()
+}
+
+/// Whether the node reports Ready.
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}

@@ -1,0 +1,166 @@
+//! The queue loop: receive, hand each message to the handler while keeping it hidden, and
+//! delete it only once its hook is completed. Bounded in concurrency; stops on request.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiesce_aws::hooks::LifecycleHooks;
+use quiesce_aws::queue::{Queue, Received};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::handler::{Disposition, Handler};
+
+/// What to do with a message that can never be handled (not JSON, another service's event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BadMessage {
+    /// Log it in full and delete it: it would fail the same way forever.
+    #[default]
+    Delete,
+    /// Log it and leave it: the queue's redrive policy moves it to a dead-letter queue.
+    Keep,
+}
+
+impl FromStr for BadMessage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "delete" => Ok(BadMessage::Delete),
+            "keep" => Ok(BadMessage::Keep),
+            other => Err(format!(
+                "bad-message policy {other:?}: expected delete or keep"
+            )),
+        }
+    }
+}
+
+/// How the loop reads the queue.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Messages handled at once.
+    pub max_concurrent: usize,
+    /// Visibility while a message is worked on; extended every half of it.
+    pub visibility: Duration,
+    /// Long-poll wait.
+    pub wait: Duration,
+    /// When a message that needs more work (or is not ours) shows up again.
+    pub retry_after: Duration,
+    /// See [`BadMessage`].
+    pub bad_message: BadMessage,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            max_concurrent: 4,
+            visibility: Duration::from_secs(60),
+            wait: Duration::from_secs(20),
+            retry_after: Duration::from_secs(10),
+            bad_message: BadMessage::Delete,
+        }
+    }
+}
+
+/// Reads `queue` until `stop` turns true, then waits for the messages in hand.
+pub async fn run<Q, H>(
+    queue: Arc<Q>,
+    handler: Arc<Handler<H>>,
+    settings: WorkerSettings,
+    mut stop: watch::Receiver<bool>,
+) where
+    Q: Queue + 'static,
+    H: LifecycleHooks + 'static,
+{
+    let mut tasks = JoinSet::new();
+    let mut failures = 0u32;
+    while !*stop.borrow() {
+        while tasks.try_join_next().is_some() {}
+        let free = settings.max_concurrent.saturating_sub(tasks.len());
+        if free == 0 {
+            tokio::select! {
+                _ = tasks.join_next() => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        let received = tokio::select! {
+            r = queue.receive(free as u32, settings.wait, settings.visibility) => r,
+            _ = stop.changed() => continue,
+        };
+        match received {
+            Ok(messages) => {
+                failures = 0;
+                for message in messages {
+                    let (queue, handler, settings) =
+                        (queue.clone(), handler.clone(), settings.clone());
+                    tasks
+                        .spawn(async move { process(&*queue, &handler, &settings, message).await });
+                }
+            }
+            Err(err) => {
+                failures = (failures + 1).min(6);
+                let pause = Duration::from_secs(1 << failures);
+                tracing::warn!(%err, ?pause, "receiving from the queue failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Handles one message, keeping it hidden meanwhile, and settles it with the queue.
+pub async fn process<Q: Queue, H: LifecycleHooks>(
+    queue: &Q,
+    handler: &Handler<H>,
+    settings: &WorkerSettings,
+    message: Received,
+) {
+    let metrics = handler.metrics().clone();
+    let keep_hidden = async {
+        let mut tick = tokio::time::interval(settings.visibility / 2);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(err) = queue.extend(&message.receipt, settings.visibility).await {
+                tracing::warn!(message = %message.id, %err, "could not extend visibility");
+            }
+        }
+    };
+    let disposition = tokio::select! {
+        d = handler.handle(&message.body, None) => d,
+        () = keep_hidden => unreachable!("the visibility loop never ends"),
+    };
+    let id = &message.id;
+    let settled = match disposition {
+        Disposition::Done(done) => {
+            tracing::info!(message = %id, ?done, "hook completed; deleting the message");
+            metrics.message("deleted");
+            queue.delete(&message.receipt).await
+        }
+        Disposition::Later(why) => {
+            tracing::info!(message = %id, %why, "will resume");
+            metrics.message("retried");
+            queue.extend(&message.receipt, settings.retry_after).await
+        }
+        Disposition::Leave(why) => {
+            tracing::info!(message = %id, %why, "leaving the message for another drainer");
+            metrics.message("left");
+            queue.extend(&message.receipt, settings.retry_after).await
+        }
+        Disposition::Invalid(err) => {
+            tracing::error!(message = %id, %err, body = %message.body, policy = ?settings.bad_message, "unusable message");
+            metrics.message("invalid");
+            match settings.bad_message {
+                BadMessage::Delete => queue.delete(&message.receipt).await,
+                BadMessage::Keep => Ok(()),
+            }
+        }
+    };
+    if let Err(err) = settled {
+        tracing::warn!(message = %id, %err, "could not settle the message; it will come back");
+    }
+}
