@@ -8,6 +8,7 @@
 
 mod certs;
 pub mod kubelet;
+pub mod moto;
 mod process;
 
 use std::path::{Path, PathBuf};
