@@ -1,0 +1,12 @@
+//! `quiesce lab`: a node-group patch in the sandbox under live traffic.
+//!
+//! - [`dataplane`]: every pod of the demo Services is a real HTTP server on a loopback port,
+//!   and the client balances over EndpointSlices the way kube-proxy does (late, and pinned);
+//! - [`traffic`]: the bounded request loop and what each failure was;
+//! - [`timeline`]: what happened when, for the report;
+//! - [`report`]: the self-contained HTML timeline.
+
+pub mod dataplane;
+pub mod report;
+pub mod timeline;
+pub mod traffic;
