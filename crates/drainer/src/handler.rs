@@ -355,7 +355,7 @@ impl<H: LifecycleHooks> Handler<H> {
         let now = Instant::now();
         if now >= deadline {
             return Ok(SliceEnd::GiveUp(format!(
-                "the drain deadline {} passed",
+                "the drain did not finish by its deadline {}",
                 record.deadline
             )));
         }
@@ -387,7 +387,7 @@ impl<H: LifecycleHooks> Handler<H> {
             Outcome::Failed if Instant::now() >= deadline => {
                 self.metrics.drain("failed", Some(&report));
                 SliceEnd::GiveUp(format!(
-                    "the drain did not finish by {}: {}",
+                    "the drain did not finish by its deadline {}: {}",
                     record.deadline,
                     report.error.unwrap_or_default()
                 ))

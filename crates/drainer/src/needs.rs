@@ -18,6 +18,14 @@ pub fn of(snapshot: &Snapshot, node: &str, startup: Duration) -> DrainNeeds {
         .pods
         .iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        // DaemonSet pods stay until the instance goes; they do not hold the drain up.
+        .filter(|p| {
+            !p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "DaemonSet")
+        })
         .collect();
     let max_grace = on_node
         .iter()

@@ -1,0 +1,359 @@
+//! The terminate hook end to end, against real servers on loopback: moto (Auto Scaling and
+//! SQS, with quiesce's lifecycle-hook extension) reached through aws-sdk-rust, and the sandbox
+//! reached through kube-rs. The notifications are the ones the extension sends to the hook's
+//! SQS target, in the documented direct-notification shape.
+
+mod support;
+
+use std::time::Duration;
+
+use quiesce_aws::record::Phase;
+use quiesce_drainer::UnknownInstance;
+use support::{GROUP, HOOK, bed, ready_pods};
+
+fn metric(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn count(value: &serde_json::Value) -> u64 {
+    value.as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_drains_then_continues_exactly_once() {
+    let bed = bed(3, 0, 30, "").await;
+    let handler = bed.handler(bed.settings());
+    let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(30));
+    let victim = bed.instances[0].clone();
+    bed.terminate(&victim).await;
+
+    bed.wait_for(
+        "CONTINUE for the victim",
+        Duration::from_secs(60),
+        || async {
+            bed.action_for(&victim)
+                .await
+                .is_some_and(|a| a["result"] == "CONTINUE")
+        },
+    )
+    .await;
+    let action = bed.action_for(&victim).await.unwrap();
+    assert_eq!(action["completedBy"], "api", "{action}");
+    assert_eq!(count(&action["completions"]), 1, "{action}");
+    assert!(count(&action["heartbeats"]) >= 1, "{action}");
+
+    // Only once the node was empty and the replacements Ready elsewhere.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(bed.sandbox.client());
+    let left = pods
+        .list(&kube::api::ListParams::default().fields("spec.nodeName=node-1"))
+        .await
+        .unwrap();
+    assert!(
+        left.items.iter().all(|p| p
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.kind == "DaemonSet")),
+        "only DaemonSet pods stay on node-1"
+    );
+    assert_eq!(ready_pods(&bed.sandbox, "app=web").await, 3);
+    let record = bed
+        .record("node-1")
+        .await
+        .expect("the record stays on the node");
+    assert_eq!(record.phase, Phase::Continued);
+    assert_eq!(record.token, action["token"].as_str().unwrap());
+    let group = bed
+        .asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(GROUP)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        group.auto_scaling_groups()[0]
+            .instances()
+            .iter()
+            .all(|i| i.instance_id() != Some(victim.as_str())),
+        "the instance terminated after CONTINUE"
+    );
+
+    // The same notification again (SQS delivers at least once): recognised, not re-run.
+    let deleted = || async {
+        metric(
+            &handler.metrics().encode(),
+            "quiesce_sqs_messages_total{outcome=\"deleted\"}",
+        )
+    };
+    bed.wait_for(
+        "the action's message deleted",
+        Duration::from_secs(10),
+        || async { bed.visible_bodies().await.is_empty() },
+    )
+    .await;
+    let before = deleted().await;
+    let duplicate = serde_json::json!({
+        "Origin": "AutoScalingGroup", "Destination": "EC2", "Service": "AWS Auto Scaling",
+        "AccountId": "123456789012", "RequestId": "dup", "Time": "2026-11-23T10:00:00.000Z",
+        "AutoScalingGroupName": GROUP, "LifecycleHookName": HOOK, "EC2InstanceId": victim,
+        "LifecycleActionToken": action["token"], "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+    });
+    bed.send(&duplicate.to_string()).await;
+    bed.wait_for("the duplicate deleted", Duration::from_secs(15), || async {
+        deleted().await > before
+    })
+    .await;
+    let action = bed.action_for(&victim).await.unwrap();
+    assert_eq!(
+        count(&action["completions"]),
+        1,
+        "still one completion: {action}"
+    );
+    let text = handler.metrics().encode();
+    assert_eq!(
+        metric(
+            &text,
+            "quiesce_lifecycle_completions_total{result=\"continue\"}"
+        ),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "quiesce_drains_total{result=\"drained\"}"),
+        1,
+        "{text}"
+    );
+
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+/// A budget that allows nothing while its pods are not Ready (startup of an hour) and that
+/// can allow later: the drain waits, heartbeating, until the workload-derived deadline.
+const BLOCKER: &str = r#"
+objects:
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: warming, namespace: default}
+    spec:
+      replicas: 3
+      selector: {matchLabels: {app: warming}}
+      template:
+        metadata: {labels: {app: warming}, annotations: {sandbox.quiesce.io/startup-delay: 1h}}
+        spec:
+          terminationGracePeriodSeconds: 2
+          containers: [{name: w, image: w:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
+  - apiVersion: policy/v1
+    kind: PodDisruptionBudget
+    metadata: {name: warming, namespace: default}
+    spec: {minAvailable: 2, selector: {matchLabels: {app: warming}}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_drain_heartbeats_then_abandons_and_uncordons_at_the_deadline() {
+    let bed = bed(3, 0, 3, BLOCKER).await;
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(bed.sandbox.client());
+    let node_of_a_warming_pod = || async {
+        pods.list(&kube::api::ListParams::default().labels("app=warming"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .find_map(|p| p.spec.as_ref()?.node_name.clone())
+    };
+    bed.wait_for(
+        "a warming pod scheduled",
+        Duration::from_secs(20),
+        || async { node_of_a_warming_pod().await.is_some() },
+    )
+    .await;
+    let node = node_of_a_warming_pod().await.unwrap();
+    let index: usize = node.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+    let victim = bed.instances[index].clone();
+    let handler = bed.handler(bed.settings());
+    let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(30));
+    bed.terminate(&victim).await;
+
+    bed.wait_for("the hook completed", Duration::from_secs(90), || async {
+        bed.action_for(&victim)
+            .await
+            .is_some_and(|a| !a["result"].is_null())
+    })
+    .await;
+    let action = bed.action_for(&victim).await.unwrap();
+    assert_eq!(action["result"], "ABANDON", "{action}");
+    assert_eq!(
+        action["completedBy"], "api",
+        "abandoned by us, not by the timeout: {action}"
+    );
+    assert!(
+        count(&action["heartbeats"]) >= 3,
+        "heartbeats kept the 3 s hook alive while the budget blocked: {action}"
+    );
+    let n = bed.node(&node).await;
+    assert!(
+        !n.spec.as_ref().unwrap().unschedulable.unwrap_or(false),
+        "the node is schedulable again"
+    );
+    let record = bed.record(&node).await.unwrap();
+    assert_eq!(record.phase, Phase::Abandoned);
+    assert!(
+        record
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did not finish"),
+        "{record:?}"
+    );
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(bed.sandbox.client(), "default");
+    let events = events.list(&Default::default()).await.unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("LifecycleAbandoned")
+                && e.involved_object.name.as_deref() == Some(node.as_str())),
+        "an Event tells people why the node is still there"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drainer_killed_mid_drain_is_resumed_by_the_next_and_completes_once() {
+    let bed = bed(3, 0, 30, "").await;
+    let first = bed.handler(bed.settings());
+    let (_stop, task) = bed.run_worker(first, Duration::from_secs(3));
+    let victim = bed.instances[0].clone();
+    bed.terminate(&victim).await;
+    bed.wait_for("the drain under way", Duration::from_secs(30), || async {
+        bed.record("node-1")
+            .await
+            .is_some_and(|r| r.phase == Phase::Draining)
+            && bed.node("node-1").await.spec.unwrap().unschedulable == Some(true)
+    })
+    .await;
+    // The process dies: the task and every future it owns are dropped mid-drain.
+    task.abort();
+    let _ = task.await;
+    assert!(
+        bed.action_for(&victim).await.unwrap()["result"].is_null(),
+        "killed before completing"
+    );
+
+    let second = bed.handler(bed.settings());
+    let (stop, task) = bed.run_worker(second.clone(), Duration::from_secs(3));
+    bed.wait_for(
+        "CONTINUE after the restart",
+        Duration::from_secs(60),
+        || async {
+            bed.action_for(&victim)
+                .await
+                .is_some_and(|a| a["result"] == "CONTINUE")
+        },
+    )
+    .await;
+    let actions: Vec<_> = bed
+        .actions()
+        .await
+        .into_iter()
+        .filter(|a| a["instanceId"] == victim.as_str())
+        .collect();
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(count(&actions[0]["completions"]), 1, "{actions:?}");
+    assert_eq!(bed.record("node-1").await.unwrap().phase, Phase::Continued);
+    let text = second.metrics().encode();
+    assert_eq!(
+        metric(
+            &text,
+            "quiesce_lifecycle_completions_total{result=\"continue\"}"
+        ),
+        1,
+        "{text}"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_foreign_and_unknown_messages_are_handled_by_policy() {
+    let bed = bed(2, 1, 30, "").await;
+    let stranger = bed.strangers[0].clone();
+    let mut settings = bed.settings();
+    settings.cluster = Some("ours".into());
+    let ignoring = bed.handler(settings.clone());
+    let (stop, task) = bed.run_worker(ignoring.clone(), Duration::from_secs(30));
+
+    bed.send("this is not JSON").await;
+    bed.send(r#"{"version":"0","source":"aws.ec2","detail-type":"EC2 Instance State-change Notification","detail":{"state":"running"}}"#).await;
+    // Another cluster's hook (its NotificationMetadata names it) on the same queue.
+    let theirs = serde_json::json!({
+        "version": "0", "id": "7bf73129", "detail-type": "EC2 Instance-terminate Lifecycle Action",
+        "source": "aws.autoscaling", "account": "123456789012", "time": "2026-11-23T10:00:00Z",
+        "region": "us-east-1", "resources": [],
+        "detail": {"LifecycleActionToken": "87654321-4321-4321-4321-210987654321",
+            "AutoScalingGroupName": "their-workers", "LifecycleHookName": "drain",
+            "EC2InstanceId": "i-0feedfacefeedface", "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+            "NotificationMetadata": "{\"cluster\": \"theirs\"}"}
+    });
+    bed.send(&theirs.to_string()).await;
+    bed.terminate(&stranger).await;
+
+    let metrics = || ignoring.metrics().encode();
+    bed.wait_for(
+        "two invalid messages and two left",
+        Duration::from_secs(20),
+        || async {
+            let text = metrics();
+            metric(&text, "quiesce_sqs_messages_total{outcome=\"invalid\"}") == 2
+                && metric(&text, "quiesce_sqs_messages_total{outcome=\"left\"}") >= 2
+        },
+    )
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let bodies = bed.visible_bodies().await;
+    assert!(
+        bodies
+            .iter()
+            .all(|b| !b.contains("not JSON") && !b.contains("aws.ec2")),
+        "invalid messages are deleted: {bodies:?}"
+    );
+    assert!(
+        bed.action_for(&stranger).await.unwrap()["result"].is_null(),
+        "ignore leaves a stranger's hook alone"
+    );
+
+    // With `--unknown-instance continue` the stranger's hook is completed; the other
+    // cluster's message is still left alone.
+    settings.unknown_instance = UnknownInstance::Continue;
+    let continuing = bed.handler(settings);
+    let (stop, task) = bed.run_worker(continuing.clone(), Duration::from_secs(30));
+    bed.wait_for(
+        "CONTINUE for the stranger",
+        Duration::from_secs(30),
+        || async {
+            bed.action_for(&stranger)
+                .await
+                .is_some_and(|a| a["result"] == "CONTINUE")
+        },
+    )
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    bed.wait_for(
+        "the other cluster's message, left for its drainer, visible again",
+        Duration::from_secs(10),
+        || async {
+            bed.visible_bodies()
+                .await
+                .iter()
+                .any(|b| b.contains("their-workers"))
+        },
+    )
+    .await;
+}

@@ -1,0 +1,349 @@
+//! A lifecycle-hook test bed: moto (with quiesce's lifecycle-hook extension) for Auto Scaling
+//! and SQS, and the sandbox for Kubernetes, with one Node per instance of the group.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, PostParams};
+use quiesce_aws::hooks::AutoScaling;
+use quiesce_aws::queue::Sqs;
+use quiesce_aws::record::{ANNOTATION, InFlight};
+use quiesce_aws::sdk::{AwsOptions, sdk_config};
+use quiesce_drainer::metrics::Metrics;
+use quiesce_drainer::nodes::NodeIndex;
+use quiesce_drainer::{Handler, Settings, WorkerSettings};
+use quiesce_sandbox::{Sandbox, SandboxOptions, scenario::Scenario};
+use quiesce_testbed::moto::Moto;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub const GROUP: &str = "workers";
+pub const HOOK: &str = "quiesce-drain";
+
+/// Workloads that drain in seconds: short grace periods and startups.
+const WORKLOADS: &str = r#"
+objects:
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web, namespace: default}
+    spec:
+      replicas: 3
+      selector: {matchLabels: {app: web}}
+      strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}
+      template:
+        metadata:
+          labels: {app: web}
+          annotations: {sandbox.quiesce.io/startup-delay: 1s, sandbox.quiesce.io/prestop-delay: 1s}
+        spec:
+          terminationGracePeriodSeconds: 3
+          containers: [{name: web, image: web:1, resources: {requests: {cpu: 100m, memory: 64Mi}}}]
+  - apiVersion: policy/v1
+    kind: PodDisruptionBudget
+    metadata: {name: web, namespace: default}
+    spec: {maxUnavailable: 1, selector: {matchLabels: {app: web}}}
+  - apiVersion: apps/v1
+    kind: DaemonSet
+    metadata: {name: log-agent, namespace: kube-system}
+    spec:
+      selector: {matchLabels: {app: log-agent}}
+      template:
+        metadata: {labels: {app: log-agent}}
+        spec:
+          containers: [{name: agent, image: agent:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
+"#;
+
+pub struct Bed {
+    pub moto: Moto,
+    pub sandbox: Sandbox,
+    pub aws: aws_config::SdkConfig,
+    pub asg: aws_sdk_autoscaling::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub queue_url: String,
+    /// Instances that have a Node, in node order (`node-1` is the first).
+    pub instances: Vec<String>,
+    /// Instances of the group with no Node in the cluster.
+    pub strangers: Vec<String>,
+}
+
+/// `nodes` instances with Nodes, `strangers` more without; a terminate hook with
+/// `heartbeat_timeout` seconds targeting the queue.
+pub async fn bed(nodes: usize, strangers: usize, heartbeat_timeout: i32, extra: &str) -> Bed {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("info,aws=warn,hyper=warn")
+        .try_init();
+    let moto = tokio::task::spawn_blocking(Moto::start)
+        .await
+        .unwrap()
+        .expect("moto starts (scripts/test --setup installs it in the venv)");
+    let base = sdk_config(&AwsOptions {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(moto.url().to_string()),
+    })
+    .await;
+    let aws = base
+        .into_builder()
+        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
+            aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "test"),
+        ))
+        .build();
+    let asg = aws_sdk_autoscaling::Client::new(&aws);
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name("lifecycle")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let queue_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    asg.create_launch_configuration()
+        .launch_configuration_name("workers")
+        .image_id("ami-12c6146b")
+        .instance_type("t3.medium")
+        .send()
+        .await
+        .unwrap();
+    let total = (nodes + strangers) as i32;
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(GROUP)
+        .launch_configuration_name("workers")
+        .min_size(0)
+        .max_size(total + 2)
+        .desired_capacity(total)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    asg.put_lifecycle_hook()
+        .auto_scaling_group_name(GROUP)
+        .lifecycle_hook_name(HOOK)
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+        .heartbeat_timeout(heartbeat_timeout)
+        .default_result("ABANDON")
+        .notification_target_arn(&queue_arn)
+        .role_arn("arn:aws:iam::123456789012:role/lifecycle")
+        .send()
+        .await
+        .unwrap();
+    let group = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(GROUP)
+        .send()
+        .await
+        .unwrap();
+    let mut all: Vec<String> = group.auto_scaling_groups()[0]
+        .instances()
+        .iter()
+        .filter_map(|i| i.instance_id().map(str::to_string))
+        .collect();
+    assert_eq!(all.len(), nodes + strangers, "moto launched the group");
+    let strangers = all.split_off(nodes);
+    let mut scenario = Scenario::from_yaml(WORKLOADS, "drainer test").unwrap();
+    if !extra.is_empty() {
+        scenario
+            .objects
+            .extend(Scenario::from_yaml(extra, "extra").unwrap().objects);
+    }
+    let sandbox = Sandbox::start(SandboxOptions {
+        scenario,
+        ..SandboxOptions::default()
+    })
+    .await
+    .unwrap();
+    let node_api: Api<Node> = Api::all(sandbox.client());
+    for (i, instance) in all.iter().enumerate() {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": format!("node-{}", i + 1), "labels": {"kubernetes.io/hostname": format!("node-{}", i + 1)}},
+            "spec": {"providerID": format!("aws:///us-east-1a/{instance}")},
+        }))
+        .unwrap();
+        node_api
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap();
+    }
+    let bed = Bed {
+        moto,
+        sandbox,
+        aws,
+        asg,
+        sqs,
+        queue_url,
+        instances: all,
+        strangers,
+    };
+    bed.wait_for("every web pod Ready", Duration::from_secs(30), || async {
+        ready_pods(&bed.sandbox, "app=web").await == 3
+    })
+    .await;
+    bed
+}
+
+pub async fn ready_pods(sandbox: &Sandbox, selector: &str) -> usize {
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(sandbox.client());
+    pods.list(&kube::api::ListParams::default().labels(selector))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .count()
+}
+
+impl Bed {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            drain_margin: Duration::from_secs(5),
+            replacement_startup: Duration::from_secs(2),
+            ..Settings::default()
+        }
+    }
+
+    pub fn handler(&self, settings: Settings) -> Arc<Handler<AutoScaling>> {
+        Arc::new(Handler::new(
+            self.sandbox.client(),
+            NodeIndex::listed(self.sandbox.client()),
+            AutoScaling::new(&self.aws),
+            settings,
+            Arc::new(Metrics::default()),
+        ))
+    }
+
+    pub fn queue(&self) -> Arc<Sqs> {
+        Arc::new(Sqs::new(&self.aws, &self.queue_url))
+    }
+
+    /// Runs the production queue loop until the returned sender says stop.
+    pub fn run_worker(
+        &self,
+        handler: Arc<Handler<AutoScaling>>,
+        visibility: Duration,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop, rx) = watch::channel(false);
+        let settings = WorkerSettings {
+            visibility,
+            wait: Duration::from_secs(1),
+            retry_after: Duration::from_secs(1),
+            ..WorkerSettings::default()
+        };
+        let task = tokio::spawn(quiesce_drainer::worker::run(
+            self.queue(),
+            handler,
+            settings,
+            rx,
+        ));
+        (stop, task)
+    }
+
+    /// Starts the instance's terminate hook, as a scale-in or instance refresh does.
+    pub async fn terminate(&self, instance: &str) {
+        self.asg
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(instance)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// moto's record of every lifecycle action.
+    pub async fn actions(&self) -> Vec<Value> {
+        let url = self.moto.url().to_string();
+        let _ = url;
+        // The introspection call is blocking std I/O.
+        let moto = &self.moto;
+        tokio::task::block_in_place(|| moto.lifecycle_actions().unwrap())
+    }
+
+    pub async fn action_for(&self, instance: &str) -> Option<Value> {
+        self.actions()
+            .await
+            .into_iter()
+            .find(|a| a["instanceId"] == instance)
+    }
+
+    pub async fn node(&self, name: &str) -> Node {
+        Api::<Node>::all(self.sandbox.client())
+            .get(name)
+            .await
+            .unwrap()
+    }
+
+    pub async fn record(&self, name: &str) -> Option<InFlight> {
+        let node = self.node(name).await;
+        node.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION))
+            .map(|v| InFlight::from_annotation(v).unwrap())
+    }
+
+    pub async fn send(&self, body: &str) {
+        self.sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Messages currently visible (each is made visible again at once).
+    pub async fn visible_bodies(&self) -> Vec<String> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap();
+        out.messages()
+            .iter()
+            .filter_map(|m| m.body().map(str::to_string))
+            .collect()
+    }
+
+    /// Polls `cond` until it holds; panics with `what` at the deadline.
+    pub async fn wait_for<F, Fut>(&self, what: &str, limit: Duration, mut cond: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + limit;
+        loop {
+            if cond().await {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}\n--- moto log\n{}",
+                self.moto.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
