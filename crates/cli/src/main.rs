@@ -39,6 +39,8 @@ enum Command {
     Drain(cmd::drain::Args),
     /// Check that manifests' preStop delays and grace periods cover their discovery stack.
     Audit(cmd::audit::Args),
+    /// Drain nodes for Auto Scaling lifecycle hooks read from SQS (the in-cluster Deployment).
+    Drainer(cmd::drainer::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Drain(args) => cmd::drain::run(args),
         Command::Audit(args) => cmd::audit::run(args),
+        Command::Drainer(args) => cmd::drainer::run(args),
     };
     match outcome {
         Ok(code) => code,

@@ -104,14 +104,7 @@ fn load_cluster(
 ) -> anyhow::Result<Result<Vec<quiesce_audit::load::Object>, quiesce_audit::Error>> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let config = match kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| anyhow::anyhow!("--kubeconfig {}: {e}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
-            }
-            None => kube::Config::infer().await?,
-        };
+        let config = super::kube_config(kubeconfig).await?;
         let client = kube::Client::try_from(config)?;
         Ok(quiesce_audit::cluster::load(&client).await)
     })

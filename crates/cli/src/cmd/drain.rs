@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use quiesce_core::DrainOptions;
 use quiesce_kube::cluster::Cordon;
 use quiesce_kube::engine::{self, DrainSpec};
@@ -67,18 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn drain(args: Args) -> anyhow::Result<ExitCode> {
-    let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("finding a kubeconfig (give --kubeconfig)")?,
-    };
-    // The engine retries with its own backoff and counts refusals; kube's retries would hide them.
-    config.default_retry = false;
+    let config = super::kube_config(args.kubeconfig.as_deref()).await?;
     let cluster = KubeCluster::new(kube::Client::try_from(config)?);
     let spec = DrainSpec {
         node: args.node.clone(),

@@ -10,7 +10,6 @@ use anyhow::Context;
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::time::TimeScale;
 use quiesce_sandbox::{Sandbox, SandboxOptions};
-use tokio::signal::unix::{SignalKind, signal};
 
 /// Arguments of `quiesce sandbox`.
 #[derive(Debug, clap::Args)]
@@ -55,10 +54,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-        let mut interrupt =
-            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let sandbox = Sandbox::start(SandboxOptions {
             listen: args.listen,
             time_scale,
@@ -73,10 +68,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await
             .context("the sandbox API did not answer")?;
         println!("sandbox ready: {}", sandbox.url());
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping the sandbox"),
-            _ = interrupt.recv() => tracing::info!("SIGINT: stopping the sandbox"),
-        }
+        super::shutdown_signal().await;
+        tracing::info!("stopping the sandbox");
         sandbox.shutdown().await;
         Ok(ExitCode::SUCCESS)
     })
