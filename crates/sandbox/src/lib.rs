@@ -127,6 +127,11 @@ impl Sandbox {
         self.api.request_count()
     }
 
+    /// Requests that carried [`api::AUDIT_HEADER`] (see there).
+    pub fn audited(&self) -> Vec<api::Audited> {
+        self.api.audited()
+    }
+
     /// Stops the simulation, then the API.
     pub async fn shutdown(self) {
         self.workloads.stop().await;

@@ -230,6 +230,13 @@ impl Bed {
         ))
     }
 
+    pub fn sandbox_kubeconfig(&self) -> kube::config::Kubeconfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        self.sandbox.write_kubeconfig(&path).unwrap();
+        kube::config::Kubeconfig::read_from(&path).unwrap()
+    }
+
     pub fn queue(&self) -> Arc<Sqs> {
         Arc::new(Sqs::new(&self.aws, &self.queue_url))
     }

@@ -117,6 +117,18 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(caller) = headers.get(super::AUDIT_HEADER).and_then(|v| v.to_str().ok()) {
+        shared
+            .audited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(super::Audited {
+                caller: caller.to_string(),
+                method: method.to_string(),
+                path: uri.path().to_string(),
+                query: uri.query().unwrap_or_default().to_string(),
+            });
+    }
     let path = uri.path().trim_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let params: Params = Query::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();

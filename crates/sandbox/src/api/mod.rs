@@ -53,10 +53,29 @@ pub enum Error {
 /// How many changes the watch history keeps; a watch from an older resourceVersion gets 410.
 pub const DEFAULT_HISTORY: usize = 100_000;
 
+/// The header that marks a client's requests for [`ApiServer::audited`]: a test gives the
+/// client under test this header (kube's `Config::headers`) to learn exactly which verbs on
+/// which resources it uses, e.g. to check a chart's RBAC rules against the code.
+pub const AUDIT_HEADER: &str = "x-quiesce-audit";
+
+/// One request that carried [`AUDIT_HEADER`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audited {
+    /// The header's value (which client).
+    pub caller: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The path, e.g. `/api/v1/namespaces/default/pods/web-1/eviction`.
+    pub path: String,
+    /// The query string, e.g. `watch=true&resourceVersion=5`.
+    pub query: String,
+}
+
 pub(crate) struct Shared {
     store: Arc<Store>,
     faults: FaultInjector,
     requests: AtomicU64,
+    audited: std::sync::Mutex<Vec<Audited>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -94,6 +113,7 @@ impl ApiServer {
             store: Store::new(history),
             faults: FaultInjector::default(),
             requests: AtomicU64::new(0),
+            audited: std::sync::Mutex::default(),
             shutdown,
         });
         let app = axum::Router::new()
@@ -150,6 +170,15 @@ impl ApiServer {
     /// Requests served so far; benchmarks compare clients by it.
     pub fn request_count(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// The requests that carried [`AUDIT_HEADER`], in arrival order.
+    pub fn audited(&self) -> Vec<Audited> {
+        self.shared
+            .audited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Stops serving; open watch streams end.

@@ -1,0 +1,83 @@
+//! The drainer as a Lambda, the seed's architecture: EventBridge → SQS → Lambda. A drain can
+//! outlast one invocation (15 minutes at most); the action's state stays on its Node, the
+//! message goes back as a batch item failure, and the next invocation resumes it.
+
+pub mod eks;
+
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use quiesce_aws::hooks::LifecycleHooks;
+use quiesce_aws::queue::Queue;
+use quiesce_drainer::{BadMessage, Disposition, Handler};
+use tokio::time::Instant;
+
+/// How an invocation spends its time.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// Kept back from the invocation's deadline to settle messages and return.
+    pub reserve: Duration,
+    /// How soon a message that needs more work is delivered again.
+    pub resume_after: Duration,
+    /// What to do with a message that is not a lifecycle event.
+    pub bad_message: BadMessage,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            reserve: Duration::from_secs(20),
+            resume_after: Duration::from_secs(10),
+            bad_message: BadMessage::Delete,
+        }
+    }
+}
+
+/// Handles one invocation's messages until `deadline`. Messages whose hook was completed (or
+/// that are bad, with the delete policy) succeed, so Lambda deletes them; every other message
+/// is reported as a batch item failure, after its visibility is set to `resume_after` so it
+/// comes back soon instead of after the queue's whole visibility timeout.
+pub async fn handle_batch<H: LifecycleHooks, Q: Queue>(
+    handler: &Handler<H>,
+    queue: &Q,
+    event: &SqsEvent,
+    deadline: Instant,
+    settings: &BatchSettings,
+) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    let slice_end = deadline
+        .checked_sub(settings.reserve)
+        .unwrap_or_else(Instant::now);
+    for record in &event.records {
+        let id = record.message_id.clone().unwrap_or_default();
+        let body = record.body.as_deref().unwrap_or_default();
+        let disposition = if Instant::now() >= slice_end {
+            Disposition::Later("no time left in this invocation".into())
+        } else {
+            handler.handle(body, Some(slice_end)).await
+        };
+        let retry = match disposition {
+            Disposition::Done(done) => {
+                tracing::info!(message = %id, ?done, "hook completed");
+                false
+            }
+            Disposition::Invalid(err) => {
+                tracing::error!(message = %id, %err, %body, "unusable message");
+                settings.bad_message == BadMessage::Keep
+            }
+            Disposition::Later(why) | Disposition::Leave(why) => {
+                tracing::info!(message = %id, %why, "returning the message for later");
+                true
+            }
+        };
+        if retry {
+            if let Some(receipt) = &record.receipt_handle
+                && let Err(err) = queue.extend(receipt, settings.resume_after).await
+            {
+                tracing::warn!(message = %id, %err, "could not set the visibility");
+            }
+            response.add_failure(id);
+        }
+    }
+    response
+}
