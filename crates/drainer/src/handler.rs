@@ -70,6 +70,9 @@ pub struct Settings {
     pub drain: DrainOptions,
     /// How the node is fenced.
     pub cordon: Cordon,
+    /// Wait for replacements to be Ready before CONTINUE (see
+    /// [`DrainSpec::replacement_gate`]); off only for the lab's kubectl-drain baseline.
+    pub replacement_gate: bool,
 }
 
 impl Default for Settings {
@@ -86,6 +89,7 @@ impl Default for Settings {
                 ..DrainOptions::default()
             },
             cordon: Cordon::default(),
+            replacement_gate: true,
         }
     }
 }
@@ -369,6 +373,7 @@ impl<H: LifecycleHooks> Handler<H> {
             dry_run: false,
             uncordon_on_failure: false,
             cordon: self.settings.cordon.clone(),
+            replacement_gate: self.settings.replacement_gate,
         };
         let report = self
             .heartbeating(action, timing, drain(&self.cluster, &spec, &|_, _| {}))

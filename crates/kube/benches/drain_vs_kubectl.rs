@@ -197,6 +197,7 @@ async fn bench_quiesce() -> Figures {
         timeout: LIMIT,
         dry_run: false,
         uncordon_on_failure: false,
+        replacement_gate: true,
         cordon: Cordon::default(),
     };
     let report = drain(&KubeCluster::new(sb.client()), &spec, &|_, _| {})

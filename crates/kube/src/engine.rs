@@ -37,6 +37,10 @@ pub struct DrainSpec {
     pub uncordon_on_failure: bool,
     /// How to fence the node.
     pub cordon: Cordon,
+    /// Wait until every evicted pod's workload is whole again elsewhere (and surge what cannot
+    /// lose a pod) before calling the node drained. `false` is `kubectl drain`: done once the
+    /// pods are gone, whether or not anything replaced them — kept for the lab's baseline.
+    pub replacement_gate: bool,
 }
 
 /// Called whenever a pod moves to a new stage, for live progress.
@@ -126,7 +130,11 @@ impl<C: Cluster> Run<'_, C> {
         let node = self.spec.node.as_str();
         self.cluster.cordon(node, &self.spec.cordon).await?;
         self.phase("cordoned");
-        let surges = plan.surges();
+        let surges = if self.spec.replacement_gate {
+            plan.surges()
+        } else {
+            Vec::new()
+        };
         if !surges.is_empty() {
             for workload in &surges {
                 tracing::info!(%workload, "surging: rolling restart while the node is cordoned");
@@ -178,6 +186,9 @@ impl<C: Cluster> Run<'_, C> {
             .await?;
         }
         self.phase("pods-gone");
+        if !self.spec.replacement_gate {
+            return Ok(());
+        }
         let workloads: Vec<WorkloadRef> = {
             let mut w: Vec<_> = plan
                 .pods
@@ -320,6 +331,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             dry_run: true,
             uncordon_on_failure: false,
+            replacement_gate: true,
             cordon: Cordon::default(),
         };
         let future = drain(&cluster, &spec, &|_, _| {});

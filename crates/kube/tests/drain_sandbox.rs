@@ -37,6 +37,7 @@ async fn run(client: Client, node: &str, timeout: Duration) -> DrainReport {
         timeout,
         dry_run: false,
         uncordon_on_failure: false,
+        replacement_gate: true,
         cordon: Cordon::default(),
     };
     drain(&KubeCluster::new(client), &spec, &|_, _| {})

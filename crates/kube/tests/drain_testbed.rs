@@ -27,6 +27,7 @@ fn spec(node: &str, options: DrainOptions, timeout: Duration) -> DrainSpec {
         timeout,
         dry_run: false,
         uncordon_on_failure: false,
+        replacement_gate: true,
         cordon: Cordon::default(),
     }
 }

@@ -279,6 +279,7 @@ async fn quiesce_drain_waits_for_the_replacement(b: Backend) {
         timeout: Duration::from_secs(60),
         dry_run: false,
         uncordon_on_failure: false,
+        replacement_gate: true,
         cordon: Cordon::default(),
     };
     let report = drain(&KubeCluster::new(b.client()), &spec, &|_, _| {})

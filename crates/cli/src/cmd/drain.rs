@@ -78,6 +78,7 @@ async fn drain(args: Args) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         dry_run: args.dry_run,
         uncordon_on_failure: args.uncordon_on_failure,
+        replacement_gate: true,
         cordon: Cordon {
             taint: args.taint.clone(),
             exclude_from_load_balancers: args.exclude_from_load_balancers,

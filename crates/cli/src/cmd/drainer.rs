@@ -136,6 +136,7 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
             taint: args.taint.clone(),
             exclude_from_load_balancers: !args.keep_in_load_balancers,
         },
+        replacement_gate: true,
     };
     let handler = Arc::new(Handler::new(
         client.clone(),
