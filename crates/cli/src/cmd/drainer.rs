@@ -160,7 +160,11 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (stop, stopped) = watch::channel(false);
     tracing::info!(queue = %args.queue_url, %identity, cluster = ?args.cluster, "drainer starting");
-    let http = tokio::spawn(service::serve_http(args.listen, handler.clone(), stopped.clone()));
+    let http = tokio::spawn(service::serve_http(
+        args.listen,
+        handler.clone(),
+        stopped.clone(),
+    ));
     let lead = tokio::spawn(service::lead(lock, queue, handler, workers, stopped));
     super::shutdown_signal().await;
     tracing::info!("stopping: actions in hand stay recorded on their nodes for the next leader");
