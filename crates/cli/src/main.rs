@@ -14,9 +14,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "quiesce", version, about, long_about = None, propagate_version = true)]
 struct Cli {
-    /// Log filter in `tracing` syntax, e.g. `info` or `quiesce=debug,kube=info`.
-    #[arg(long, global = true, env = "QUIESCE_LOG", default_value = "info")]
-    log: String,
+    /// Log filter in `tracing` syntax, e.g. `info` or `quiesce=debug,kube=info` [default:
+    /// info; warn for `lab`, whose progress lines say what happens].
+    #[arg(long, global = true, env = "QUIESCE_LOG")]
+    log: Option<String>,
 
     /// Log format: `text` for people, `json` for log pipelines.
     #[arg(
@@ -41,16 +42,23 @@ enum Command {
     Audit(cmd::audit::Args),
     /// Drain nodes for Auto Scaling lifecycle hooks read from SQS (the in-cluster Deployment).
     Drainer(cmd::drainer::Args),
+    /// Replace every node of a sandbox node group under live traffic; count dropped requests.
+    Lab(cmd::lab::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(&cli.log, cli.log_format);
+    let default_log = match cli.command {
+        Command::Lab(_) => "warn",
+        _ => "info",
+    };
+    logging::init(cli.log.as_deref().unwrap_or(default_log), cli.log_format);
     let outcome = match cli.command {
         Command::Sandbox(args) => cmd::sandbox::run(args),
         Command::Drain(args) => cmd::drain::run(args),
         Command::Audit(args) => cmd::audit::run(args),
         Command::Drainer(args) => cmd::drainer::run(args),
+        Command::Lab(args) => cmd::lab::run(args),
     };
     match outcome {
         Ok(code) => code,

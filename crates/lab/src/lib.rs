@@ -4,9 +4,13 @@
 //!   and the client balances over EndpointSlices the way kube-proxy does (late, and pinned);
 //! - [`traffic`]: the bounded request loop and what each failure was;
 //! - [`timeline`]: what happened when, for the report;
-//! - [`report`]: the self-contained HTML timeline.
+//! - [`report`]: the self-contained HTML timeline;
+//! - [`asg`]: the simulated Auto Scaling group whose lifecycle hooks the drainer completes;
+//! - [`run`]: one whole run, quiesce or naive.
 
+pub mod asg;
 pub mod dataplane;
 pub mod report;
+pub mod run;
 pub mod timeline;
 pub mod traffic;

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod drain;
 pub mod drainer;
+pub mod lab;
 pub mod sandbox;
 
 use std::path::Path;

@@ -1,0 +1,136 @@
+//! `quiesce lab`: replace every node of a sandbox node group under live HTTP traffic, with
+//! quiesce or the naive baseline, and count every failed request.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use quiesce_lab::run::{LabOptions, LabReport, Mode};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Per-node and per-phase timings, then the request count.
+    Text,
+    /// `nodes_replaced`, `requests` (sent, failed, by cause and Service), `phases` (seconds).
+    Json,
+}
+
+/// The two worlds the lab compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeArg {
+    /// The drainer with its replacement gate and surge; apps under quiesce-init.
+    Quiesce,
+    /// kubectl-drain semantics; apps that stop at SIGTERM.
+    Naive,
+}
+
+/// Arguments of `quiesce lab`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Nodes in the group; every one is replaced.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub nodes: u16,
+    /// quiesce, or the naive baseline most clusters run today.
+    #[arg(long, value_enum, default_value_t = ModeArg::Quiesce)]
+    pub mode: ModeArg,
+    /// Requests per second over the Services web and api.
+    #[arg(long, default_value_t = 300.0)]
+    pub rps: f64,
+    /// How late clients apply an endpoint change (kube-proxy's lag).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub propagation_delay: Duration,
+    /// quiesce-init's drain delay in quiesce mode.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub drain_delay: Duration,
+    /// Report format on stdout.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Also write a self-contained HTML timeline here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+/// Runs the lab. Exit 0 when the run completed (in quiesce mode: every node replaced and no
+/// request failed), 1 otherwise.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.rps > 0.0 && args.rps <= 5000.0,
+        "--rps {}: expected a rate above 0 and at most 5000",
+        args.rps
+    );
+    let opts = LabOptions {
+        nodes: args.nodes.into(),
+        mode: match args.mode {
+            ModeArg::Quiesce => Mode::Quiesce,
+            ModeArg::Naive => Mode::Naive,
+        },
+        rps: args.rps,
+        propagation_delay: args.propagation_delay,
+        drain_delay: args.drain_delay,
+        ..LabOptions::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let started = std::time::Instant::now();
+    let progress = |line: &str| {
+        eprintln!("[{:5.1}s] {line}", started.elapsed().as_secs_f64());
+    };
+    eprintln!(
+        "quiesce lab: replacing {} nodes in {:?} mode under {} rps",
+        opts.nodes, args.mode, opts.rps
+    );
+    let (report, timeline) = runtime.block_on(quiesce_lab::run::run(&opts, &progress))?;
+    if let Some(path) = &args.report {
+        let summary = serde_json::to_value(&report)?;
+        let html = quiesce_lab::report::render(&timeline.to_json(), &summary);
+        std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?,
+        Output::Text => print_text(&mut out, &report)?,
+    }
+    let ok = report.mode == Mode::Naive
+        || (report.nodes_replaced == report.nodes && report.requests.failed == 0);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<10} {:<10} {:>9} {:>9}  result",
+        "old node", "new node", "launch", "drain"
+    )?;
+    for r in &report.replacements {
+        writeln!(
+            out,
+            "{:<10} {:<10} {:>8.1}s {:>8.1}s  {}",
+            r.old_node, r.new_node, r.launch_seconds, r.drain_seconds, r.result
+        )?;
+    }
+    writeln!(out)?;
+    for phase in &report.phases {
+        writeln!(out, "{:<18} {:>7.1}s", phase.name, phase.seconds)?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "nodes replaced: {} of {}",
+        report.nodes_replaced, report.nodes
+    )?;
+    for (cause, n) in &report.requests.by_cause {
+        writeln!(out, "failed by cause: {cause} {n}")?;
+    }
+    writeln!(
+        out,
+        "requests: {} sent, {} failed",
+        report.requests.sent, report.requests.failed
+    )
+}

@@ -1,0 +1,368 @@
+//! One lab run: a sandbox cluster with the demo workloads, real HTTP traffic through a
+//! kube-proxy-like data plane, the simulated group's instance refresh, and the drainer's
+//! production code completing its lifecycle hooks. `quiesce` and `naive` differ only in what
+//! production clusters differ in: the drain's replacement gate and surge, and whether the apps
+//! keep serving after SIGTERM (quiesce-init's drain delay).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use quiesce_core::DrainOptions;
+use quiesce_drainer::metrics::Metrics;
+use quiesce_drainer::nodes::NodeIndex;
+use quiesce_drainer::{Handler, Settings, WorkerSettings};
+use quiesce_sandbox::scenario::Scenario;
+use quiesce_sandbox::{Sandbox, SandboxOptions};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::asg::{Group, GroupOptions, Replacement};
+use crate::dataplane::{App, AppBehaviour, Balancer, PodServers, Registry};
+use crate::timeline::{Timeline, watch_cluster};
+use crate::traffic::{Traffic, TrafficOptions, TrafficStats};
+
+/// Which world the lab plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// quiesce: replacement gate and surge in the drain, quiesce-init's drain delay in the apps.
+    Quiesce,
+    /// What most clusters do today: kubectl-drain semantics, apps that stop on SIGTERM.
+    Naive,
+}
+
+/// Everything a run can be told.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Nodes in the group (all are replaced).
+    pub nodes: usize,
+    /// quiesce or naive.
+    pub mode: Mode,
+    /// Requests per second over both Services.
+    pub rps: f64,
+    /// How late the client applies an EndpointSlice change (kube-proxy's lag).
+    pub propagation_delay: Duration,
+    /// quiesce-init's drain delay in quiesce mode (must exceed the propagation delay).
+    pub drain_delay: Duration,
+    /// From launch until the new node registers.
+    pub boot: Duration,
+    /// Lifecycle hooks' heartbeat timeout.
+    pub heartbeat_timeout: Duration,
+    /// Traffic before the refresh starts and after it ends.
+    pub settle: Duration,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions {
+            nodes: 3,
+            mode: Mode::Quiesce,
+            rps: 300.0,
+            propagation_delay: Duration::from_secs(1),
+            drain_delay: Duration::from_secs(3),
+            boot: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(30),
+            settle: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What `--output json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct LabReport {
+    /// The mode.
+    pub mode: Mode,
+    /// Nodes at the start.
+    pub nodes: usize,
+    /// Old nodes terminated after their drain.
+    pub nodes_replaced: usize,
+    /// Traffic outcome.
+    pub requests: TrafficStats,
+    /// Seconds each phase took, in order.
+    pub phases: Vec<PhaseTime>,
+    /// Each node's replacement.
+    pub replacements: Vec<Replacement>,
+    /// The drainer's Prometheus metrics at the end.
+    pub drainer_metrics: String,
+}
+
+/// One phase of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTime {
+    /// `cluster-ready`, `traffic-warmup`, `refresh`, `traffic-cooldown`, `total`.
+    pub name: String,
+    /// How long it took.
+    pub seconds: f64,
+}
+
+/// The demo workloads: web (3 replicas, PDB, Service), api (1 replica, no PDB, Service), db
+/// (StatefulSet), and a log agent DaemonSet.
+fn scenario(opts: &LabOptions) -> Scenario {
+    let quiesce = opts.mode == Mode::Quiesce;
+    let delay = humantime::format_duration(opts.drain_delay).to_string();
+    let app = |name: &str| -> Value {
+        let mut annotations = json!({"sandbox.quiesce.io/startup-delay": "1s"});
+        let mut env = json!([]);
+        if quiesce {
+            // The app runs under quiesce-init: it keeps serving for the drain delay after
+            // SIGTERM, then exits.
+            annotations["sandbox.quiesce.io/shutdown-delay"] = json!(delay);
+            env = json!([{"name": "QUIESCE_DRAIN_DELAY", "value": delay}]);
+        }
+        json!({
+            "metadata": {"labels": {"app": name}, "annotations": annotations},
+            "spec": {
+                "terminationGracePeriodSeconds": 30,
+                "containers": [{"name": name, "image": format!("registry.example/{name}:1"),
+                    "env": env, "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
+                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]
+            }
+        })
+    };
+    let deployment = |name: &str, replicas: u32| {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": app(name)}})
+    };
+    let service = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})
+    };
+    let objects = vec![
+        deployment("web", 3),
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}}),
+        service("web"),
+        deployment("api", 1),
+        service("api"),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"clusterIP": "None", "selector": {"app": "db"}, "ports": [{"name": "sql", "port": 5432}]}}),
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}, "annotations": {"sandbox.quiesce.io/startup-delay": "1s"}},
+                    "spec": {"terminationGracePeriodSeconds": 5, "containers": [{"name": "db", "image": "registry.example/db:15",
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}}}}),
+        json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "log-agent", "namespace": "kube-system"},
+            "spec": {"selector": {"matchLabels": {"app": "log-agent"}},
+                "template": {"metadata": {"labels": {"app": "log-agent"}, "annotations": {"sandbox.quiesce.io/startup-delay": "500ms"}},
+                    "spec": {"containers": [{"name": "agent", "image": "registry.example/log-agent:2",
+                        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}}}]}}}}),
+    ];
+    Scenario {
+        objects,
+        ..Scenario::nodes_only(opts.nodes)
+    }
+}
+
+/// The drainer as each mode runs it.
+fn drainer_settings(mode: Mode) -> Settings {
+    match mode {
+        Mode::Quiesce => Settings {
+            drain_margin: Duration::from_secs(30),
+            replacement_startup: Duration::from_secs(5),
+            drain: DrainOptions {
+                surge_all: true,
+                delete_emptydir_data: true,
+                force: false,
+            },
+            ..Settings::default()
+        },
+        Mode::Naive => Settings {
+            drain_margin: Duration::from_secs(30),
+            replacement_startup: Duration::from_secs(5),
+            replacement_gate: false,
+            ..Settings::default()
+        },
+    }
+}
+
+async fn ready_pods(client: &kube::Client) -> usize {
+    Api::<Pod>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|l| {
+            l.items
+                .iter()
+                .filter(|p| quiesce_core::gate::is_ready(p))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the lab; `progress` hears what happens, as it happens.
+pub async fn run(
+    opts: &LabOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> anyhow::Result<(LabReport, Timeline)> {
+    let started = Instant::now();
+    let mut phases = Vec::new();
+    let mut mark = |name: &str, since: &mut Instant| {
+        phases.push(PhaseTime {
+            name: name.to_string(),
+            seconds: since.elapsed().as_secs_f64(),
+        });
+        *since = Instant::now();
+    };
+    let mut since = Instant::now();
+    let timeline = Timeline::new();
+    let sandbox = Sandbox::start(SandboxOptions {
+        scenario: scenario(opts),
+        ..SandboxOptions::default()
+    })
+    .await?;
+    let client = sandbox.client();
+    let cluster_watch = watch_cluster(client.clone(), timeline.clone());
+    // web 3 + api 1 + db 2 + one log agent per node.
+    let expected = 6 + opts.nodes;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready_pods(&client).await < expected {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the demo workloads were not Ready within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress(&format!(
+        "cluster ready: {} nodes, {expected} pods Ready",
+        opts.nodes
+    ));
+    mark("cluster-ready", &mut since);
+
+    let behaviour = match opts.mode {
+        Mode::Quiesce => AppBehaviour::QuiesceInit,
+        Mode::Naive => AppBehaviour::StopOnSigterm,
+    };
+    let app = App {
+        behaviour,
+        work: Duration::from_millis(2),
+    };
+    let registry = Registry::default();
+    let mut servers = Vec::new();
+    let mut targets = Vec::new();
+    for service in ["web", "api"] {
+        servers.push(PodServers::start_with_registry(
+            client.clone(),
+            "default",
+            &format!("app={service}"),
+            app,
+            registry.clone(),
+            timeline.clone(),
+        ));
+        let balancer = Balancer::start(
+            client.clone(),
+            "default",
+            service,
+            opts.propagation_delay,
+            registry.clone(),
+            timeline.clone(),
+        );
+        anyhow::ensure!(
+            balancer
+                .wait_until(Duration::from_secs(30), |eps| !eps.is_empty())
+                .await,
+            "Service {service} got no endpoints"
+        );
+        targets.push((service.to_string(), balancer));
+    }
+    anyhow::ensure!(
+        registry.wait_until(Duration::from_secs(30), |m| m.len() >= 4).await,
+        "the pod servers did not start"
+    );
+    let traffic = Traffic::start(
+        targets,
+        TrafficOptions {
+            rps: opts.rps,
+            max_duration: Duration::from_secs(600),
+            ..TrafficOptions::default()
+        },
+        timeline.clone(),
+    );
+    tokio::time::sleep(opts.settle).await;
+    progress(&format!("traffic: {} rps to Services web and api", opts.rps));
+    mark("traffic-warmup", &mut since);
+
+    let group = Group::adopt(
+        client.clone(),
+        GroupOptions {
+            heartbeat_timeout: opts.heartbeat_timeout,
+            boot: opts.boot,
+            ..GroupOptions::default()
+        },
+        timeline.clone(),
+    )
+    .await?;
+    let (nodes, keep_index) = NodeIndex::watched(client.clone());
+    let index = tokio::spawn(keep_index);
+    let metrics = Arc::new(Metrics::default());
+    let handler = Arc::new(Handler::new(
+        client.clone(),
+        nodes,
+        group.clone(),
+        drainer_settings(opts.mode),
+        metrics.clone(),
+    ));
+    let (stop, stopped) = watch::channel(false);
+    let queue: Arc<Group> = Arc::new(group.clone());
+    let worker = tokio::spawn(quiesce_drainer::worker::run(
+        queue.clone(),
+        handler,
+        WorkerSettings {
+            wait: Duration::from_secs(1),
+            retry_after: Duration::from_secs(1),
+            ..WorkerSettings::default()
+        },
+        stopped,
+    ));
+    let ticker = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let s = traffic.snapshot();
+            progress(&format!("requests so far: {} sent, {} failed", s.sent, s.failed));
+        }
+    };
+    let replacements = tokio::select! {
+        r = group.refresh(progress) => r,
+        () = ticker => unreachable!("the ticker never ends"),
+    };
+    mark("refresh", &mut since);
+    tokio::time::sleep(opts.settle).await;
+    let requests = traffic.stop().await;
+    mark("traffic-cooldown", &mut since);
+    stop.send_replace(true);
+    let _ = worker.await;
+    index.abort();
+    drop(servers);
+    drop(queue);
+    drop(cluster_watch);
+    sandbox.shutdown().await;
+    phases.push(PhaseTime {
+        name: "total".into(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    let nodes_replaced = replacements
+        .iter()
+        .filter(|r| r.result == "terminated")
+        .count();
+    Ok((
+        LabReport {
+            mode: opts.mode,
+            nodes: opts.nodes,
+            nodes_replaced,
+            requests,
+            phases,
+            replacements,
+            drainer_metrics: metrics.encode(),
+        },
+        timeline,
+    ))
+}
