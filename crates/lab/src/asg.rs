@@ -242,9 +242,7 @@ impl Group {
             }
             let up = self
                 .wait(limit, |g| {
-                    fresh
-                        .iter()
-                        .all(|i| g.state(i) != Some(State::Pending))
+                    fresh.iter().all(|i| g.state(i) != Some(State::Pending))
                 })
                 .await;
             let launch_seconds = launched_at.elapsed().as_secs_f64();

@@ -273,7 +273,9 @@ pub async fn run(
         targets.push((service.to_string(), balancer));
     }
     anyhow::ensure!(
-        registry.wait_until(Duration::from_secs(30), |m| m.len() >= 4).await,
+        registry
+            .wait_until(Duration::from_secs(30), |m| m.len() >= 4)
+            .await,
         "the pod servers did not start"
     );
     let traffic = Traffic::start(
@@ -286,7 +288,10 @@ pub async fn run(
         timeline.clone(),
     );
     tokio::time::sleep(opts.settle).await;
-    progress(&format!("traffic: {} rps to Services web and api", opts.rps));
+    progress(&format!(
+        "traffic: {} rps to Services web and api",
+        opts.rps
+    ));
     mark("traffic-warmup", &mut since);
 
     let group = Group::adopt(
@@ -327,7 +332,10 @@ pub async fn run(
         loop {
             tick.tick().await;
             let s = traffic.snapshot();
-            progress(&format!("requests so far: {} sent, {} failed", s.sent, s.failed));
+            progress(&format!(
+                "requests so far: {} sent, {} failed",
+                s.sent, s.failed
+            ));
         }
     };
     let replacements = tokio::select! {
