@@ -357,3 +357,88 @@ async fn bad_foreign_and_unknown_messages_are_handled_by_policy() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_hook_continues_once_the_new_node_and_its_daemonset_pods_are_ready() {
+    let bed = bed(2, 0, 30, "").await;
+    let queue_arn = bed
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&bed.queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    bed.asg
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(GROUP)
+        .lifecycle_hook_name("quiesce-launch")
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
+        .heartbeat_timeout(30)
+        .default_result("ABANDON")
+        .notification_target_arn(&queue_arn)
+        .role_arn("arn:aws:iam::123456789012:role/lifecycle")
+        .send()
+        .await
+        .unwrap();
+    let handler = bed.handler(bed.settings());
+    let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(30));
+    bed.asg
+        .set_desired_capacity()
+        .auto_scaling_group_name(GROUP)
+        .desired_capacity(3)
+        .send()
+        .await
+        .unwrap();
+    let launched = || async {
+        bed.actions().await.into_iter().find(|a| {
+            a["transition"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("LAUNCHING")
+        })
+    };
+    bed.wait_for(
+        "the drainer heartbeating the launch hook",
+        Duration::from_secs(20),
+        || async {
+            launched()
+                .await
+                .is_some_and(|a| count(&a["heartbeats"]) >= 1)
+        },
+    )
+    .await;
+    let action = launched().await.unwrap();
+    assert!(
+        action["result"].is_null(),
+        "no CONTINUE before the node exists: {action}"
+    );
+
+    // The instance boots and its kubelet registers the node.
+    let instance = action["instanceId"].as_str().unwrap().to_string();
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "node-new", "labels": {"kubernetes.io/hostname": "node-new"}},
+        "spec": {"providerID": format!("aws:///us-east-1a/{instance}")},
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Node>::all(bed.sandbox.client())
+        .create(&Default::default(), &node)
+        .await
+        .unwrap();
+    bed.wait_for(
+        "CONTINUE for the launch",
+        Duration::from_secs(30),
+        || async { launched().await.is_some_and(|a| a["result"] == "CONTINUE") },
+    )
+    .await;
+    let agent_ready = ready_pods(&bed.sandbox, "app=log-agent").await;
+    assert_eq!(
+        agent_ready, 3,
+        "the new node's DaemonSet pod was Ready first"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
