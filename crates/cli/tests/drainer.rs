@@ -1,0 +1,139 @@
+//! `quiesce drainer` as it runs in a cluster: the real binary, configured by flags and
+//! environment, against moto (Auto Scaling + SQS) and the sandbox: it takes the Lease, serves
+//! its health and metrics endpoints, and completes a terminate hook after draining the node.
+
+#[path = "../../drainer/tests/support/mod.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the drainer however the test ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_leads_serves_metrics_and_completes_a_terminate_hook() {
+    let bed = support::bed(2, 0, 30, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    bed.sandbox.write_kubeconfig(&kubeconfig).unwrap();
+    let port = free_port();
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_quiesce"))
+            .args(["drainer", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--endpoint-url", bed.moto.url(), "--region", "us-east-1"])
+            .args(["--drain-margin", "10s", "--log-format", "json"])
+            .env("QUIESCE_QUEUE_URL", &bed.queue_url)
+            .env("POD_NAME", "drainer-0")
+            .env("POD_NAMESPACE", "kube-system")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    bed.wait_for("/readyz 200", Duration::from_secs(20), || async {
+        tokio::task::spawn_blocking(move || get(port, "/readyz"))
+            .await
+            .unwrap()
+            .is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+
+    let victim = bed.instances[0].clone();
+    bed.terminate(&victim).await;
+    bed.wait_for(
+        "CONTINUE from the binary",
+        Duration::from_secs(60),
+        || async {
+            bed.action_for(&victim)
+                .await
+                .is_some_and(|a| a["result"] == "CONTINUE")
+        },
+    )
+    .await;
+    let (status, metrics) = get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("quiesce_lifecycle_completions_total{result=\"continue\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("quiesce_heartbeats_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("quiesce_drain_phase_seconds_bucket"),
+        "{metrics}"
+    );
+    let lease: k8s_openapi::api::coordination::v1::Lease =
+        kube::Api::namespaced(bed.sandbox.client(), "kube-system")
+            .get("quiesce-drainer")
+            .await
+            .unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("drainer-0")
+    );
+
+    // SIGTERM: it stops promptly and cleanly, logging JSON.
+    nix_kill(child.0.id());
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut logs = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(
+        logs.lines()
+            .any(|l| l.starts_with('{') && l.contains("drainer starting")),
+        "{logs}"
+    );
+}
+
+fn nix_kill(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
