@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 /// Renders the page from [`crate::timeline::Timeline::to_json`] and the run's summary (the
 /// `--output json` object: `mode`, `nodes`, `nodes_replaced`, `requests {sent, ok, failed,
-/// by_cause, by_service}`, `phases {name: seconds}`; missing keys are left out of the page).
+/// by_cause, by_service}`, `phases [{name, seconds}]`; missing keys are left out of the page).
 ///
 /// When the inline script has drawn the chart it sets `data-rendered="true"` and
 /// `data-marks="<marks drawn>"` on `<svg id="timeline">`, which is how a headless browser
@@ -125,9 +125,12 @@ const PAGE_TAIL: &str = r###"</script>
       var v = bySvc[k] || {}, bc = v.by_cause || {};
       return [k, v.sent, v.ok, v.failed, Object.keys(bc).map(function (c) { return c + " " + bc[c]; }).join(", ")];
     }));
-  var phases = sum.phases || {};
-  table(document.getElementById("phases"), ["phase", "seconds"],
-    Object.keys(phases).map(function (k) { return [k, (+phases[k]).toFixed(1)]; }));
+  // phases: [{name, seconds}] in order (or a {name: seconds} map)
+  var phases = sum.phases || [];
+  var phaseRows = Array.isArray(phases)
+    ? phases.map(function (p) { return [p.name, (+p.seconds).toFixed(1)]; })
+    : Object.keys(phases).map(function (k) { return [k, (+phases[k]).toFixed(1)]; });
+  table(document.getElementById("phases"), ["phase", "seconds"], phaseRows);
 
   // ---- model ----
   var nodes = {}, nodeOrder = [], pods = {}, podOrder = [], endpoints = {}, evictions = [], others = [];
@@ -135,10 +138,19 @@ const PAGE_TAIL: &str = r###"</script>
     if (!nodes[name]) { nodes[name] = { name: name, others: [] }; nodeOrder.push(name); }
     return nodes[name];
   }
-  function pod(key, d) {
-    if (!pods[key]) { pods[key] = { key: key }; podOrder.push(key); }
-    var p = pods[key];
+  // A StatefulSet's replacement reuses its pod's name: a name seen again after it was gone,
+  // or on another node, is a new pod with its own bar.
+  var incarnation = {};
+  function pod(name, d) {
     d = d || {};
+    var key = incarnation[name] || name;
+    var old = pods[key];
+    if (old && (old.gone !== undefined || (d.node && old.node && d.node !== old.node))) {
+      key = name + "#" + (podOrder.length + 1);
+    }
+    incarnation[name] = key;
+    if (!pods[key]) { pods[key] = { key: key, name: name }; podOrder.push(key); }
+    var p = pods[key];
     if (d.node && !p.node) p.node = d.node;
     if (d.workload && !p.workload) p.workload = d.workload;
     return p;
@@ -251,7 +263,7 @@ const PAGE_TAIL: &str = r###"</script>
     });
     mine.forEach(function (p) {
       var py = y + 5 + p.row * ROW, ph = ROW - 3, col = color(p.workload || p.key);
-      var label = p.key + " (" + (p.workload || "?") + ")";
+      var label = p.name + " (" + (p.workload || "?") + ")";
       var readyAt = p.ready !== undefined ? p.ready : (p.terminating !== undefined ? p.terminating : p.end);
       var termAt = p.terminating !== undefined ? p.terminating : p.end;
       if (readyAt > p.start) mark("rect", { x: x(p.start), y: py, width: Math.max(1, x(readyAt) - x(p.start)), height: ph, fill: col, "fill-opacity": 0.3 }, label + ": starting " + s(p.start));
@@ -266,7 +278,7 @@ const PAGE_TAIL: &str = r###"</script>
     y += h + LANE_GAP;
   });
   evictions.forEach(function (e) {
-    var d = e.detail || {}, p = pods[e.subject];
+    var d = e.detail || {}, p = pods[incarnation[e.subject] || e.subject];
     if (!p) podOrder.forEach(function (k) { if (!p && (k.split("/").pop() === e.subject || k === (d.namespace || "default") + "/" + e.subject)) p = pods[k]; });
     var ey = p && p.laneY !== undefined ? p.laneY : gridTop + 4;
     mark("path", { d: "M" + x(e.t) + " " + (ey + 5) + " l-5 -8 h10 z", fill: "#c62828", stroke: "#fff", "stroke-width": 0.8 }, "eviction of " + e.subject + " at " + s(e.t));
