@@ -117,7 +117,10 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(caller) = headers.get(super::AUDIT_HEADER).and_then(|v| v.to_str().ok()) {
+    if let Some(caller) = headers
+        .get(super::AUDIT_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
         shared
             .audited
             .lock()
