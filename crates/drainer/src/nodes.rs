@@ -3,7 +3,8 @@
 //! The node is found by `spec.providerID` (`aws:///<az>/<instance-id>`), which is exact; a node
 //! name guessed from the instance's private DNS name breaks with custom hostnames. The
 //! long-running drainer keeps a watched index (a kube-runtime reflector) and falls back to a
-//! fresh list when the index has not seen the node yet; the Lambda lists.
+//! fresh list when the index has not seen the node yet; the Lambda lists. Nodes without a
+//! providerID (a kubelet without a cloud provider) are found by the instance's PrivateDnsName.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use quiesce_aws::ec2::Ec2;
 use quiesce_aws::instance::instance_id;
 use quiesce_aws::record::{ANNOTATION, InFlight};
 use serde_json::json;
@@ -24,6 +26,7 @@ pub struct NodeIndex {
     api: Api<Node>,
     store: Option<Store<Node>>,
     synced: Arc<AtomicBool>,
+    ec2: Option<Ec2>,
 }
 
 impl NodeIndex {
@@ -33,6 +36,7 @@ impl NodeIndex {
             api: Api::all(client),
             store: None,
             synced: Arc::new(AtomicBool::new(true)),
+            ec2: None,
         }
     }
 
@@ -58,9 +62,18 @@ impl NodeIndex {
                 api,
                 store: Some(store),
                 synced,
+                ec2: None,
             },
             keep,
         )
+    }
+
+    /// Also finds nodes without an AWS providerID, by the instance's PrivateDnsName (EC2
+    /// `DescribeInstances`) matched against node names and their InternalDNS/Hostname
+    /// addresses.
+    pub fn with_ec2_fallback(mut self, ec2: Ec2) -> NodeIndex {
+        self.ec2 = Some(ec2);
+        self
     }
 
     /// Whether lookups can be trusted yet (the watched index has listed once).
@@ -81,11 +94,35 @@ impl NodeIndex {
         if let Some(name) = name {
             return self.api.get_opt(&name).await;
         }
-        let nodes = self.api.list(&ListParams::default()).await?;
-        Ok(nodes
-            .items
-            .into_iter()
-            .find(|n| provider_instance(n) == Some(instance)))
+        let nodes = self.api.list(&ListParams::default()).await?.items;
+        if let Some(node) = nodes
+            .iter()
+            .find(|n| provider_instance(n) == Some(instance))
+        {
+            return Ok(Some(node.clone()));
+        }
+        let Some(ec2) = &self.ec2 else {
+            return Ok(None);
+        };
+        let dns = match ec2.private_dns_name(instance).await {
+            Ok(Some(dns)) => dns,
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                tracing::warn!(%err, "the PrivateDnsName fallback failed");
+                return Ok(None);
+            }
+        };
+        Ok(nodes.into_iter().find(|n| {
+            n.name_any() == dns
+                || n.status
+                    .as_ref()
+                    .and_then(|s| s.addresses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .any(|a| {
+                        matches!(a.type_.as_str(), "InternalDNS" | "Hostname") && a.address == dns
+                    })
+        }))
     }
 
     /// The node by name, fresh.

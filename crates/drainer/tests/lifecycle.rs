@@ -442,3 +442,51 @@ async fn a_launch_hook_continues_once_the_new_node_and_its_daemonset_pods_are_re
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_provider_id_is_found_by_private_dns_name() {
+    let bed = bed(1, 1, 30, "").await;
+    let stranger = bed.strangers[0].clone();
+    let ec2 = quiesce_aws::ec2::Ec2::new(&bed.aws).unwrap();
+    let dns = ec2
+        .private_dns_name(&stranger)
+        .await
+        .unwrap()
+        .expect("moto names the instance");
+    // A kubelet without a cloud provider: named after the host, no providerID.
+    let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": dns, "labels": {"kubernetes.io/hostname": dns}},
+    }))
+    .unwrap();
+    kube::Api::<k8s_openapi::api::core::v1::Node>::all(bed.sandbox.client())
+        .create(&Default::default(), &node)
+        .await
+        .unwrap();
+    let handler = std::sync::Arc::new(quiesce_drainer::Handler::new(
+        bed.sandbox.client(),
+        quiesce_drainer::nodes::NodeIndex::listed(bed.sandbox.client()).with_ec2_fallback(ec2),
+        quiesce_aws::hooks::AutoScaling::new(&bed.aws),
+        bed.settings(),
+        std::sync::Arc::new(quiesce_drainer::metrics::Metrics::default()),
+    ));
+    let (stop, task) = bed.run_worker(handler, Duration::from_secs(30));
+    bed.terminate(&stranger).await;
+    bed.wait_for(
+        "CONTINUE for the DNS-named node",
+        Duration::from_secs(30),
+        || async {
+            bed.action_for(&stranger)
+                .await
+                .is_some_and(|a| a["result"] == "CONTINUE")
+        },
+    )
+    .await;
+    let record = bed
+        .record(&dns)
+        .await
+        .expect("the action was recorded on that node");
+    assert_eq!(record.instance_id, stranger);
+    assert_eq!(record.phase, Phase::Continued);
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

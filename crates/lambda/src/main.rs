@@ -5,7 +5,8 @@
 //! - `QUIESCE_CLUSTER`: the EKS cluster's name (token audience, and the hooks it acts on);
 //! - `QUIESCE_API_SERVER`, `QUIESCE_CA_DATA`: the cluster's endpoint and base64 CA bundle,
 //!   or `KUBECONFIG` for any other cluster;
-//! - `QUIESCE_UNKNOWN_INSTANCE` (`ignore`|`continue`), `QUIESCE_BAD_MESSAGE` (`delete`|`keep`).
+//! - `QUIESCE_UNKNOWN_INSTANCE` (`ignore`|`continue`), `QUIESCE_BAD_MESSAGE` (`delete`|`keep`),
+//!   `QUIESCE_EC2_FALLBACK` (`false` turns off the PrivateDnsName lookup).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,6 +14,7 @@ use std::time::SystemTime;
 use anyhow::Context;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{LambdaEvent, service_fn};
+use quiesce_aws::ec2::Ec2;
 use quiesce_aws::hooks::AutoScaling;
 use quiesce_aws::queue::Sqs;
 use quiesce_aws::sdk::{AwsOptions, sdk_config};
@@ -81,6 +83,11 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         ..BatchSettings::default()
     };
     let queue = Arc::new(Sqs::new(&aws, queue_url));
+    // Nodes without an AWS providerID are found by PrivateDnsName unless turned off.
+    let ec2 = match env("QUIESCE_EC2_FALLBACK").as_deref() {
+        Some("false") => None,
+        _ => Some(Ec2::new(&aws)?),
+    };
     let aws = Arc::new(aws);
     let shared = Arc::new(Shared {
         aws,
@@ -88,6 +95,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         settings,
         batch,
         cluster,
+        ec2,
     });
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         // Boxed: the drain's future is deep enough to overflow the compiler's layout limit
@@ -104,6 +112,7 @@ struct Shared {
     settings: Settings,
     batch: BatchSettings,
     cluster: Option<String>,
+    ec2: Option<Ec2>,
 }
 
 async fn invoke(
@@ -114,9 +123,13 @@ async fn invoke(
     let client = kube_client(&shared.aws, shared.cluster.as_deref())
         .await
         .map_err(|e| lambda_runtime::Error::from(format!("{e:#}")))?;
+    let mut nodes = NodeIndex::listed(client.clone());
+    if let Some(ec2) = &shared.ec2 {
+        nodes = nodes.with_ec2_fallback(ec2.clone());
+    }
     let handler = Handler::new(
-        client.clone(),
-        NodeIndex::listed(client),
+        client,
+        nodes,
         AutoScaling::new(&shared.aws),
         shared.settings.clone(),
         Arc::new(Metrics::default()),

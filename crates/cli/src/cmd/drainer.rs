@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use quiesce_aws::ec2::Ec2;
 use quiesce_aws::hooks::AutoScaling;
 use quiesce_aws::queue::Sqs;
 use quiesce_aws::sdk::{AwsOptions, sdk_config};
@@ -84,6 +85,10 @@ pub struct Args {
     /// Do not label the node out of external load balancers before evicting.
     #[arg(long)]
     pub keep_in_load_balancers: bool,
+    /// Do not look up nodes without an AWS providerID by the instance's PrivateDnsName (EC2
+    /// DescribeInstances; needs ec2:DescribeInstances).
+    #[arg(long)]
+    pub no_ec2_fallback: bool,
     /// AWS region (default: the SDK's: AWS_REGION, profile, instance metadata).
     #[arg(long)]
     pub region: Option<String>,
@@ -119,8 +124,11 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
             .map(|h| h.trim().to_string())
             .context("no --identity/POD_NAME and no hostname")?,
     };
-    let (nodes, keep_index) = NodeIndex::watched(client.clone());
+    let (mut nodes, keep_index) = NodeIndex::watched(client.clone());
     tokio::spawn(keep_index);
+    if !args.no_ec2_fallback {
+        nodes = nodes.with_ec2_fallback(Ec2::new(&aws).context("the EC2 fallback")?);
+    }
     let settings = Settings {
         cluster: args.cluster.clone(),
         unknown_instance: args.unknown_instance,

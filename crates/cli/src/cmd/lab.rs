@@ -72,6 +72,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         drain_delay: args.drain_delay,
         ..LabOptions::default()
     };
+    if opts.mode == Mode::Quiesce && opts.drain_delay <= opts.propagation_delay {
+        eprintln!(
+            "note: --drain-delay {} is not longer than --propagation-delay {}: pods will stop \
+             while clients still route to them, and requests will fail",
+            humantime::format_duration(opts.drain_delay),
+            humantime::format_duration(opts.propagation_delay)
+        );
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let started = std::time::Instant::now();
     let progress = |line: &str| {
