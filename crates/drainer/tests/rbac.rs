@@ -1,0 +1,231 @@
+//! The Helm chart grants exactly what the drainer uses. The drainer runs its production path
+//! (watched node index, Lease leader election, SQS loop, a terminate hook with a surge) against
+//! the sandbox with a marked client; the sandbox records every request it made, and each one is
+//! turned into the (apiGroup, resource, verb) an RBAC rule must allow.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quiesce_aws::hooks::AutoScaling;
+use quiesce_drainer::lease::LeaseLock;
+use quiesce_drainer::metrics::Metrics;
+use quiesce_drainer::nodes::NodeIndex;
+use quiesce_drainer::{Handler, WorkerSettings, service};
+use quiesce_sandbox::api::{AUDIT_HEADER, Audited};
+use support::bed;
+
+type Permission = (String, String, String);
+
+/// A 1-replica Deployment marked for surge: its pod is replaced before it is evicted, which
+/// is the drain engine's path that reads and patches Deployments; and a StatefulSet with pods
+/// on every node (the scheduler spreads them), whose replica count the gate reads.
+const SURGED: &str = r#"
+objects:
+  - apiVersion: apps/v1
+    kind: StatefulSet
+    metadata: {name: db, namespace: default}
+    spec:
+      replicas: 6
+      podManagementPolicy: Parallel
+      serviceName: db
+      selector: {matchLabels: {app: db}}
+      template:
+        metadata: {labels: {app: db}, annotations: {sandbox.quiesce.io/startup-delay: 1s}}
+        spec:
+          terminationGracePeriodSeconds: 1
+          containers: [{name: db, image: db:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: api, namespace: default, annotations: {quiesce.io/drain-strategy: surge}}
+    spec:
+      replicas: 1
+      selector: {matchLabels: {app: api}}
+      template:
+        metadata: {labels: {app: api}, annotations: {sandbox.quiesce.io/startup-delay: 1s}}
+        spec:
+          terminationGracePeriodSeconds: 2
+          containers: [{name: api, image: api:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
+"#;
+
+/// What an RBAC rule must allow for one request (None: a discovery path every
+/// authenticated client may read).
+fn permission(request: &Audited) -> Option<Permission> {
+    let parts: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return None,
+    };
+    let rest = match rest {
+        ["namespaces", _ns, more @ ..] if !more.is_empty() => more,
+        other => other,
+    };
+    let (resource, name, sub) = match rest {
+        [] => return None,
+        [resource] => (*resource, None, None),
+        [resource, name] => (*resource, Some(*name), None),
+        [resource, name, sub, ..] => (*resource, Some(*name), Some(*sub)),
+    };
+    let watch = request
+        .query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (request.method.as_str(), name) {
+        ("GET", _) if watch => "watch",
+        ("GET", Some(_)) => "get",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", Some(_)) => "delete",
+        ("DELETE", None) => "deletecollection",
+        (other, _) => panic!("unexpected method {other} in {request:?}"),
+    };
+    let resource = match sub {
+        Some(sub) => format!("{resource}/{sub}"),
+        None => resource.to_string(),
+    };
+    Some((group.to_string(), resource, verb.to_string()))
+}
+
+/// The rules of a chart template: the YAML from `rules:` on (the metadata above it holds Go
+/// template actions that are not YAML).
+fn granted(template: &str) -> BTreeSet<Permission> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/helm/quiesce/templates")
+        .join(template);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let rules = &text[text.find("rules:").expect("a rules: key")..];
+    let doc: serde_json::Value = serde_saphyr::from_str(rules).expect("rules parse as YAML");
+    let mut out = BTreeSet::new();
+    for rule in doc["rules"].as_array().expect("rules is a list") {
+        for group in rule["apiGroups"].as_array().into_iter().flatten() {
+            for resource in rule["resources"].as_array().into_iter().flatten() {
+                for verb in rule["verbs"].as_array().into_iter().flatten() {
+                    out.insert((
+                        group.as_str().unwrap().to_string(),
+                        resource.as_str().unwrap().to_string(),
+                        verb.as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Granted but not reached by this test's run, each for a reason a reader can check.
+fn exercised_elsewhere() -> BTreeSet<Permission> {
+    // The replacement gate reads a ReplicaSet only for a pod a bare ReplicaSet owns
+    // (crates/kube/src/kube_cluster.rs, `desired`); Deployments' pods go through the Deployment.
+    [("apps", "replicasets", "get")]
+        .into_iter()
+        .map(|(g, r, v)| (g.into(), r.into(), v.into()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
+    let bed = bed(3, 0, 30, SURGED).await;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        bed.sandbox_kubeconfig(),
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .unwrap();
+    config.default_retry = false;
+    config
+        .headers
+        .push((AUDIT_HEADER.parse().unwrap(), "drainer".parse().unwrap()));
+    let client = kube::Client::try_from(config).unwrap();
+    let (nodes, keep_index) = NodeIndex::watched(client.clone());
+    let index = tokio::spawn(keep_index);
+    let handler = Arc::new(Handler::new(
+        client.clone(),
+        nodes,
+        AutoScaling::new(&bed.aws),
+        bed.settings(),
+        Arc::new(Metrics::default()),
+    ));
+    let lock = LeaseLock::new(
+        client,
+        "kube-system",
+        "quiesce-drainer",
+        "drainer-0",
+        Duration::from_secs(6),
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let settings = WorkerSettings {
+        wait: Duration::from_secs(1),
+        ..WorkerSettings::default()
+    };
+    let lead = tokio::spawn(service::lead(lock, bed.queue(), handler, settings, stopped));
+
+    // The node that runs the surged Deployment's pod, so the surge path runs.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(bed.sandbox.client());
+    let api_node = || async {
+        pods.list(&kube::api::ListParams::default().labels("app=api"))
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .find_map(|p| p.spec.as_ref()?.node_name.clone())
+    };
+    bed.wait_for("the api pod scheduled", Duration::from_secs(20), || async {
+        api_node().await.is_some()
+    })
+    .await;
+    bed.wait_for("every db pod Ready", Duration::from_secs(30), || async {
+        support::ready_pods(&bed.sandbox, "app=db").await == 6
+    })
+    .await;
+    let node = api_node().await.unwrap();
+    let index_of: usize = node.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+    let victim = bed.instances[index_of].clone();
+    bed.terminate(&victim).await;
+    bed.wait_for("CONTINUE", Duration::from_secs(60), || async {
+        bed.action_for(&victim)
+            .await
+            .is_some_and(|a| a["result"] == "CONTINUE")
+    })
+    .await;
+    stop.send(true).unwrap();
+    lead.await.unwrap();
+    index.abort();
+
+    let used: BTreeSet<Permission> = bed
+        .sandbox
+        .audited()
+        .iter()
+        .filter(|r| r.caller == "drainer")
+        .filter_map(permission)
+        .collect();
+    let mut chart = granted("clusterrole.yaml");
+    chart.extend(granted("role.yaml"));
+    let missing: Vec<_> = used.difference(&chart).collect();
+    assert!(missing.is_empty(), "the chart does not grant {missing:?}");
+    let unused: Vec<_> = chart
+        .difference(&used)
+        .filter(|p| !exercised_elsewhere().contains(*p))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "the chart grants {unused:?}, which the drainer never uses"
+    );
+    for needed in [
+        ("", "pods/eviction", "create"),
+        ("apps", "statefulsets", "get"),
+        ("coordination.k8s.io", "leases", "update"),
+        ("", "nodes", "watch"),
+    ] {
+        let needed = (needed.0.into(), needed.1.into(), needed.2.into());
+        assert!(
+            used.contains(&needed),
+            "the run exercised {needed:?}: {used:?}"
+        );
+    }
+}
