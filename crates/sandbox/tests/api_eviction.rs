@@ -361,3 +361,49 @@ async fn a_malformed_eviction_body_is_a_bad_request() {
     assert_eq!(answer.body["reason"], "BadRequest");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_evictions_race_for_the_last_disruption_and_the_loser_gets_429() {
+    let server = server().await;
+    // Several rounds: the requests must overlap for the race to happen at all. The disruption
+    // controller rewriting the budget's status meanwhile is what makes a write conflict.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(server.client(), "default");
+    for round in 0..30 {
+        let app = format!("race{round}");
+        let (a, b) = (format!("{app}-a"), format!("{app}-b"));
+        running_pod(&server, &a, &app, true).await;
+        running_pod(&server, &b, &app, true).await;
+        budget(
+            &server,
+            &app,
+            &app,
+            json!({"maxUnavailable": 1}),
+            observed(1, 2, 1),
+        )
+        .await;
+        let controller = async {
+            for _ in 0..3 {
+                let _ = pdbs
+                    .patch_status(
+                        &app,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {"expectedPods": 2}})),
+                    )
+                    .await;
+            }
+        };
+        let (first, second, ()) = tokio::join!(
+            evict(&server, &a, json!({"metadata": {"name": a}})),
+            evict(&server, &b, json!({"metadata": {"name": b}})),
+            controller,
+        );
+        let mut codes = [first.code, second.code];
+        codes.sort();
+        assert_eq!(
+            codes,
+            [201, 429],
+            "round {round}: one eviction wins, the other is refused by the budget (never a 409): {first:?} {second:?}"
+        );
+    }
+    server.shutdown().await;
+}

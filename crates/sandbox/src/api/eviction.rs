@@ -127,12 +127,25 @@ pub fn evict(
             ));
         }
         if let Some(pdb_name) = matching.first() {
-            check_and_decrement(store, ns, pdb_name, &pod, opts.dry_run)?;
+            // Two evictions under one budget race for its last disruption: the loser's status
+            // write conflicts, and upstream runs the whole check again on a conflict
+            // (eviction.go: `retry.OnError(EvictionsRetry, errors.IsConflict, …)`), so it sees
+            // the budget spent and answers 429, never the 409 of the write.
+            let mut attempts = 0;
+            loop {
+                match check_and_decrement(store, ns, pdb_name, &pod, opts.dry_run) {
+                    Err(e) if e.code == 409 && attempts < EVICTION_RETRIES => attempts += 1,
+                    other => break other?,
+                }
+            }
         }
     }
     store.delete(pods(), ns, name, &opts)?;
     Ok(status::success())
 }
+
+/// Upstream's `EvictionsRetry` allows five steps.
+const EVICTION_RETRIES: u32 = 5;
 
 fn check_and_decrement(
     store: &Store,
