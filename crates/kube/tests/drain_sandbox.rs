@@ -31,10 +31,6 @@ async fn sandbox(scenario: Scenario) -> Sandbox {
 }
 
 async fn run(client: Client, node: &str, timeout: Duration) -> DrainReport {
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_env_filter("debug,hyper=info,tower=info,kube_client=info")
-        .try_init();
     let spec = DrainSpec {
         node: node.into(),
         options: DrainOptions::default(),
