@@ -24,3 +24,39 @@ fn an_unknown_flag_is_a_usage_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--no-such-flag"), "stderr was: {err}");
 }
+
+/// The Helm chart passes flags and environment variables to `quiesce drainer`; a renamed
+/// flag would crash-loop every install. Each one must be in the drainer's help.
+#[test]
+fn the_charts_drainer_flags_and_env_exist() {
+    let out = quiesce(&["drainer", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../deploy/helm/quiesce/templates/deployment.yaml"),
+    )
+    .expect("the chart's Deployment");
+    let mut checked = 0;
+    for line in template.lines().map(str::trim) {
+        if let Some(flag) = line.strip_prefix("- --") {
+            let name = flag.split(['=', ' ']).next().unwrap();
+            assert!(
+                help.contains(&format!("--{name}")),
+                "the chart passes --{name}, which quiesce drainer does not know"
+            );
+            checked += 1;
+        }
+        if let Some(var) = line.strip_prefix("- name: QUIESCE_") {
+            assert!(
+                help.contains(&format!("QUIESCE_{var}")),
+                "the chart sets QUIESCE_{var}, which quiesce drainer does not read"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 10,
+        "found {checked} flags and variables in the chart"
+    );
+}
