@@ -23,6 +23,7 @@ use quiesce_kube::engine::{DrainSpec, drain};
 use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::report::Outcome;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::metrics::Metrics;
 use crate::needs;
@@ -205,12 +206,16 @@ impl<H: LifecycleHooks> Handler<H> {
             ));
         }
         let _active = Active(&self.active, action.token.clone());
+        // `instrument`, not `enter`: a span entered across an await leaks onto other tasks.
         let span = tracing::info_span!("lifecycle", instance = %action.instance_id, group = %action.group, transition = ?action.transition);
-        let _enter = span.enter();
-        let result = match action.transition {
-            Transition::Terminating => self.terminate(&action, slice_end).await,
-            Transition::Launching => self.launch(&action, slice_end).await,
-        };
+        let result = async {
+            match action.transition {
+                Transition::Terminating => self.terminate(&action, slice_end).await,
+                Transition::Launching => self.launch(&action, slice_end).await,
+            }
+        }
+        .instrument(span)
+        .await;
         result.unwrap_or_else(Disposition::Later)
     }
 

@@ -490,3 +490,50 @@ async fn a_node_without_provider_id_is_found_by_private_dns_name() {
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_action_by_eventbridge_and_by_the_hook_target_completes_once() {
+    let bed = bed(2, 0, 30, "").await;
+    let queue_arn = bed
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&bed.queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone();
+    // Both routes configured at once, a common mistake: every action arrives twice, once as
+    // the EventBridge event and once as the hook's direct notification.
+    bed.route_eventbridge_to_queue(&queue_arn);
+    let handler = bed.handler(bed.settings());
+    let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(30));
+    let victim = bed.instances[0].clone();
+    bed.terminate(&victim).await;
+    let deleted = || {
+        metric(
+            &handler.metrics().encode(),
+            "quiesce_sqs_messages_total{outcome=\"deleted\"}",
+        )
+    };
+    // The test notification, then the action by both routes.
+    bed.wait_for(
+        "both deliveries handled and deleted",
+        Duration::from_secs(60),
+        || async { deleted() >= 3 && bed.visible_bodies().await.is_empty() },
+    )
+    .await;
+    let action = bed.action_for(&victim).await.unwrap();
+    assert_eq!(action["result"], "CONTINUE", "{action}");
+    assert_eq!(count(&action["completions"]), 1, "{action}");
+    let text = handler.metrics().encode();
+    assert_eq!(
+        metric(&text, "quiesce_drains_total{result=\"drained\"}"),
+        1,
+        "drained once: {text}"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

@@ -130,7 +130,7 @@ fn exercised_elsewhere() -> BTreeSet<Permission> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
-    let bed = bed(3, 0, 30, SURGED).await;
+    let bed = bed(4, 0, 30, SURGED).await;
     let mut config = kube::Config::from_custom_kubeconfig(
         bed.sandbox_kubeconfig(),
         &kube::config::KubeConfigOptions::default(),
@@ -156,7 +156,7 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         "kube-system",
         "quiesce-drainer",
         "drainer-0",
-        Duration::from_secs(6),
+        Duration::from_secs(3),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let settings = WorkerSettings {
@@ -183,14 +183,43 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         support::ready_pods(&bed.sandbox, "app=db").await == 6
     })
     .await;
-    let node = api_node().await.unwrap();
-    let index_of: usize = node.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
-    let victim = bed.instances[index_of].clone();
-    bed.terminate(&victim).await;
-    bed.wait_for("CONTINUE", Duration::from_secs(60), || async {
-        bed.action_for(&victim)
-            .await
-            .is_some_and(|a| a["result"] == "CONTINUE")
+    // Three of the four nodes go, the api pod's among them: between them they run every
+    // kind of pod (the scheduler spreads the six db pods and three web pods), so every path
+    // of the drain runs at least once. The fourth node takes what they had.
+    let api = api_node().await.unwrap();
+    let db_nodes: Vec<String> = pods
+        .list(&kube::api::ListParams::default().labels("app=db"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    // The survivor runs neither the api pod nor (least-loaded scheduling may pack them) most
+    // db pods.
+    let survivor = (1..=4)
+        .map(|i| format!("node-{i}"))
+        .filter(|n| *n != api)
+        .min_by_key(|n| db_nodes.iter().filter(|d| *d == n).count())
+        .unwrap();
+    for (i, victim) in bed.instances.clone().into_iter().enumerate() {
+        if format!("node-{}", i + 1) == survivor {
+            continue;
+        }
+        bed.terminate(&victim).await;
+        bed.wait_for("CONTINUE", Duration::from_secs(60), || async {
+            bed.action_for(&victim)
+                .await
+                .is_some_and(|a| a["result"] == "CONTINUE")
+        })
+        .await;
+    }
+    // The holder renews the lease (an update) every second.
+    bed.wait_for("a lease renewal", Duration::from_secs(10), || async {
+        bed.sandbox
+            .audited()
+            .iter()
+            .any(|r| r.method == "PUT" && r.path.contains("/leases/"))
     })
     .await;
     stop.send(true).unwrap();

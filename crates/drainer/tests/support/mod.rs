@@ -263,6 +263,47 @@ impl Bed {
         (stop, task)
     }
 
+    /// An EventBridge rule sending the group's lifecycle events to the queue, as the
+    /// CloudFormation stack in deploy/ sets up. aws-sdk-eventbridge is not a dependency for
+    /// this one setup call: moto takes the JSON protocol request unsigned.
+    pub fn route_eventbridge_to_queue(&self, queue_arn: &str) {
+        let pattern = serde_json::json!({
+            "source": ["aws.autoscaling"],
+            "detail-type": ["EC2 Instance-terminate Lifecycle Action", "EC2 Instance-launch Lifecycle Action"],
+            "detail": {"AutoScalingGroupName": [GROUP]}
+        });
+        self.events_call(
+            "PutRule",
+            serde_json::json!({"Name": "lifecycle", "EventPattern": pattern.to_string()}),
+        );
+        self.events_call(
+            "PutTargets",
+            serde_json::json!({"Rule": "lifecycle", "Targets": [{"Id": "queue", "Arn": queue_arn}]}),
+        );
+    }
+
+    fn events_call(&self, target: &str, body: Value) {
+        use std::io::{Read, Write};
+        let addr = self.moto.url().trim_start_matches("http://").to_string();
+        let body = body.to_string();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            stream,
+            "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: AWSEvents.{target}\r\n\
+             Content-Type: application/x-amz-json-1.1\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=testing/20261123/us-east-1/events/aws4_request, SignedHeaders=host, Signature=0\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+            "{target}: {answer}"
+        );
+    }
+
     /// Starts the instance's terminate hook, as a scale-in or instance refresh does.
     pub async fn terminate(&self, instance: &str) {
         self.asg
