@@ -240,13 +240,17 @@ impl Group {
             for _ in chunk {
                 fresh.push(self.launch().await);
             }
-            let up = self
-                .wait(limit, |g| {
-                    fresh.iter().all(|i| g.state(i) != Some(State::Pending))
-                })
-                .await;
+            self.wait(limit, |g| {
+                fresh.iter().all(|i| g.state(i) != Some(State::Pending))
+            })
+            .await;
             let launch_seconds = launched_at.elapsed().as_secs_f64();
-            if !up {
+            // An abandoned launch hook terminates the new instance: like a failed instance
+            // refresh, stop before taking anything more out of service.
+            if !fresh
+                .iter()
+                .all(|i| self.state(i) == Some(State::InService))
+            {
                 progress("a replacement never came into service; stopping the refresh");
                 break;
             }
