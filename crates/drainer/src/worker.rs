@@ -84,9 +84,22 @@ pub async fn run<Q, H>(
             }
             continue;
         }
+        let receive = queue.receive(free as u32, settings.wait, settings.visibility);
+        tokio::pin!(receive);
         let received = tokio::select! {
-            r = queue.receive(free as u32, settings.wait, settings.visibility) => r,
-            _ = stop.changed() => continue,
+            r = &mut receive => r,
+            _ = stop.changed() => {
+                // A long poll already sent can still be handed messages; dropping it would hide
+                // them for a whole visibility timeout. Take them and give them back at once.
+                if let Ok(messages) = receive.await {
+                    for m in messages {
+                        if let Err(err) = queue.extend(&m.receipt, Duration::ZERO).await {
+                            tracing::warn!(message = %m.id, %err, "could not release the message");
+                        }
+                    }
+                }
+                continue;
+            }
         };
         match received {
             Ok(messages) => {

@@ -537,3 +537,106 @@ async fn the_same_action_by_eventbridge_and_by_the_hook_target_completes_once() 
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+/// A pod no controller will recreate: evicting it loses it, so the drain refuses (no --force).
+const UNMANAGED: &str = r#"
+objects:
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: pet, namespace: default}
+    spec:
+      nodeName: node-1
+      containers: [{name: pet, image: pet:1}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_blocker_abandons_at_once_and_leaves_the_node_schedulable() {
+    let bed = bed(2, 0, 30, UNMANAGED).await;
+    let handler = bed.handler(bed.settings());
+    let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(30));
+    let victim = bed.instances[0].clone();
+    bed.terminate(&victim).await;
+    bed.wait_for("ABANDON", Duration::from_secs(30), || async {
+        bed.action_for(&victim)
+            .await
+            .is_some_and(|a| a["result"] == "ABANDON")
+    })
+    .await;
+    let action = bed.action_for(&victim).await.unwrap();
+    assert_eq!(action["completedBy"], "api", "{action}");
+    let record = bed.record("node-1").await.unwrap();
+    assert_eq!(record.phase, Phase::Abandoned);
+    assert!(
+        record
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("blocked"),
+        "{record:?}"
+    );
+    assert_ne!(
+        bed.node("node-1").await.spec.unwrap().unschedulable,
+        Some(true)
+    );
+    let pets: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(bed.sandbox.client(), "default");
+    assert!(
+        pets.get("pet")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none(),
+        "the unmanaged pod was not evicted"
+    );
+
+    // The same message again after the hook is gone from Auto Scaling and the record too (a
+    // node replaced by hand): completing answers "No active Lifecycle Action", which counts
+    // as done, and the message is deleted.
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(bed.sandbox.client());
+    nodes
+        .patch(
+            "node-1",
+            &Default::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {quiesce_aws::record::ANNOTATION: null}}})),
+        )
+        .await
+        .unwrap();
+    let mut settings = bed.settings();
+    settings.unknown_instance = UnknownInstance::Continue;
+    let again = serde_json::json!({
+        "Origin": "AutoScalingGroup", "Destination": "EC2", "Service": "AWS Auto Scaling",
+        "AccountId": "123456789012", "RequestId": "again", "Time": "2026-11-23T10:00:00.000Z",
+        "AutoScalingGroupName": GROUP, "LifecycleHookName": HOOK, "EC2InstanceId": "i-0000000000000dead",
+        "LifecycleActionToken": action["token"], "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+    });
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let continuing = bed.handler(settings);
+    let (stop, task) = bed.run_worker(continuing.clone(), Duration::from_secs(30));
+    bed.send(&again.to_string()).await;
+    bed.wait_for(
+        "the stale message settled",
+        Duration::from_secs(15),
+        || async {
+            metric(
+                &continuing.metrics().encode(),
+                "quiesce_lifecycle_completions_total{result=\"not-active\"}",
+            ) == 1
+        },
+    )
+    .await;
+    bed.wait_for(
+        "the stale message deleted",
+        Duration::from_secs(10),
+        || async {
+            bed.visible_bodies()
+                .await
+                .iter()
+                .all(|b| !b.contains("i-0000000000000dead"))
+        },
+    )
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
