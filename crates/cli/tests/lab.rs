@@ -4,8 +4,10 @@
 
 use std::process::Command;
 
+use quiesce_testbed::chromium::{attr, dump_dom, svg_tag};
 use serde_json::Value;
 
+/// Runs the lab; the report it writes must render in headless Chromium with marks drawn.
 fn lab(args: &[&str]) -> (Value, String, std::process::ExitStatus) {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("lab.html");

@@ -2,11 +2,10 @@
 //! `scripts/test` installs) loads the file with no network, runs the inline script, and the
 //! dumped DOM must show the chart drawn.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use quiesce_lab::report::render;
+use quiesce_testbed::chromium::{attr, dump_dom, svg_tag};
 use serde_json::{Value, json};
 
 fn ev(t: f64, kind: &str, subject: &str, detail: Value) -> Value {
@@ -71,72 +70,6 @@ fn summary() -> Value {
     })
 }
 
-/// Dumps the DOM of `page` after its scripts ran, with a hard deadline on the browser.
-fn chromium_dump_dom(page: &Path, profile: &Path) -> String {
-    let which = Command::new("sh")
-        .args(["-c", "command -v chromium"])
-        .output()
-        .expect("sh runs");
-    assert!(
-        which.status.success(),
-        "chromium is not installed: run scripts/test (it installs Debian's chromium package), \
-         or apt-get install -y --no-install-recommends chromium"
-    );
-    let mut child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            &format!("--user-data-dir={}", profile.display()),
-            "--virtual-time-budget=5000",
-            "--dump-dom",
-            &format!("file://{}", page.display()),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromium starts");
-    let stdout = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || std::io::read_to_string(stdout));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().expect("waiting on chromium").is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    reader
-        .join()
-        .expect("reader thread")
-        .expect("chromium's output is text")
-}
-
-/// The opening tag of `<svg id="timeline" …>` in the dumped DOM.
-fn svg_tag(dom: &str) -> &str {
-    let start = dom
-        .find("<svg id=\"timeline\"")
-        .unwrap_or_else(|| panic!("no timeline svg in the DOM:\n{dom}"));
-    let len = dom[start..].find('>').expect("tag ends");
-    &dom[start..start + len]
-}
-
-fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("{name}=\"");
-    let at = tag.find(&key)? + key.len();
-    let len = tag[at..].find('"')?;
-    Some(&tag[at..at + len])
-}
-
 #[test]
 fn the_report_renders_in_headless_chromium() {
     let html = render(&synthetic_timeline(), &summary());
@@ -155,7 +88,7 @@ fn the_report_renders_in_headless_chromium() {
     std::fs::write(&page, &html).unwrap();
     let profile = dir.path().join("profile");
     let started = Instant::now();
-    let dom = chromium_dump_dom(&page, &profile);
+    let dom = dump_dom(&page, &profile);
     eprintln!("chromium took {:?}", started.elapsed());
 
     let tag = svg_tag(&dom);
@@ -192,7 +125,7 @@ fn an_empty_run_still_renders_a_page() {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("empty.html");
     std::fs::write(&page, &html).unwrap();
-    let dom = chromium_dump_dom(&page, &dir.path().join("profile"));
+    let dom = dump_dom(&page, &dir.path().join("profile"));
     let tag = svg_tag(&dom);
     assert_eq!(attr(tag, "data-rendered"), Some("true"), "{tag}");
     assert_eq!(attr(tag, "data-marks"), Some("0"), "{tag}");

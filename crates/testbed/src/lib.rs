@@ -7,6 +7,7 @@
 //! There is no kubelet: [`kubelet`] is a stand-in, a client of the API like any other.
 
 mod certs;
+pub mod chromium;
 pub mod kubelet;
 pub mod moto;
 mod process;
