@@ -21,10 +21,14 @@ fn lab(args: &[&str]) -> (Value, String, std::process::ExitStatus) {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     let json: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("JSON on stdout ({e}); stderr:\n{stderr}"));
-    let html = std::fs::read_to_string(&report).expect("the report is written");
+    assert!(report.exists(), "the report is written");
+    let dom = dump_dom(&report, &dir.path().join("chromium-profile"));
+    let tag = svg_tag(&dom);
+    assert_eq!(attr(tag, "data-rendered"), Some("true"), "{tag}");
+    let marks: u64 = attr(tag, "data-marks").unwrap().parse().unwrap();
     assert!(
-        html.contains("id=\"timeline\""),
-        "the report holds the timeline"
+        marks > 100,
+        "a lab run draws nodes, pods and request bars: {marks}"
     );
     (json, stderr, out.status)
 }
