@@ -77,16 +77,8 @@ async fn the_binary_leads_serves_metrics_and_completes_a_terminate_hook() {
 
     let victim = bed.instances[0].clone();
     bed.terminate(&victim).await;
-    bed.wait_for(
-        "CONTINUE from the binary",
-        Duration::from_secs(60),
-        || async {
-            bed.action_for(&victim)
-                .await
-                .is_some_and(|a| a["result"] == "CONTINUE")
-        },
-    )
-    .await;
+    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(60))
+        .await;
     let (status, metrics) = get(port, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use quiesce_aws::record::Phase;
 use quiesce_drainer::UnknownInstance;
-use support::{GROUP, HOOK, bed, ready_pods};
+use support::{GROUP, bed, ready_pods};
 
 fn metric(text: &str, name_and_labels: &str) -> u64 {
     text.lines()
@@ -29,16 +29,8 @@ async fn terminate_drains_then_continues_exactly_once() {
     let victim = bed.instances[0].clone();
     bed.terminate(&victim).await;
 
-    bed.wait_for(
-        "CONTINUE for the victim",
-        Duration::from_secs(60),
-        || async {
-            bed.action_for(&victim)
-                .await
-                .is_some_and(|a| a["result"] == "CONTINUE")
-        },
-    )
-    .await;
+    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(60))
+        .await;
     let action = bed.action_for(&victim).await.unwrap();
     assert_eq!(action["completedBy"], "api", "{action}");
     assert_eq!(count(&action["completions"]), 1, "{action}");
@@ -95,13 +87,8 @@ async fn terminate_drains_then_continues_exactly_once() {
     )
     .await;
     let before = deleted().await;
-    let duplicate = serde_json::json!({
-        "Origin": "AutoScalingGroup", "Destination": "EC2", "Service": "AWS Auto Scaling",
-        "AccountId": "123456789012", "RequestId": "dup", "Time": "2026-11-23T10:00:00.000Z",
-        "AutoScalingGroupName": GROUP, "LifecycleHookName": HOOK, "EC2InstanceId": victim,
-        "LifecycleActionToken": action["token"], "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
-    });
-    bed.send(&duplicate.to_string()).await;
+    bed.send(&support::notification(&victim, &action["token"]))
+        .await;
     bed.wait_for("the duplicate deleted", Duration::from_secs(15), || async {
         deleted().await > before
     })
@@ -247,16 +234,8 @@ async fn a_drainer_killed_mid_drain_is_resumed_by_the_next_and_completes_once() 
 
     let second = bed.handler(bed.settings());
     let (stop, task) = bed.run_worker(second.clone(), Duration::from_secs(3));
-    bed.wait_for(
-        "CONTINUE after the restart",
-        Duration::from_secs(60),
-        || async {
-            bed.action_for(&victim)
-                .await
-                .is_some_and(|a| a["result"] == "CONTINUE")
-        },
-    )
-    .await;
+    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(60))
+        .await;
     let actions: Vec<_> = bed
         .actions()
         .await
@@ -333,16 +312,8 @@ async fn bad_foreign_and_unknown_messages_are_handled_by_policy() {
     settings.unknown_instance = UnknownInstance::Continue;
     let continuing = bed.handler(settings);
     let (stop, task) = bed.run_worker(continuing.clone(), Duration::from_secs(30));
-    bed.wait_for(
-        "CONTINUE for the stranger",
-        Duration::from_secs(30),
-        || async {
-            bed.action_for(&stranger)
-                .await
-                .is_some_and(|a| a["result"] == "CONTINUE")
-        },
-    )
-    .await;
+    bed.wait_result(&stranger, "CONTINUE", Duration::from_secs(30))
+        .await;
     stop.send(true).unwrap();
     task.await.unwrap();
     bed.wait_for(
@@ -361,17 +332,7 @@ async fn bad_foreign_and_unknown_messages_are_handled_by_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_launch_hook_continues_once_the_new_node_and_its_daemonset_pods_are_ready() {
     let bed = bed(2, 0, 30, "").await;
-    let queue_arn = bed
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&bed.queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
+    let queue_arn = bed.queue_arn().await;
     bed.asg
         .put_lifecycle_hook()
         .auto_scaling_group_name(GROUP)
@@ -471,16 +432,8 @@ async fn a_node_without_provider_id_is_found_by_private_dns_name() {
     ));
     let (stop, task) = bed.run_worker(handler, Duration::from_secs(30));
     bed.terminate(&stranger).await;
-    bed.wait_for(
-        "CONTINUE for the DNS-named node",
-        Duration::from_secs(30),
-        || async {
-            bed.action_for(&stranger)
-                .await
-                .is_some_and(|a| a["result"] == "CONTINUE")
-        },
-    )
-    .await;
+    bed.wait_result(&stranger, "CONTINUE", Duration::from_secs(30))
+        .await;
     let record = bed
         .record(&dns)
         .await
@@ -494,17 +447,7 @@ async fn a_node_without_provider_id_is_found_by_private_dns_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_action_by_eventbridge_and_by_the_hook_target_completes_once() {
     let bed = bed(2, 0, 30, "").await;
-    let queue_arn = bed
-        .sqs
-        .get_queue_attributes()
-        .queue_url(&bed.queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
+    let queue_arn = bed.queue_arn().await;
     // Both routes configured at once, a common mistake: every action arrives twice, once as
     // the EventBridge event and once as the hook's direct notification.
     bed.route_eventbridge_to_queue(&queue_arn);
@@ -556,12 +499,8 @@ async fn a_hard_blocker_abandons_at_once_and_leaves_the_node_schedulable() {
     let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(30));
     let victim = bed.instances[0].clone();
     bed.terminate(&victim).await;
-    bed.wait_for("ABANDON", Duration::from_secs(30), || async {
-        bed.action_for(&victim)
-            .await
-            .is_some_and(|a| a["result"] == "ABANDON")
-    })
-    .await;
+    bed.wait_result(&victim, "ABANDON", Duration::from_secs(30))
+        .await;
     let action = bed.action_for(&victim).await.unwrap();
     assert_eq!(action["completedBy"], "api", "{action}");
     let record = bed.record("node-1").await.unwrap();
@@ -604,17 +543,15 @@ async fn a_hard_blocker_abandons_at_once_and_leaves_the_node_schedulable() {
         .unwrap();
     let mut settings = bed.settings();
     settings.unknown_instance = UnknownInstance::Continue;
-    let again = serde_json::json!({
-        "Origin": "AutoScalingGroup", "Destination": "EC2", "Service": "AWS Auto Scaling",
-        "AccountId": "123456789012", "RequestId": "again", "Time": "2026-11-23T10:00:00.000Z",
-        "AutoScalingGroupName": GROUP, "LifecycleHookName": HOOK, "EC2InstanceId": "i-0000000000000dead",
-        "LifecycleActionToken": action["token"], "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
-    });
     stop.send(true).unwrap();
     task.await.unwrap();
     let continuing = bed.handler(settings);
     let (stop, task) = bed.run_worker(continuing.clone(), Duration::from_secs(30));
-    bed.send(&again.to_string()).await;
+    bed.send(&support::notification(
+        "i-0000000000000dead",
+        &action["token"],
+    ))
+    .await;
     bed.wait_for(
         "the stale message settled",
         Duration::from_secs(15),

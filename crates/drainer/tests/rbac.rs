@@ -207,12 +207,8 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
             continue;
         }
         bed.terminate(&victim).await;
-        bed.wait_for("CONTINUE", Duration::from_secs(60), || async {
-            bed.action_for(&victim)
-                .await
-                .is_some_and(|a| a["result"] == "CONTINUE")
-        })
-        .await;
+        bed.wait_result(&victim, "CONTINUE", Duration::from_secs(60))
+            .await;
     }
     // The holder renews the lease (an update) every second.
     bed.wait_for("a lease renewal", Duration::from_secs(10), || async {

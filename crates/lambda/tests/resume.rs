@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use quiesce_aws::record::Phase;
 use quiesce_lambda::{BatchSettings, handle_batch};
 use tokio::time::Instant;
@@ -36,17 +36,41 @@ async fn invocation_event(bed: &support::Bed) -> SqsEvent {
     event
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_longer_than_an_invocation_resumes_in_the_next() {
-    let bed = support::bed(3, 0, 30, "").await;
-    let victim = bed.instances[0].clone();
-    bed.terminate(&victim).await;
-    let queue = bed.queue();
+/// One invocation with `budget` left before its deadline, in a fresh execution environment
+/// (a new handler).
+async fn invoke(bed: &support::Bed, event: &SqsEvent, budget: Duration) -> SqsBatchResponse {
     let settings = BatchSettings {
         reserve: Duration::from_millis(200),
         resume_after: Duration::from_secs(1),
         ..BatchSettings::default()
     };
+    let handler = bed.handler(bed.settings());
+    handle_batch(
+        &handler,
+        &*bed.queue(),
+        event,
+        Instant::now() + budget,
+        &settings,
+    )
+    .await
+}
+
+/// What Lambda does with an item that succeeded.
+async fn delete(bed: &support::Bed, record: &SqsMessage) {
+    bed.sqs
+        .delete_message()
+        .queue_url(&bed.queue_url)
+        .receipt_handle(record.receipt_handle.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_longer_than_an_invocation_resumes_in_the_next() {
+    let bed = support::bed(3, 0, 30, "").await;
+    let victim = bed.instances[0].clone();
+    bed.terminate(&victim).await;
 
     // First invocation: far too short for a drain whose pods take a second to stop and their
     // replacements a second to be Ready.
@@ -54,15 +78,7 @@ async fn a_drain_longer_than_an_invocation_resumes_in_the_next() {
     let lifecycle_id = loop {
         assert!(Instant::now() < deadline, "no lifecycle message arrived");
         let event = invocation_event(&bed).await;
-        let handler = bed.handler(bed.settings());
-        let response = handle_batch(
-            &handler,
-            &*queue,
-            &event,
-            Instant::now() + Duration::from_millis(600),
-            &settings,
-        )
-        .await;
+        let response = invoke(&bed, &event, Duration::from_millis(600)).await;
         let mut found = None;
         for record in &event.records {
             let failed = response
@@ -77,14 +93,7 @@ async fn a_drain_longer_than_an_invocation_resumes_in_the_next() {
                 found = record.message_id.clone();
             } else {
                 assert!(!failed, "the test notification succeeds: {response:?}");
-                // What Lambda does with a successful item.
-                bed.sqs
-                    .delete_message()
-                    .queue_url(&bed.queue_url)
-                    .receipt_handle(record.receipt_handle.clone().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
+                delete(&bed, record).await;
             }
         }
         if let Some(id) = found {
@@ -115,23 +124,9 @@ async fn a_drain_longer_than_an_invocation_resumes_in_the_next() {
         else {
             continue;
         };
-        let handler = bed.handler(bed.settings());
-        let response = handle_batch(
-            &handler,
-            &*queue,
-            &event,
-            Instant::now() + Duration::from_secs(60),
-            &settings,
-        )
-        .await;
+        let response = invoke(&bed, &event, Duration::from_secs(60)).await;
         assert!(response.batch_item_failures.is_empty(), "{response:?}");
-        bed.sqs
-            .delete_message()
-            .queue_url(&bed.queue_url)
-            .receipt_handle(record.receipt_handle.clone().unwrap())
-            .send()
-            .await
-            .unwrap();
+        delete(&bed, record).await;
         break;
     }
     let action = bed.action_for(&victim).await.unwrap();

@@ -101,16 +101,7 @@ pub async fn bed(nodes: usize, strangers: usize, heartbeat_timeout: i32, extra: 
         .unwrap()
         .queue_url
         .unwrap();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
+    let queue_arn = queue_arn(&sqs, &queue_url).await;
     asg.create_launch_configuration()
         .launch_configuration_name("workers")
         .image_id("ami-12c6146b")
@@ -192,6 +183,31 @@ pub async fn bed(nodes: usize, strangers: usize, heartbeat_timeout: i32, extra: 
     })
     .await;
     bed
+}
+
+/// The ARN of the queue at `url`, for hook targets and EventBridge rules.
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
+        .clone()
+}
+
+/// A terminate notification in the documented direct Auto Scaling → SQS shape, for a message
+/// sent again by hand (a duplicate, a stale one).
+pub fn notification(instance: &str, token: &Value) -> String {
+    json!({
+        "Origin": "AutoScalingGroup", "Destination": "EC2", "Service": "AWS Auto Scaling",
+        "AccountId": "123456789012", "RequestId": "by-hand", "Time": "2026-11-23T10:00:00.000Z",
+        "AutoScalingGroupName": GROUP, "LifecycleHookName": HOOK, "EC2InstanceId": instance,
+        "LifecycleActionToken": token, "LifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+    })
+    .to_string()
 }
 
 pub async fn ready_pods(sandbox: &Sandbox, selector: &str) -> usize {
@@ -329,6 +345,20 @@ impl Bed {
             .await
             .into_iter()
             .find(|a| a["instanceId"] == instance)
+    }
+
+    /// Waits until moto records `result` (CONTINUE or ABANDON) for the instance's action.
+    pub async fn wait_result(&self, instance: &str, result: &str, limit: Duration) {
+        self.wait_for(&format!("{result} for {instance}"), limit, || async {
+            self.action_for(instance)
+                .await
+                .is_some_and(|a| a["result"] == result)
+        })
+        .await;
+    }
+
+    pub async fn queue_arn(&self) -> String {
+        queue_arn(&self.sqs, &self.queue_url).await
     }
 
     pub async fn node(&self, name: &str) -> Node {
