@@ -213,13 +213,7 @@ struct NodeState {
 }
 
 fn node_state(node: &Node) -> NodeState {
-    let ready = node
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = quiesce_drainer::nodes::is_ready(node);
     let cordoned = node
         .spec
         .as_ref()
@@ -378,13 +372,7 @@ async fn watch_pods(api: Api<Pod>, timeline: Timeline) {
 fn pod_changed(timeline: &Timeline, known: &mut HashMap<String, (PodState, Value)>, pod: &Pod) {
     let subject = pod_subject(pod);
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-    let ready = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = quiesce_core::gate::is_ready(pod);
     let now = PodState {
         node: node.clone(),
         ready,

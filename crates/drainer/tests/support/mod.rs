@@ -217,13 +217,7 @@ pub async fn ready_pods(sandbox: &Sandbox, selector: &str) -> usize {
         .unwrap()
         .items
         .iter()
-        .filter(|p| {
-            p.metadata.deletion_timestamp.is_none()
-                && p.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none() && quiesce_core::gate::is_ready(p))
         .count()
 }
 
