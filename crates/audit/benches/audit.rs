@@ -2,7 +2,7 @@
 //! (2,500 × Deployment + Service + PodDisruptionBudget + ConfigMap). `cargo bench -p quiesce-audit`.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use quiesce_audit::{Options, audit, load};
 use quiesce_core::budget::Stack;
@@ -22,8 +22,7 @@ fn main() {
     let text = corpus(2_500);
     let opts = Options {
         stacks: vec![Stack::Eureka],
-        max_request: Duration::from_secs(5),
-        shutdown: Duration::from_secs(10),
+        ..Options::default()
     };
     for round in 1..=3 {
         let start = Instant::now();

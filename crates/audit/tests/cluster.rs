@@ -1,7 +1,5 @@
 //! `--cluster` against the sandbox: the live objects are audited like files.
 
-use std::time::Duration;
-
 use quiesce_audit::{Options, audit, cluster};
 use quiesce_core::budget::Stack;
 use quiesce_sandbox::scenario::Scenario;
@@ -19,8 +17,7 @@ async fn the_live_default_workloads_are_audited() {
     sandbox.shutdown().await;
     let opts = Options {
         stacks: vec![Stack::KubeProxy],
-        max_request: Duration::from_secs(5),
-        shutdown: Duration::from_secs(10),
+        ..Options::default()
     };
     let (findings, workloads) = audit(&objects, &opts);
     assert_eq!(workloads, 4, "web, api, db, log-agent");
