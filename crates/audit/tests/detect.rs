@@ -15,6 +15,17 @@ fn finding<'a>(findings: &'a [Finding], rule: &str, workload: &str) -> &'a Findi
         .unwrap_or_else(|| panic!("no {rule} for {workload} in {findings:#?}"))
 }
 
+/// The finding of `rule` for `workload`, which must ask for a preStop of `needed`.
+fn budget(findings: &[Finding], rule: &str, workload: &str, needed: &str) -> Finding {
+    let f = finding(findings, rule, workload).clone();
+    assert!(
+        f.message.contains(&format!("needed {needed} = ")),
+        "{}",
+        f.message
+    );
+    f
+}
+
 fn evidence_mentions(f: &Finding, text: &str) -> bool {
     f.evidence.iter().any(|e| e.contains(text))
 }
@@ -29,10 +40,9 @@ fn the_jhipster_store_gets_the_eureka_budget_without_a_service_or_stack() {
         rules(&findings),
         ["single-replica", "no-prestop-delay", "grace-too-short"]
     );
-    let f = finding(&findings, "no-prestop-delay", STORE);
-    assert!(f.message.contains("needed 1m 35s"), "{}", f.message);
+    let f = budget(&findings, "no-prestop-delay", STORE, "1m 35s");
     assert!(
-        evidence_mentions(f, "eureka: env EUREKA_CLIENT_SERVICE_URL_DEFAULTZONE"),
+        evidence_mentions(&f, "eureka: env EUREKA_CLIENT_SERVICE_URL_DEFAULTZONE"),
         "{:?}",
         f.evidence
     );
@@ -81,11 +91,15 @@ fn eureka_in_a_mounted_application_yml_is_found() {
             "          lifecycle: {preStop: {sleep: {seconds: 30}}}\n      volumes: [{name: config, configMap: {name: orders-discovery}}]\n",
         );
     let findings = detect_text(&text);
-    let f = finding(&findings, "prestop-too-short", "Deployment shop/orders");
-    assert!(f.message.contains("needed 1m 35s"), "{}", f.message);
+    let f = budget(
+        &findings,
+        "prestop-too-short",
+        "Deployment shop/orders",
+        "1m 35s",
+    );
     assert!(
         evidence_mentions(
-            f,
+            &f,
             "file application.yml: eureka.client.service-url.defaultZone"
         ),
         "{:?}",
@@ -96,9 +110,8 @@ fn eureka_in_a_mounted_application_yml_is_found() {
 #[test]
 fn the_ingress_nginx_nlb_with_local_traffic_gets_the_health_check_term() {
     let findings = run_files(&["ingress-nginx-aws-deploy.yaml"], &opts(&[]));
-    let f = finding(&findings, "no-prestop-delay", NGINX);
     // kube-proxy 2 s + in-tree NLB health checks 30 s x 3 + 5 s longest request.
-    assert!(f.message.contains("needed 1m 37s"), "{}", f.message);
+    let f = budget(&findings, "no-prestop-delay", NGINX, "1m 37s");
     assert!(
         f.message.contains("interval 30s x unhealthy threshold 3"),
         "{}",
@@ -116,8 +129,7 @@ fn the_ingress_nginx_nlb_with_local_traffic_gets_the_health_check_term() {
         "    service.beta.kubernetes.io/aws-load-balancer-type: nlb\n",
         "    service.beta.kubernetes.io/aws-load-balancer-type: nlb\n    service.beta.kubernetes.io/aws-load-balancer-healthcheck-interval: \"10\"\n    service.beta.kubernetes.io/aws-load-balancer-healthcheck-unhealthy-threshold: \"2\"\n",
     );
-    let f = finding(&detect_text(&tuned), "no-prestop-delay", NGINX).clone();
-    assert!(f.message.contains("needed 27s"), "{}", f.message);
+    let f = budget(&detect_text(&tuned), "no-prestop-delay", NGINX, "27s");
     assert!(
         f.message.contains(
             "annotation service.beta.kubernetes.io/aws-load-balancer-healthcheck-interval=10"
@@ -134,10 +146,9 @@ fn instance_targets_with_cluster_traffic_leave_the_pod_only_kube_proxy() {
         "externalTrafficPolicy: Cluster",
     );
     let findings = detect_text(&cluster);
-    let f = finding(&findings, "no-prestop-delay", NGINX);
-    assert!(f.message.contains("needed 7s"), "{}", f.message);
+    let f = budget(&findings, "no-prestop-delay", NGINX, "7s");
     assert!(
-        evidence_mentions(f, "the node is the target"),
+        evidence_mentions(&f, "the node is the target"),
         "{:?}",
         f.evidence
     );
@@ -149,8 +160,7 @@ fn nlb_ip_targets_need_the_measured_two_minutes() {
         "    service.beta.kubernetes.io/aws-load-balancer-type: nlb\n",
         "    service.beta.kubernetes.io/aws-load-balancer-type: external\n    service.beta.kubernetes.io/aws-load-balancer-nlb-target-type: ip\n    service.beta.kubernetes.io/aws-load-balancer-target-group-attributes: deregistration_delay.timeout_seconds=30\n",
     );
-    let f = finding(&detect_text(&ip), "no-prestop-delay", NGINX).clone();
-    assert!(f.message.contains("needed 2m 10s"), "{}", f.message);
+    let f = budget(&detect_text(&ip), "no-prestop-delay", NGINX, "2m 10s");
     assert!(
         evidence_mentions(&f, "deregistration delay 30s"),
         "{:?}",
@@ -162,8 +172,7 @@ fn nlb_ip_targets_need_the_measured_two_minutes() {
 fn bookinfo_in_an_injected_namespace_gets_the_mesh_budget() {
     let details = "Deployment default/details-v1";
     let plain = run_files(&["istio-bookinfo.yaml"], &opts(&[]));
-    let f = finding(&plain, "no-prestop-delay", details);
-    assert!(f.message.contains("needed 7s"), "{}", f.message);
+    budget(&plain, "no-prestop-delay", details, "7s");
 
     for (namespace, label) in [
         (
@@ -173,8 +182,7 @@ fn bookinfo_in_an_injected_namespace_gets_the_mesh_budget() {
         ("namespace-default-istio-rev.yaml", "istio.io/rev=canary"),
     ] {
         let meshed = run_files(&["istio-bookinfo.yaml", namespace], &opts(&[]));
-        let f = finding(&meshed, "no-prestop-delay", details);
-        assert!(f.message.contains("needed 20s"), "{}", f.message);
+        let f = budget(&meshed, "no-prestop-delay", details, "20s");
         assert!(
             f.evidence[0] == format!("istio: Namespace default, label {label}"),
             "{:?}",
@@ -187,8 +195,7 @@ fn bookinfo_in_an_injected_namespace_gets_the_mesh_budget() {
         "        app: details\n        version: v1\n        sidecar.istio.io/inject: \"false\"\n",
     ) + &fixture_text("namespace-default-istio-injection.yaml")
         .replace("# ", "---\n# ");
-    let f = finding(&detect_text(&opted_out), "no-prestop-delay", details).clone();
-    assert!(f.message.contains("needed 7s"), "{}", f.message);
+    budget(&detect_text(&opted_out), "no-prestop-delay", details, "7s");
 }
 
 #[test]
@@ -215,9 +222,8 @@ fn a_linkerd_annotation_brings_the_linkerd_budget() {
 fn an_alb_ingress_with_ip_targets_gets_the_alb_budget() {
     let workload = "Deployment game-2048/deployment-2048";
     let findings = run_files(&["alb-2048-full.yaml"], &opts(&[]));
-    let f = finding(&findings, "no-prestop-delay", workload);
     // Controller 5 s + health checks 15 s x 2 + 5 s longest request.
-    assert!(f.message.contains("needed 40s"), "{}", f.message);
+    let f = budget(&findings, "no-prestop-delay", workload, "40s");
     assert!(
         f.evidence[0].starts_with(
             "alb: Ingress game-2048/ingress-2048 routes to Service game-2048/service-2048, spec.ingressClassName alb"
@@ -230,8 +236,12 @@ fn an_alb_ingress_with_ip_targets_gets_the_alb_budget() {
         "    alb.ingress.kubernetes.io/target-type: ip\n",
         "    alb.ingress.kubernetes.io/target-type: ip\n    alb.ingress.kubernetes.io/target-group-attributes: deregistration_delay.timeout_seconds=10\n",
     );
-    let f = finding(&detect_text(&short_delay), "no-prestop-delay", workload).clone();
-    assert!(f.message.contains("needed 20s"), "{}", f.message);
+    let f = budget(
+        &detect_text(&short_delay),
+        "no-prestop-delay",
+        workload,
+        "20s",
+    );
     assert!(
         f.message.contains("deregistration delay 10s"),
         "{}",
@@ -244,8 +254,7 @@ fn an_alb_ingress_with_ip_targets_gets_the_alb_budget() {
             "    alb.ingress.kubernetes.io/scheme: internet-facing\n",
             "    kubernetes.io/ingress.class: alb\n    alb.ingress.kubernetes.io/scheme: internet-facing\n",
         );
-    let f = finding(&detect_text(&legacy), "no-prestop-delay", workload).clone();
-    assert!(f.message.contains("needed 40s"), "{}", f.message);
+    let f = budget(&detect_text(&legacy), "no-prestop-delay", workload, "40s");
     assert!(
         evidence_mentions(&f, "annotation kubernetes.io/ingress.class=alb"),
         "{:?}",
@@ -254,15 +263,23 @@ fn an_alb_ingress_with_ip_targets_gets_the_alb_budget() {
 
     let other_class = fixture_text("alb-2048-full.yaml")
         .replace("ingressClassName: alb", "ingressClassName: nginx");
-    let f = finding(&detect_text(&other_class), "no-prestop-delay", workload).clone();
-    assert!(f.message.contains("needed 7s"), "{}", f.message);
+    budget(
+        &detect_text(&other_class),
+        "no-prestop-delay",
+        workload,
+        "7s",
+    );
 }
 
 #[test]
 fn a_target_group_binding_brings_the_load_balancer_budget() {
     let findings = run_files(&["targetgroupbinding.yaml"], &opts(&[]));
-    let f = finding(&findings, "prestop-too-short", "Deployment shop/checkout");
-    assert!(f.message.contains("needed 2m 10s"), "{}", f.message);
+    let f = budget(
+        &findings,
+        "prestop-too-short",
+        "Deployment shop/checkout",
+        "2m 10s",
+    );
     assert!(
         f.evidence[0]
             .starts_with("nlb: TargetGroupBinding shop/checkout binds Service shop/checkout"),
@@ -277,8 +294,7 @@ fn stack_and_annotation_still_override_detection() {
         &["jhipster-store-deployment.yml"],
         &opts(&[Stack::KubeProxy]),
     );
-    let f = finding(&findings, "no-prestop-delay", STORE);
-    assert!(f.message.contains("needed 7s"), "{}", f.message);
+    let f = budget(&findings, "no-prestop-delay", STORE, "7s");
     assert_eq!(f.evidence, ["kube-proxy: --stack"]);
 
     let annotated = fixture_text("jhipster-store-deployment.yml").replace(
@@ -286,8 +302,7 @@ fn stack_and_annotation_still_override_detection() {
         "  namespace: jhipster\n  annotations: {quiesce.io/discovery: istio}\n",
     );
     let findings = detect_text(&annotated);
-    let f = finding(&findings, "no-prestop-delay", STORE);
-    assert!(f.message.contains("needed 20s"), "{}", f.message);
+    budget(&findings, "no-prestop-delay", STORE, "20s");
 
     let typo = annotated.replace(
         "quiesce.io/discovery: istio",

@@ -120,7 +120,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "no-prestop-delay",
         level: Level::Error,
-        why: "Behind a Service, the endpoint is removed at the same time as SIGTERM is sent; clients keep sending requests until every discovery layer catches up.",
+        why: "The discovery stacks in front of the pod (a Service's kube-proxy, a load balancer, Eureka, a mesh) learn that it is terminating at the same time as SIGTERM is sent, or later; clients keep sending requests until the slowest one catches up.",
         fix: "Add a preStop delay (lifecycle.preStop.sleep, or quiesce-init's QUIESCE_DRAIN_DELAY) as long as the computed budget.",
     },
     Rule {
