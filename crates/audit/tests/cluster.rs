@@ -42,3 +42,39 @@ async fn the_live_default_workloads_are_audited() {
     );
     assert!(findings.iter().all(|f| f.source.starts_with("cluster")));
 }
+
+#[tokio::test]
+async fn live_namespace_labels_switch_on_mesh_detection() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let sandbox = Sandbox::start(SandboxOptions {
+        scenario: Scenario::default_for(3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let namespaces: Api<Namespace> = Api::all(sandbox.client());
+    namespaces
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"labels": {"istio-injection": "enabled"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let objects = cluster::load(&sandbox.client()).await.unwrap();
+    sandbox.shutdown().await;
+    let (findings, _) = audit(&objects, &Options::default());
+    let web = findings
+        .iter()
+        .find(|f| f.rule == "no-prestop-delay" && f.workload == "Deployment default/web")
+        .unwrap_or_else(|| panic!("{findings:#?}"));
+    assert!(web.message.contains("needed 20s"), "{}", web.message);
+    assert_eq!(
+        web.evidence[0],
+        "istio: Namespace default, label istio-injection=enabled"
+    );
+}
