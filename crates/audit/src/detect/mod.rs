@@ -124,18 +124,23 @@ pub const RULES: &[(&str, &str)] = &[
 /// Every stack detected in front of `w`; empty when nothing sends it traffic.
 pub fn detect(w: &Workload<'_>, index: &Index<'_>) -> Vec<Detection> {
     let mut out = Vec::new();
-    for svc in &w.services {
+    if !w.services.is_empty() {
+        let names: Vec<String> = w
+            .services
+            .iter()
+            .map(|s| format!("{}/{}", w.namespace, index::name(&s.doc)))
+            .collect();
         out.push(Detection::with_default_terms(
             Stack::KubeProxy,
             format!(
-                "kube-proxy: Service {}/{} selects the pods",
-                w.namespace,
-                index::name(&svc.doc)
+                "kube-proxy: Service {} select{} the pods",
+                names.join(", "),
+                if names.len() == 1 { "s" } else { "" }
             ),
         ));
-        out.extend(lb::detect(w, svc, index));
-    }
-    if !w.services.is_empty() {
+        for svc in &w.services {
+            out.extend(lb::detect(w, svc, index));
+        }
         out.extend(mesh::detect(w, index));
     }
     out.extend(eureka::detect(w, index));
