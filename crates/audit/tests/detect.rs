@@ -4,16 +4,9 @@
 
 mod common;
 
-use common::{detect_text, fixture_text, opts, rules, run_files};
+use common::{detect_text, finding, fixture_text, opts, rules, run_files};
 use quiesce_audit::Finding;
 use quiesce_core::budget::Stack;
-
-fn finding<'a>(findings: &'a [Finding], rule: &str, workload: &str) -> &'a Finding {
-    findings
-        .iter()
-        .find(|f| f.rule == rule && f.workload == workload)
-        .unwrap_or_else(|| panic!("no {rule} for {workload} in {findings:#?}"))
-}
 
 /// The finding of `rule` for `workload`, which must ask for a preStop of `needed`.
 fn budget(findings: &[Finding], rule: &str, workload: &str, needed: &str) -> Finding {

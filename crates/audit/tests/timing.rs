@@ -5,17 +5,18 @@ mod common;
 
 use std::time::Duration;
 
-use common::{GOOD, deployment, detect_text, fixture_text, opts, rules, run_files};
+use common::{GOOD, deployment, detect_text, finding, fixture_text, opts, rules, run_files};
 use quiesce_audit::{Options, audit, load};
 use quiesce_core::budget::Stack;
+
+const GAME: &str = "Deployment game-2048/deployment-2048";
+const NGINX: &str = "Deployment ingress-nginx/ingress-nginx-controller";
+const WEB: &str = "Deployment default/web";
 
 #[test]
 fn ip_targets_without_the_readiness_gate_label_are_flagged() {
     let findings = run_files(&["alb-2048-full.yaml"], &opts(&[]));
-    let f = findings
-        .iter()
-        .find(|f| f.rule == "no-lb-readiness-gate")
-        .expect("the 2048 namespace lacks the label");
+    let f = finding(&findings, "no-lb-readiness-gate", GAME);
     assert_eq!(f.path, "/spec/template/spec/readinessGates");
     assert!(
         f.fix.contains("kubectl label namespace game-2048"),
@@ -41,10 +42,7 @@ fn ip_targets_without_the_readiness_gate_label_are_flagged() {
 #[test]
 fn a_grace_period_past_the_node_shutdown_window_is_flagged() {
     let findings = run_files(&["ingress-nginx-aws-deploy.yaml"], &opts(&[]));
-    let f = findings
-        .iter()
-        .find(|f| f.rule == "grace-exceeds-node-shutdown")
-        .expect("300 s grace on a 120 s window");
+    let f = finding(&findings, "grace-exceeds-node-shutdown", NGINX);
     assert!(
         f.message
             .starts_with("terminationGracePeriodSeconds 300 > the 2m")
@@ -90,10 +88,7 @@ fn a_budget_longer_than_the_spot_notice_is_flagged_on_spot_capacity() {
         "      terminationGracePeriodSeconds: 150\n      nodeSelector: {karpenter.sh/capacity-type: spot}\n",
     );
     let findings = common::run_text(&spot, &[Stack::Nlb]);
-    let f = findings
-        .iter()
-        .find(|f| f.rule == "preemptible-budget")
-        .expect("2m 20s on Spot");
+    let f = finding(&findings, "preemptible-budget", WEB);
     assert_eq!(f.path, "/spec/template/spec/nodeSelector");
     assert!(
         f.message.contains("2m 20s > the 2m interruption notice"),
@@ -109,10 +104,7 @@ fn a_budget_longer_than_the_spot_notice_is_flagged_on_spot_capacity() {
         "      terminationGracePeriodSeconds: 150\n      affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: eks.amazonaws.com/capacityType, operator: In, values: [SPOT]}]}]}}}\n",
     );
     let findings = common::run_text(&affinity, &[Stack::Nlb]);
-    let f = findings
-        .iter()
-        .find(|f| f.rule == "preemptible-budget")
-        .expect("a managed node group's Spot label");
+    let f = finding(&findings, "preemptible-budget", WEB);
     assert_eq!(f.path, "/spec/template/spec/affinity/nodeAffinity");
     assert!(
         !rules(&common::run_text(&affinity, &[Stack::KubeProxy])).contains(&"preemptible-budget")
@@ -150,10 +142,7 @@ fn the_apps_own_drain_counts_toward_the_prestop_budget() {
     assert!(short[0].fix.contains("at least 4s"), "{}", short[0].fix);
 
     let bad = detect_text(&with_drain("soon"));
-    let f = bad
-        .iter()
-        .find(|f| f.rule == "invalid-annotation")
-        .expect("an unreadable duration is reported");
+    let f = finding(&bad, "invalid-annotation", WEB);
     assert!(
         f.message.contains("\"soon\" is not a duration"),
         "{}",

@@ -138,7 +138,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "no-lb-readiness-gate",
         level: Level::Warning,
-        why: "With ip targets the load balancer registers each new pod and health-checks it before sending traffic, while the rollout or drain only waits for Kubernetes readiness: old pods can be removed before any new target is healthy. The AWS Load Balancer Controller's pod readiness gate holds the pod unready until its target is healthy.",
+        why: "With ip targets the load balancer registers each new pod and health-checks it before sending traffic, while the rollout or drain only waits for Kubernetes readiness: old pods can be removed before any new target is healthy. The AWS Load Balancer Controller's pod readiness gate holds the pod unready until its target is healthy. Checked when the pod's Namespace is among the manifests (or live, with --cluster).",
         fix: "Label the namespace elbv2.k8s.aws/pod-readiness-gate-inject=enabled (then restart the pods so the gate is injected).",
     },
     Rule {

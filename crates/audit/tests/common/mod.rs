@@ -59,3 +59,11 @@ pub fn detect_text(text: &str) -> Vec<Finding> {
 pub fn fixture_text(name: &str) -> String {
     std::fs::read_to_string(fixture(name)).expect("fixture reads")
 }
+
+/// The finding of `rule` for `workload`; fails the test when there is none.
+pub fn finding<'a>(findings: &'a [Finding], rule: &str, workload: &str) -> &'a Finding {
+    findings
+        .iter()
+        .find(|f| f.rule == rule && f.workload == workload)
+        .unwrap_or_else(|| panic!("no {rule} for {workload} in {findings:#?}"))
+}
