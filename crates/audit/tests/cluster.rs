@@ -5,14 +5,19 @@ use quiesce_core::budget::Stack;
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::{Sandbox, SandboxOptions};
 
-#[tokio::test]
-async fn the_live_default_workloads_are_audited() {
-    let sandbox = Sandbox::start(SandboxOptions {
+/// The sandbox with its default scenario on 3 nodes (web, api, db, log-agent).
+async fn default_sandbox() -> Sandbox {
+    Sandbox::start(SandboxOptions {
         scenario: Scenario::default_for(3),
         ..Default::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_live_default_workloads_are_audited() {
+    let sandbox = default_sandbox().await;
     let objects = cluster::load(&sandbox.client()).await.unwrap();
     sandbox.shutdown().await;
     let opts = Options {
@@ -48,12 +53,7 @@ async fn live_namespace_labels_switch_on_mesh_detection() {
     use k8s_openapi::api::core::v1::Namespace;
     use kube::api::{Api, Patch, PatchParams};
 
-    let sandbox = Sandbox::start(SandboxOptions {
-        scenario: Scenario::default_for(3),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sandbox = default_sandbox().await;
     let namespaces: Api<Namespace> = Api::all(sandbox.client());
     namespaces
         .patch(
