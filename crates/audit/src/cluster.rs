@@ -83,10 +83,14 @@ pub async fn load(client: &kube::Client) -> Result<Vec<Object>, Error> {
             let mut doc = serde_json::to_value(&item).expect("a listed object serialises");
             doc["kind"] = json!(kind);
             doc["apiVersion"] = json!(resource.api_version);
-            let ns = item.metadata.namespace.clone().unwrap_or_default();
             let name = item.metadata.name.clone().unwrap_or_default();
+            // Cluster-scoped kinds (Namespace, IngressClass) have no namespace segment.
+            let source = match &item.metadata.namespace {
+                Some(ns) => format!("cluster/{ns}/{kind}/{name}"),
+                None => format!("cluster/{kind}/{name}"),
+            };
             out.push(Object {
-                source: PathBuf::from(format!("cluster/{ns}/{kind}/{name}")),
+                source: PathBuf::from(source),
                 doc,
             });
         }
