@@ -1,6 +1,7 @@
 //! `--cluster`: the live objects instead of files, read through kube-rs. Each kind is listed at
 //! the version the server serves (PodDisruptionBudgets: policy/v1, or v1beta1 on old servers;
-//! HorizontalPodAutoscalers are optional), so the same audit runs on any cluster.
+//! HorizontalPodAutoscalers and the kinds only stack detection reads are optional), so the same
+//! audit runs on any cluster.
 
 use std::path::PathBuf;
 
@@ -25,6 +26,20 @@ const KINDS: &[(&str, &[&str], &str, bool)] = &[
         "HorizontalPodAutoscaler",
         true,
     ),
+    // What stack detection reads: namespace labels (mesh injection, readiness gates), Spring
+    // settings in ConfigMaps, ALB Ingresses and bound target groups. The sandbox serves only
+    // Namespaces of these, and a cluster without the AWS Load Balancer Controller has no
+    // TargetGroupBinding kind, hence optional.
+    ("", &["v1"], "Namespace", false),
+    ("", &["v1"], "ConfigMap", true),
+    ("networking.k8s.io", &["v1", "v1beta1"], "Ingress", true),
+    (
+        "networking.k8s.io",
+        &["v1", "v1beta1"],
+        "IngressClass",
+        true,
+    ),
+    ("elbv2.k8s.aws", &["v1beta1"], "TargetGroupBinding", true),
 ];
 
 async fn resolve(
@@ -68,10 +83,14 @@ pub async fn load(client: &kube::Client) -> Result<Vec<Object>, Error> {
             let mut doc = serde_json::to_value(&item).expect("a listed object serialises");
             doc["kind"] = json!(kind);
             doc["apiVersion"] = json!(resource.api_version);
-            let ns = item.metadata.namespace.clone().unwrap_or_default();
             let name = item.metadata.name.clone().unwrap_or_default();
+            // Cluster-scoped kinds (Namespace, IngressClass) have no namespace segment.
+            let source = match &item.metadata.namespace {
+                Some(ns) => format!("cluster/{ns}/{kind}/{name}"),
+                None => format!("cluster/{kind}/{name}"),
+            };
             out.push(Object {
-                source: PathBuf::from(format!("cluster/{ns}/{kind}/{name}")),
+                source: PathBuf::from(source),
                 doc,
             });
         }

@@ -1,4 +1,5 @@
-//! Report renderers: text grouped by workload, and JSON.
+//! Report renderers: text grouped by workload, JSON and SARIF. Timing findings carry the
+//! evidence of the discovery stacks they were computed for in every format.
 
 use std::fmt::Write;
 
@@ -23,6 +24,9 @@ pub fn text(findings: &[Finding], workloads: usize) -> String {
             f.message,
             f.fix
         );
+        for e in &f.evidence {
+            let _ = writeln!(out, "    stack: {e}");
+        }
     }
     let _ = writeln!(
         out,
@@ -54,10 +58,16 @@ pub fn sarif(findings: &[Finding]) -> String {
     let results: Vec<_> = findings
         .iter()
         .map(|f| {
+            let detected = if f.evidence.is_empty() {
+                String::new()
+            } else {
+                format!("; stacks: {}", f.evidence.join("; "))
+            };
             serde_json::json!({
                 "ruleId": f.rule,
                 "level": f.level,
-                "message": { "text": format!("{}: {} (fix: {})", f.workload, f.message, f.fix) },
+                "message": { "text": format!("{}: {} (fix: {}){detected}", f.workload, f.message, f.fix) },
+                "properties": { "evidence": f.evidence },
                 "locations": [{
                     "physicalLocation": {
                         "artifactLocation": { "uri": f.source.to_string_lossy().replace('\\', "/") }

@@ -1,9 +1,8 @@
 //! Grouping objects into workloads with the Services and PDBs that select their pods.
 
-use std::collections::HashMap;
-
 use serde_json::Value;
 
+use crate::index::{self, Index};
 use crate::load::Object;
 
 /// Something that runs pods, with what routes traffic to them and what protects them.
@@ -13,12 +12,17 @@ pub struct Workload<'a> {
     pub object: &'a Object,
     /// `Deployment`, `StatefulSet`, `DaemonSet`, `ReplicaSet` or `Pod`.
     pub kind: String,
+    /// The namespace, for looking up what lives beside it.
+    pub namespace: &'a str,
     /// `namespace/name`, for reports.
     pub name: String,
     /// The pod spec (the template's for controllers).
     pub pod_spec: &'a Value,
     /// Where the pod spec sits, for field paths in findings.
     pub pod_spec_path: &'static str,
+    /// The pod's metadata (the template's for controllers): injection labels and annotations
+    /// sit there.
+    pub pod_metadata: Option<&'a Value>,
     /// Services whose selector matches the pod labels.
     pub services: Vec<&'a Object>,
     /// PodDisruptionBudgets whose selector matches the pod labels.
@@ -27,10 +31,26 @@ pub struct Workload<'a> {
     pub hpa_min_replicas: Option<i64>,
 }
 
-fn namespace(doc: &Value) -> &str {
-    doc.pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default")
+impl<'a> Workload<'a> {
+    /// A pod annotation, looked up on the pod template first and then on the controller, since
+    /// people put `quiesce.io/*` annotations on either.
+    pub fn annotation(&self, key: &str) -> Option<&'a str> {
+        [
+            self.pod_metadata.and_then(|m| m.get("annotations")),
+            self.object.doc.pointer("/metadata/annotations"),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|a| a.get(key)?.as_str())
+    }
+
+    /// A pod label or annotation (some injectors accept either), pod template only.
+    pub fn pod_label_or_annotation(&self, key: &str) -> Option<&'a str> {
+        let meta = self.pod_metadata?;
+        ["labels", "annotations"]
+            .iter()
+            .find_map(|k| meta.get(*k)?.get(key)?.as_str())
+    }
 }
 
 fn matches_labels(selector: Option<&Value>, labels: Option<&Value>) -> bool {
@@ -45,46 +65,32 @@ fn matches_labels(selector: Option<&Value>, labels: Option<&Value>) -> bool {
 }
 
 /// Groups `objects` into workloads; objects of other kinds only matter as selectors.
-pub fn group(objects: &[Object]) -> Vec<Workload<'_>> {
-    // Selectors only match within a namespace, so index by it: a 10,000-object stream would
-    // otherwise compare every workload with every object.
-    let mut by_namespace: HashMap<(&str, &str), Vec<&Object>> = HashMap::new();
-    for o in objects {
-        if let Some(kind @ ("Service" | "PodDisruptionBudget" | "HorizontalPodAutoscaler")) =
-            o.doc.get("kind").and_then(Value::as_str)
-        {
-            by_namespace
-                .entry((namespace(&o.doc), kind))
-                .or_default()
-                .push(o);
-        }
-    }
-    let selecting =
-        |ns: &str, kind: &str, selector: &str, labels: Option<&Value>| -> Vec<&Object> {
-            by_namespace
-                .get(&(ns, kind))
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|o| matches_labels(o.doc.pointer(selector), labels))
-                .collect()
-        };
+pub fn group<'a>(objects: &'a [Object], index: &Index<'a>) -> Vec<Workload<'a>> {
+    let selecting = |ns: &str, kind: &str, selector: &str, labels: Option<&Value>| {
+        index
+            .of(ns, kind)
+            .iter()
+            .copied()
+            .filter(|o| matches_labels(o.doc.pointer(selector), labels))
+            .collect::<Vec<&Object>>()
+    };
     let mut out = Vec::new();
     for object in objects {
         let doc = &object.doc;
         let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let (pod_spec_path, labels_path) = match kind {
+        let (pod_spec_path, metadata_path) = match kind {
             "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => {
-                ("/spec/template/spec", "/spec/template/metadata/labels")
+                ("/spec/template/spec", "/spec/template/metadata")
             }
-            "Pod" => ("/spec", "/metadata/labels"),
+            "Pod" => ("/spec", "/metadata"),
             _ => continue,
         };
         let Some(pod_spec) = doc.pointer(pod_spec_path) else {
             continue;
         };
-        let labels = doc.pointer(labels_path);
-        let ns = namespace(doc);
+        let pod_metadata = doc.pointer(metadata_path);
+        let labels = pod_metadata.and_then(|m| m.get("labels"));
+        let ns = index::namespace(doc);
         let services = selecting(ns, "Service", "/spec/selector", labels);
         let pdbs = selecting(
             ns,
@@ -96,10 +102,9 @@ pub fn group(objects: &[Object]) -> Vec<Workload<'_>> {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or("<unnamed>");
-        let hpa_min_replicas = by_namespace
-            .get(&(ns, "HorizontalPodAutoscaler"))
-            .into_iter()
-            .flatten()
+        let hpa_min_replicas = index
+            .of(ns, "HorizontalPodAutoscaler")
+            .iter()
             .find(|h| {
                 h.doc
                     .pointer("/spec/scaleTargetRef/kind")
@@ -119,9 +124,11 @@ pub fn group(objects: &[Object]) -> Vec<Workload<'_>> {
         out.push(Workload {
             object,
             kind: kind.to_string(),
+            namespace: ns,
             name: format!("{ns}/{name}"),
             pod_spec,
             pod_spec_path,
+            pod_metadata,
             services,
             pdbs,
             hpa_min_replicas,

@@ -1,41 +1,12 @@
 //! Rules over fixture manifests: a failing and a passing case per rule, and bad input.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod common;
 
-use quiesce_audit::{Error, Finding, Options, audit, load};
+use std::path::Path;
+
+use common::{GOOD, deployment, fixture, opts, rules, run_text};
+use quiesce_audit::{Error, audit, load};
 use quiesce_core::budget::Stack;
-
-fn opts(stacks: &[Stack]) -> Options {
-    Options {
-        stacks: stacks.to_vec(),
-        max_request: Duration::from_secs(5),
-        shutdown: Duration::from_secs(10),
-    }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn run_text(text: &str, stacks: &[Stack]) -> Vec<Finding> {
-    let objects = load::parse(Path::new("inline.yaml"), text).expect("fixture parses");
-    audit(&objects, &opts(stacks)).0
-}
-
-fn rules(findings: &[Finding]) -> Vec<&'static str> {
-    findings.iter().map(|f| f.rule).collect()
-}
-
-fn deployment(replicas: u32, extra_spec: &str, container: &str) -> String {
-    format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n{extra_spec}  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 60\n      topologySpreadConstraints: [{{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: ScheduleAnyway, labelSelector: {{matchLabels: {{app: web}}}}}}]\n      containers:\n        - name: app\n          image: example/web:1\n{container}---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{selector: {{app: web}}}}\n---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\nspec: {{maxUnavailable: 1, selector: {{matchLabels: {{app: web}}}}}}\n"
-    )
-}
-
-const GOOD: &str = "          readinessProbe: {httpGet: {path: /, port: 80}}\n          lifecycle: {preStop: {sleep: {seconds: 10}}}\n";
 
 #[test]
 fn eureka_deployment_with_thirty_second_prestop_fails_and_the_fix_passes() {

@@ -1,18 +1,13 @@
 //! `--format sarif` validates against the official SARIF 2.1.0 schema (vendored in
 //! tests/fixtures, see SOURCES.md), checked by Python's `jsonschema` (tests/requirements.txt).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+mod common;
 
+use std::process::Command;
+
+use common::{fixture, opts, run_files};
 use quiesce_audit::{Options, audit, load, report};
 use quiesce_core::budget::Stack;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// Runs the Draft 7 validator the schema declares; Ok or the validator's complaint.
 fn validate(document: &str) -> Result<(), String> {
@@ -42,8 +37,7 @@ fn sarif_report_validates_against_the_schema() {
     .unwrap();
     let opts = Options {
         stacks: vec![Stack::Eureka],
-        max_request: Duration::from_secs(5),
-        shutdown: Duration::from_secs(10),
+        ..Options::default()
     };
     let (findings, _) = audit(&objects, &opts);
     assert!(findings.len() > 5);
@@ -61,4 +55,60 @@ fn sarif_report_validates_against_the_schema() {
 fn the_validator_rejects_a_broken_log() {
     let broken = report::sarif(&[]).replace("\"2.1.0\"", "\"9.9\"");
     assert!(validate(&broken).is_err());
+}
+
+#[test]
+fn detected_stacks_are_named_in_json_text_and_a_valid_sarif_log() {
+    let findings = run_files(
+        &[
+            "ingress-nginx-aws-deploy.yaml",
+            "jhipster-store-deployment.yml",
+            "alb-2048-full.yaml",
+        ],
+        &opts(&[]),
+    );
+    let nlb = "nlb: Service ingress-nginx/ingress-nginx-controller, annotation service.beta.kubernetes.io/aws-load-balancer-type=nlb";
+    let eureka = "eureka: env EUREKA_CLIENT_SERVICE_URL_DEFAULTZONE of jhipster/store";
+
+    let sarif = report::sarif(&findings);
+    validate(&sarif).expect("SARIF validates");
+    let log: serde_json::Value = serde_json::from_str(&sarif).unwrap();
+    let results = log["runs"][0]["results"].as_array().unwrap();
+    let nginx = results
+        .iter()
+        .find(|r| {
+            r["ruleId"] == "no-prestop-delay"
+                && r["message"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("Deployment ingress-nginx/")
+        })
+        .expect("ingress-nginx's budget finding");
+    assert!(
+        nginx["message"]["text"].as_str().unwrap().contains(nlb),
+        "{nginx}"
+    );
+    assert!(
+        nginx["properties"]["evidence"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(nlb),
+        "{nginx}"
+    );
+
+    let json: serde_json::Value = serde_json::from_str(&report::json(&findings)).unwrap();
+    let store = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "no-prestop-delay" && f["workload"] == "Deployment jhipster/store")
+        .expect("the store's budget finding");
+    assert!(
+        store["evidence"][0].as_str().unwrap().starts_with(eureka),
+        "{store}"
+    );
+
+    let text = report::text(&findings, 3);
+    assert!(text.contains(&format!("    stack: {nlb}")), "{text}");
+    assert!(text.contains(&format!("    stack: {eureka}")), "{text}");
 }

@@ -134,3 +134,101 @@ async fn cluster_mode_reads_the_live_objects() {
     );
     assert!(report.contains("no-prestop-delay"), "{report}");
 }
+
+#[test]
+fn without_stack_the_stacks_are_detected_and_named() {
+    let out = quiesce(&["audit", &fixture("jhipster-store-deployment.yml")], None);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("needed 1m 35s")
+            && text.contains("stack: eureka: env EUREKA_CLIENT_SERVICE_URL_DEFAULTZONE"),
+        "{text}"
+    );
+
+    let out = quiesce(
+        &[
+            "audit",
+            &fixture("ingress-nginx-aws-deploy.yaml"),
+            "--format",
+            "sarif",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let log: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is SARIF");
+    let evidence: Vec<&str> = log["runs"][0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["properties"]["evidence"].as_array().unwrap())
+        .filter_map(|e| e.as_str())
+        .collect();
+    assert!(
+        evidence.iter().any(|e| e.starts_with(
+            "nlb: Service ingress-nginx/ingress-nginx-controller, annotation service.beta.kubernetes.io/aws-load-balancer-type=nlb"
+        )),
+        "{evidence:?}"
+    );
+}
+
+#[test]
+fn explain_covers_detection_and_the_new_rules() {
+    let out = quiesce(&["audit", "--explain", "detection"], None);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "istio.io/rev",
+        "TargetGroupBinding",
+        "EUREKA_CLIENT_SERVICEURL_DEFAULTZONE",
+        "externalTrafficPolicy Local",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+    for (rule, needle) in [
+        ("no-lb-readiness-gate", "pod-readiness-gate-inject"),
+        ("grace-exceeds-node-shutdown", "shutdownGracePeriod"),
+        ("preemptible-budget", "two minutes"),
+    ] {
+        let out = quiesce(&["audit", "--explain", rule], None);
+        assert_eq!(out.status.code(), Some(0), "{rule}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(needle), "{rule}: {text}");
+    }
+}
+
+#[test]
+fn node_shutdown_window_flags_are_checked() {
+    let nginx = fixture("ingress-nginx-aws-deploy.yaml");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["audit", nginx.as_str(), "--format", "json"];
+        args.extend_from_slice(extra);
+        quiesce(&args, None)
+    };
+    let rules = |out: &Output| -> Vec<String> {
+        let findings: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["rule"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(rules(&run(&[])).contains(&"grace-exceeds-node-shutdown".to_string()));
+    assert!(
+        !rules(&run(&["--node-shutdown-grace", "6m"]))
+            .contains(&"grace-exceeds-node-shutdown".to_string())
+    );
+    let out = run(&[
+        "--node-shutdown-grace",
+        "30s",
+        "--node-shutdown-critical-grace",
+        "1m",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--node-shutdown-critical-grace 1m"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -27,8 +27,10 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
-    /// Discovery stacks in front of the workloads (kube-proxy, alb, nlb, eureka, istio, linkerd).
-    #[arg(long = "stack", value_delimiter = ',', default_value = "kube-proxy")]
+    /// Discovery stacks in front of every workload that receives traffic (kube-proxy, alb, nlb,
+    /// eureka, istio, linkerd), replacing the ones detected from the manifests
+    /// (`--explain detection` lists the detection rules).
+    #[arg(long = "stack", value_delimiter = ',')]
     stacks: Vec<Stack>,
     /// The longest request the apps serve.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
@@ -36,13 +38,21 @@ pub struct Args {
     /// The apps' own shutdown time where the manifests do not show it.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     shutdown: Duration,
+    /// The kubelet's shutdownGracePeriod on the nodes (the EKS AL2023 AMI's from 1.34).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "150s")]
+    node_shutdown_grace: Duration,
+    /// The part of --node-shutdown-grace reserved for critical pods
+    /// (shutdownGracePeriodCriticalPods).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    node_shutdown_critical_grace: Duration,
     /// Audit the live objects of a cluster instead of files.
     #[arg(long, conflicts_with = "paths")]
     cluster: bool,
     /// Kubeconfig for --cluster (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, requires = "cluster")]
     kubeconfig: Option<PathBuf>,
-    /// Print why a rule matters and how to fix it, then exit.
+    /// Print why a rule matters and how to fix it (or, for `detection`, how each discovery
+    /// stack is detected), then exit.
     #[arg(long, value_name = "RULE")]
     explain: Option<String>,
 }
@@ -50,9 +60,19 @@ pub struct Args {
 /// Exit 0 clean, 1 on error-level findings, 2 on input that cannot be read or parsed.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(id) = args.explain {
+        if id == "detection" {
+            println!("how quiesce audit finds the discovery stacks in front of each workload:\n");
+            for (stack, rule) in quiesce_audit::detect::RULES {
+                println!("{stack}: {rule}\n");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let Some(rule) = quiesce_audit::rules::explain(&id) else {
             let ids: Vec<&str> = quiesce_audit::rules::RULES.iter().map(|r| r.id).collect();
-            eprintln!("error: unknown rule {id:?}; rules are {}", ids.join(", "));
+            eprintln!(
+                "error: unknown rule {id:?}; rules are {} (or `detection`)",
+                ids.join(", ")
+            );
             return Ok(ExitCode::from(2));
         };
         println!(
@@ -60,6 +80,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             rule.id, rule.level, rule.why, rule.fix
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if args.node_shutdown_critical_grace > args.node_shutdown_grace {
+        eprintln!(
+            "error: --node-shutdown-critical-grace {} is longer than --node-shutdown-grace {}: the critical pods' window is part of the whole",
+            humantime::format_duration(args.node_shutdown_critical_grace),
+            humantime::format_duration(args.node_shutdown_grace)
+        );
+        return Ok(ExitCode::from(2));
     }
     let loaded = if args.cluster {
         load_cluster(args.kubeconfig.as_deref())?
@@ -77,6 +105,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         stacks: args.stacks,
         max_request: args.max_request,
         shutdown: args.shutdown,
+        node_shutdown_grace: args.node_shutdown_grace,
+        node_shutdown_critical_grace: args.node_shutdown_critical_grace,
     };
     let (findings, workloads) = quiesce_audit::audit(&objects, &opts);
     tracing::debug!(

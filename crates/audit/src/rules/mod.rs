@@ -1,13 +1,18 @@
 //! The rules: each finding names the rule, the object, the field path and the fix.
 
+mod container;
+mod timing;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
-use quiesce_core::budget::{self, Stack};
+use quiesce_core::budget::Stack;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::index::Index;
 use crate::workload::Workload;
+use container::{containers, exec_prestop_shell, looks_like_spring_boot, spring_graceful};
 
 /// How bad a finding is; any `Error` makes `quiesce audit` exit 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,7 +120,7 @@ pub const RULES: &[Rule] = &[
     Rule {
         id: "no-prestop-delay",
         level: Level::Error,
-        why: "Behind a Service, the endpoint is removed at the same time as SIGTERM is sent; clients keep sending requests until every discovery layer catches up.",
+        why: "The discovery stacks in front of the pod (a Service's kube-proxy, a load balancer, Eureka, a mesh) learn that it is terminating at the same time as SIGTERM is sent, or later; clients keep sending requests until the slowest one catches up.",
         fix: "Add a preStop delay (lifecycle.preStop.sleep, or quiesce-init's QUIESCE_DRAIN_DELAY) as long as the computed budget.",
     },
     Rule {
@@ -130,6 +135,30 @@ pub const RULES: &[Rule] = &[
         why: "terminationGracePeriodSeconds counts from the start of preStop; the kubelet sends SIGKILL when it runs out, cutting the app's shutdown short.",
         fix: "Set terminationGracePeriodSeconds to at least the preStop delay plus the app's shutdown time.",
     },
+    Rule {
+        id: "no-lb-readiness-gate",
+        level: Level::Warning,
+        why: "With ip targets the load balancer registers each new pod and health-checks it before sending traffic, while the rollout or drain only waits for Kubernetes readiness: old pods can be removed before any new target is healthy. The AWS Load Balancer Controller's pod readiness gate holds the pod unready until its target is healthy. Checked when the pod's Namespace is among the manifests (or live, with --cluster).",
+        fix: "Label the namespace elbv2.k8s.aws/pod-readiness-gate-inject=enabled (then restart the pods so the gate is injected).",
+    },
+    Rule {
+        id: "grace-exceeds-node-shutdown",
+        level: Level::Warning,
+        why: "On a node shutdown (an instance refresh, a Spot reclaim, a reboot) the kubelet gives pods at most its graceful-shutdown window, shutdownGracePeriod minus shutdownGracePeriodCriticalPods for ordinary pods, whatever terminationGracePeriodSeconds says; a longer preStop plus shutdown is cut short.",
+        fix: "Keep preStop plus shutdown inside the window (--node-shutdown-grace), or raise the kubelet's shutdownGracePeriod on the node group.",
+    },
+    Rule {
+        id: "preemptible-budget",
+        level: Level::Warning,
+        why: "Spot capacity is reclaimed two minutes after the interruption notice; a pod whose preStop plus shutdown takes longer is killed mid-drain on every interruption.",
+        fix: "Keep preStop plus shutdown under 2 minutes for pods on Spot, or run them on on-demand capacity.",
+    },
+    Rule {
+        id: "invalid-annotation",
+        level: Level::Error,
+        why: "A quiesce.io annotation the audit cannot read is ignored, so the budget is computed without what it was meant to say.",
+        fix: "Write quiesce.io/discovery as a comma-separated list of stacks and quiesce.io/app-drain-delay as a duration such as 3s.",
+    },
 ];
 
 /// Looks up a rule for `--explain`.
@@ -140,12 +169,32 @@ pub fn explain(id: &str) -> Option<&'static Rule> {
 /// What the audit assumes where the manifest is silent.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Discovery stacks in front of every workload (the annotation `quiesce.io/discovery` overrides).
+    /// Discovery stacks that replace the detected ones for every workload that receives
+    /// traffic; empty to detect them from the manifests (the annotation `quiesce.io/discovery`
+    /// overrides both).
     pub stacks: Vec<Stack>,
     /// The longest request the app serves.
     pub max_request: Duration,
     /// The app's own shutdown time when the manifest does not show it.
     pub shutdown: Duration,
+    /// The kubelet's `shutdownGracePeriod` on the nodes.
+    pub node_shutdown_grace: Duration,
+    /// The part of it reserved for critical pods (`shutdownGracePeriodCriticalPods`).
+    pub node_shutdown_critical_grace: Duration,
+}
+
+impl Default for Options {
+    /// The CLI's defaults. The node-shutdown window is the EKS AL2023 AMI's from Kubernetes
+    /// 1.34 on: 2m30s, the last 30s for critical pods (awslabs/amazon-eks-ami #2390).
+    fn default() -> Self {
+        Self {
+            stacks: Vec::new(),
+            max_request: Duration::from_secs(5),
+            shutdown: Duration::from_secs(10),
+            node_shutdown_grace: Duration::from_secs(150),
+            node_shutdown_critical_grace: Duration::from_secs(30),
+        }
+    }
 }
 
 /// One problem with one workload.
@@ -165,99 +214,40 @@ pub struct Finding {
     pub message: String,
     /// What to change.
     pub fix: String,
+    /// For timing findings, the discovery stacks found in front of the workload and what in
+    /// the manifests showed each, so a reader can check the budget's premises.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
 }
 
-/// Kubernetes' default terminationGracePeriodSeconds (PodSpec API reference: "Defaults to 30 seconds").
-const DEFAULT_GRACE: Duration = Duration::from_secs(30);
-
-fn containers<'a>(w: &Workload<'a>) -> impl Iterator<Item = (usize, &'a Value)> + use<'a> {
-    w.pod_spec
-        .get("containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
+/// Collects one workload's findings, filling in what every finding of it shares.
+struct Findings<'w, 'a> {
+    w: &'w Workload<'a>,
+    out: Vec<Finding>,
 }
 
-fn env<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
-    c.get("env")?
-        .as_array()?
-        .iter()
-        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))?
-        .get("value")?
-        .as_str()
-}
-
-fn arg<'a>(c: &'a Value, flag: &str) -> Option<&'a str> {
-    let words: Vec<&str> = ["command", "args"]
-        .iter()
-        .filter_map(|k| c.get(*k).and_then(Value::as_array))
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    words.iter().enumerate().find_map(|(i, w)| {
-        w.strip_prefix(flag)
-            .and_then(|rest| rest.strip_prefix('='))
-            .or_else(|| (*w == flag).then(|| words.get(i + 1).copied()).flatten())
-    })
-}
-
-fn duration(text: &str) -> Option<Duration> {
-    humantime::parse_duration(text)
-        .ok()
-        .or_else(|| text.parse::<u64>().ok().map(Duration::from_secs))
-}
-
-/// The preStop delay of one container: the sleep action, a `sleep N` exec, or quiesce-init's
-/// drain delay (`QUIESCE_DRAIN_DELAY` / `--drain-delay`).
-fn prestop_delay(c: &Value) -> Option<Duration> {
-    if let Some(d) = env(c, "QUIESCE_DRAIN_DELAY").or_else(|| arg(c, "--drain-delay")) {
-        return duration(d);
-    }
-    let pre = c.pointer("/lifecycle/preStop")?;
-    if let Some(s) = pre.pointer("/sleep/seconds").and_then(Value::as_u64) {
-        return Some(Duration::from_secs(s));
-    }
-    let words: Vec<&str> = pre
-        .pointer("/exec/command")?
-        .as_array()?
-        .iter()
-        .filter_map(Value::as_str)
-        .flat_map(str::split_whitespace)
-        .collect();
-    words
-        .windows(2)
-        .find(|w| w[0] == "sleep")
-        .and_then(|w| duration(w[1].trim_end_matches(';')))
-}
-
-/// The app's own shutdown time, where the manifest shows it.
-fn shutdown(c: &Value) -> Option<Duration> {
-    env(c, "QUIESCE_STOP_TIMEOUT")
-        .or_else(|| arg(c, "--stop-timeout"))
-        .or_else(|| env(c, "SPRING_LIFECYCLE_TIMEOUT_PER_SHUTDOWN_PHASE"))
-        .and_then(duration)
-}
-
-fn stacks(w: &Workload<'_>, opts: &Options) -> Vec<Stack> {
-    let annotation = [
-        "/metadata/annotations",
-        "/spec/template/metadata/annotations",
-    ]
-    .iter()
-    .find_map(|p| {
-        w.object
-            .doc
-            .pointer(p)?
-            .get("quiesce.io/discovery")?
-            .as_str()
-    });
-    match annotation {
-        Some(list) => list
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect(),
-        None => opts.stacks.clone(),
+impl Findings<'_, '_> {
+    /// Adds a finding of rule `id`; `fix` replaces the rule's generic fix when the numbers
+    /// are known. Returns it so timing rules can attach their evidence.
+    fn emit(
+        &mut self,
+        id: &'static str,
+        path: String,
+        message: String,
+        fix: Option<String>,
+    ) -> &mut Finding {
+        let rule = explain(id).expect("rule ids are listed in RULES");
+        self.out.push(Finding {
+            rule: id,
+            level: rule.level,
+            source: self.w.object.source.clone(),
+            workload: format!("{} {}", self.w.kind, self.w.name),
+            path,
+            message,
+            fix: fix.unwrap_or_else(|| rule.fix.to_string()),
+            evidence: Vec::new(),
+        });
+        self.out.last_mut().expect("just pushed")
     }
 }
 
@@ -300,60 +290,13 @@ fn spreads(pod_spec: &Value) -> bool {
             .is_some_and(|c| !c.is_empty())
 }
 
-/// The shell an exec preStop runs, if it runs one.
-fn exec_prestop_shell(c: &Value) -> Option<String> {
-    let first = c.pointer("/lifecycle/preStop/exec/command/0")?.as_str()?;
-    let base = first.rsplit('/').next().unwrap_or(first);
-    matches!(base, "sh" | "bash" | "ash" | "dash" | "zsh").then(|| first.to_string())
-}
-
-/// Whether the env, command or image shows a Spring Boot app.
-fn looks_like_spring_boot(c: &Value) -> bool {
-    let env_says = c
-        .get("env")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .any(|e| {
-            e.get("name")
-                .and_then(Value::as_str)
-                .is_some_and(|n| n.starts_with("SPRING_"))
-        });
-    let args_say = ["command", "args"]
-        .iter()
-        .filter_map(|k| c.get(*k).and_then(Value::as_array))
-        .flatten()
-        .filter_map(Value::as_str)
-        .any(|a| a.contains("spring.") || a.contains("spring-boot"));
-    env_says || args_say
-}
-
-/// Whether graceful shutdown is switched on (env or argument).
-fn spring_graceful(c: &Value) -> bool {
-    env(c, "SERVER_SHUTDOWN").is_some_and(|v| v.eq_ignore_ascii_case("graceful"))
-        || arg(c, "--server.shutdown").is_some_and(|v| v.eq_ignore_ascii_case("graceful"))
-        || env(c, "JAVA_TOOL_OPTIONS").is_some_and(|v| v.contains("server.shutdown=graceful"))
-}
-
-/// Runs every rule over one workload.
-pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let mut emit = |id: &'static str, path: String, message: String, fix: Option<String>| {
-        let rule = explain(id).expect("rule ids are listed in RULES");
-        out.push(Finding {
-            rule: id,
-            level: rule.level,
-            source: w.object.source.clone(),
-            workload: format!("{} {}", w.kind, w.name),
-            path,
-            message,
-            fix: fix.unwrap_or_else(|| rule.fix.to_string()),
-        });
-    };
+/// Probe, preStop-shell and Spring Boot rules, per container.
+fn container_rules(f: &mut Findings<'_, '_>) {
+    let w = f.w;
     let spec = w.pod_spec_path;
     for (i, c) in containers(w) {
         if c.get("readinessProbe").is_none() && !w.services.is_empty() {
-            emit(
+            f.emit(
                 "no-readiness-probe",
                 format!("{spec}/containers/{i}/readinessProbe"),
                 "container has no readiness probe but a Service sends it traffic".into(),
@@ -365,7 +308,7 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
         if let (Some(r), Some(l)) = (c.get("readinessProbe"), c.get("livenessProbe"))
             && r == l
         {
-            emit(
+            f.emit(
                 "readiness-equals-liveness",
                 format!("{spec}/containers/{i}/livenessProbe"),
                 "livenessProbe is identical to readinessProbe".into(),
@@ -373,7 +316,7 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
             );
         }
         if let Some(shell) = exec_prestop_shell(c) {
-            emit(
+            f.emit(
                 "exec-prestop-needs-shell",
                 format!("{spec}/containers/{i}/lifecycle/preStop/exec/command"),
                 format!("the preStop hook runs {shell}, which images without a shell lack"),
@@ -381,7 +324,7 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
             );
         }
         if looks_like_spring_boot(c) && !spring_graceful(c) {
-            emit(
+            f.emit(
                 "spring-no-graceful-shutdown",
                 format!("{spec}/containers/{i}/env"),
                 "a Spring Boot app without server.shutdown=graceful".into(),
@@ -389,6 +332,11 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
             );
         }
     }
+}
+
+/// Rollout strategy, replica, spread and PodDisruptionBudget rules.
+fn availability_rules(f: &mut Findings<'_, '_>) {
+    let w = f.w;
     let doc = &w.object.doc;
     let replicas = doc
         .pointer("/spec/replicas")
@@ -401,7 +349,7 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
             .pointer("/spec/strategy/rollingUpdate/maxUnavailable")
             .map_or(0, |v| int_or_percent(v, replicas, false));
         if replicas > 1 && max_unavailable >= replicas {
-            emit(
+            f.emit(
                 "rolling-all-at-once",
                 "/spec/strategy/rollingUpdate/maxUnavailable".into(),
                 format!("maxUnavailable lets all {replicas} replicas go at once"),
@@ -410,7 +358,7 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
         }
     }
     if w.pdbs.len() > 1 {
-        emit(
+        f.emit(
             "multiple-pdbs",
             "/metadata".into(),
             format!("{} PodDisruptionBudgets select these pods", w.pdbs.len()),
@@ -419,12 +367,8 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
     }
     for pdb in &w.pdbs {
         if let Some(why) = blocks_every_drain(&pdb.doc, replicas) {
-            let name = pdb
-                .doc
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            emit(
+            let name = crate::index::name(&pdb.doc);
+            f.emit(
                 "pdb-blocks-drain",
                 "/spec".into(),
                 format!("PodDisruptionBudget {name}: {why}"),
@@ -437,7 +381,7 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
             .iter()
             .any(|s| s.doc.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None"))
     {
-        emit(
+        f.emit(
             "headless-service-stateless",
             "/metadata".into(),
             "a headless Service selects this Deployment".into(),
@@ -445,7 +389,7 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
         );
     }
     if doc.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") {
-        emit(
+        f.emit(
             "recreate-strategy",
             "/spec/strategy/type".into(),
             "strategy is Recreate".into(),
@@ -453,31 +397,26 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
         );
     }
     if matches!(w.kind.as_str(), "Deployment" | "StatefulSet") {
-        let (count, path, what) = match w.hpa_min_replicas {
+        let (count, what) = match w.hpa_min_replicas {
             Some(min) => (
                 min,
-                "/spec/replicas",
                 format!("its HorizontalPodAutoscaler's minReplicas is {min}"),
             ),
-            None => (
-                replicas,
-                "/spec/replicas",
-                format!("replicas is {replicas}"),
-            ),
+            None => (replicas, format!("replicas is {replicas}")),
         };
         if count >= 2 && !spreads(w.pod_spec) {
-            emit(
+            f.emit(
                 "no-spread",
-                format!("{spec}/topologySpreadConstraints"),
+                format!("{}/topologySpreadConstraints", w.pod_spec_path),
                 "no pod anti-affinity or topology spread: all replicas may share a node or zone"
                     .into(),
                 None,
             );
         }
         if count < 2 {
-            emit("single-replica", path.into(), what, None);
+            f.emit("single-replica", "/spec/replicas".into(), what, None);
         } else if w.pdbs.is_empty() {
-            emit(
+            f.emit(
                 "no-pdb",
                 "/metadata".into(),
                 "no PodDisruptionBudget selects these pods".into(),
@@ -485,84 +424,15 @@ pub fn check(w: &Workload<'_>, opts: &Options) -> Vec<Finding> {
             );
         }
     }
-    if w.services.is_empty() {
-        return out;
-    }
-    let stacks = stacks(w, opts);
-    // The container whose preStop delay is longest holds the pod; findings point at it (or at
-    // the first container when none has one).
-    let longest = containers(w)
-        .filter_map(|(i, c)| prestop_delay(c).map(|d| (d, i)))
-        .max();
-    let delay = longest.map(|(d, _)| d);
-    let prestop_path = format!(
-        "{spec}/containers/{}/lifecycle/preStop",
-        longest.map_or(0, |(_, i)| i)
-    );
-    let app_shutdown = containers(w)
-        .filter_map(|(_, c)| shutdown(c))
-        .max()
-        .unwrap_or(opts.shutdown);
-    let b = budget::compute(&stacks, opts.max_request, app_shutdown);
-    let terms: Vec<String> = b
-        .terms
-        .iter()
-        .map(|t| {
-            format!(
-                "{} {} ({})",
-                humantime::format_duration(t.duration),
-                t.what,
-                t.source
-            )
-        })
-        .collect();
-    let needed = humantime::format_duration(b.needed_prestop);
-    match delay {
-        None => emit(
-            "no-prestop-delay",
-            prestop_path.clone(),
-            format!(
-                "no preStop delay behind a Service; needed {needed} = {}",
-                terms.join(" + ")
-            ),
-            Some(format!("add a preStop delay of at least {needed}")),
-        ),
-        Some(d) if d < b.needed_prestop => emit(
-            "prestop-too-short",
-            prestop_path.clone(),
-            format!(
-                "preStop delay {} < needed {needed} = {}",
-                humantime::format_duration(d),
-                terms.join(" + ")
-            ),
-            Some(format!("raise the preStop delay to at least {needed}")),
-        ),
-        Some(_) => {}
-    }
-    let prestop = delay.unwrap_or_default().max(b.needed_prestop);
-    let needed_grace = prestop + app_shutdown;
-    let grace = w
-        .pod_spec
-        .get("terminationGracePeriodSeconds")
-        .and_then(Value::as_u64)
-        .map_or(DEFAULT_GRACE, Duration::from_secs);
-    if grace < needed_grace {
-        emit(
-            "grace-too-short",
-            format!("{spec}/terminationGracePeriodSeconds"),
-            format!(
-                "terminationGracePeriodSeconds {} < preStop {} + shutdown {}",
-                grace.as_secs(),
-                humantime::format_duration(prestop),
-                humantime::format_duration(app_shutdown)
-            ),
-            Some(format!(
-                "set terminationGracePeriodSeconds to at least {}",
-                needed_grace.as_secs()
-            )),
-        );
-    }
-    out
+}
+
+/// Runs every rule over one workload.
+pub fn check(w: &Workload<'_>, index: &Index<'_>, opts: &Options) -> Vec<Finding> {
+    let mut f = Findings { w, out: Vec::new() };
+    container_rules(&mut f);
+    availability_rules(&mut f);
+    timing::check(&mut f, index, opts);
+    f.out
 }
 
 /// Findings that belong to no workload: PodDisruptionBudgets that select none.
@@ -576,26 +446,19 @@ pub fn orphan_pdbs(objects: &[crate::load::Object], workloads: &[Workload<'_>]) 
                 .iter()
                 .any(|w| w.pdbs.iter().any(|p| std::ptr::eq(*p, *o)))
         })
-        .map(|o| {
-            let ns = o
-                .doc
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("default");
-            let name = o
-                .doc
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            Finding {
-                rule: rule.id,
-                level: rule.level,
-                source: o.source.clone(),
-                workload: format!("PodDisruptionBudget {ns}/{name}"),
-                path: "/spec/selector".into(),
-                message: "selects no workload in these manifests".into(),
-                fix: rule.fix.into(),
-            }
+        .map(|o| Finding {
+            rule: rule.id,
+            level: rule.level,
+            source: o.source.clone(),
+            workload: format!(
+                "PodDisruptionBudget {}/{}",
+                crate::index::namespace(&o.doc),
+                crate::index::name(&o.doc)
+            ),
+            path: "/spec/selector".into(),
+            message: "selects no workload in these manifests".into(),
+            fix: rule.fix.into(),
+            evidence: Vec::new(),
         })
         .collect()
 }
