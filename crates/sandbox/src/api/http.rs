@@ -364,6 +364,18 @@ async fn serve(
         }
         ("PATCH", Some(name), None | Some("status")) => {
             let kind = PatchType::from_content_type(content_type)?;
+            // Server-side apply creates what does not exist yet (upstream's patcher
+            // `applyPatch` on a missing object).
+            if kind == PatchType::Apply
+                && part == Part::Main
+                && store.get(r, &ns, name).is_err_and(|e| e.code == 404)
+            {
+                let mut obj = patch::applied_object(&body)?;
+                if obj["metadata"]["name"].is_null() {
+                    obj["metadata"]["name"] = json!(name);
+                }
+                return Ok(json_response(201, &store.create(r, &ns, obj, dry_run)?));
+            }
             let patched = store.modify(r, &ns, name, part, |current| {
                 let mut next = current.clone();
                 if let Some(m) = next["metadata"].as_object_mut() {
