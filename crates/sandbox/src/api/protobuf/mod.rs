@@ -110,3 +110,152 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::prost::Message;
+    use prost_reflect::{DynamicMessage, Value as Pb};
+    use serde_json::json;
+
+    use super::{MAGIC, decode, message};
+
+    fn set(msg: &mut DynamicMessage, field: &str, value: Pb) {
+        msg.set_field_by_name(field, value);
+    }
+
+    fn sub(name: &str, fields: &[(&str, Pb)]) -> Pb {
+        let mut msg = DynamicMessage::new(message(name));
+        for (field, value) in fields {
+            set(&mut msg, field, value.clone());
+        }
+        Pb::Message(msg)
+    }
+
+    /// `k8s\0` + runtime.Unknown around `object`, as upstream's protobuf serializer writes it.
+    fn envelope(api_version: &str, kind: &str, object: &DynamicMessage) -> Vec<u8> {
+        let type_meta = sub(
+            "apimachinery.pkg.runtime.TypeMeta",
+            &[
+                ("apiVersion", Pb::String(api_version.into())),
+                ("kind", Pb::String(kind.into())),
+            ],
+        );
+        let mut unknown = DynamicMessage::new(message("apimachinery.pkg.runtime.Unknown"));
+        set(&mut unknown, "typeMeta", type_meta);
+        set(
+            &mut unknown,
+            "raw",
+            Pb::Bytes(object.encode_to_vec().into()),
+        );
+        [MAGIC, &unknown.encode_to_vec()].concat()
+    }
+
+    #[test]
+    fn special_types_take_their_json_form() {
+        let meta = sub(
+            "apimachinery.pkg.apis.meta.v1.ObjectMeta",
+            &[
+                ("name", Pb::String("budget".into())),
+                // Go's zero value of a non-pointer string and an unset time: left out.
+                ("generateName", Pb::String(String::new())),
+                (
+                    "creationTimestamp",
+                    sub("apimachinery.pkg.apis.meta.v1.Time", &[]),
+                ),
+                (
+                    "deletionTimestamp",
+                    sub(
+                        "apimachinery.pkg.apis.meta.v1.Time",
+                        &[("seconds", Pb::I64(1_764_547_200))],
+                    ),
+                ),
+            ],
+        );
+        let spec = sub(
+            "api.policy.v1.PodDisruptionBudgetSpec",
+            &[
+                (
+                    "minAvailable",
+                    sub(
+                        "apimachinery.pkg.util.intstr.IntOrString",
+                        &[("type", Pb::I64(1)), ("strVal", Pb::String("80%".into()))],
+                    ),
+                ),
+                (
+                    "maxUnavailable",
+                    sub(
+                        "apimachinery.pkg.util.intstr.IntOrString",
+                        &[("intVal", Pb::I32(2))],
+                    ),
+                ),
+            ],
+        );
+        let mut pdb = DynamicMessage::new(message("api.policy.v1.PodDisruptionBudget"));
+        set(&mut pdb, "metadata", meta);
+        set(&mut pdb, "spec", spec);
+        let decoded = decode(&envelope("policy/v1", "PodDisruptionBudget", &pdb)).unwrap();
+        assert_eq!(
+            decoded,
+            json!({
+                "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": "budget", "deletionTimestamp": "2025-12-01T00:00:00Z"},
+                "spec": {"minAvailable": "80%", "maxUnavailable": 2},
+            })
+        );
+    }
+
+    #[test]
+    fn quantities_bytes_and_raw_json() {
+        let mut secret = DynamicMessage::new(message("api.core.v1.Secret"));
+        let data = [(
+            prost_reflect::MapKey::String("key".into()),
+            Pb::Bytes(b"\x00\xffbinary".to_vec().into()),
+        )];
+        set(&mut secret, "data", Pb::Map(data.into_iter().collect()));
+        let decoded = decode(&envelope("v1", "Secret", &secret)).unwrap();
+        assert_eq!(decoded["data"]["key"], "AP9iaW5hcnk=");
+
+        let mut revision = DynamicMessage::new(message("api.apps.v1.ControllerRevision"));
+        let raw = sub(
+            "apimachinery.pkg.runtime.RawExtension",
+            &[(
+                "raw",
+                Pb::Bytes(br#"{"spec":{"replicas":3}}"#.to_vec().into()),
+            )],
+        );
+        set(&mut revision, "data", raw);
+        set(&mut revision, "revision", Pb::I64(4));
+        let decoded = decode(&envelope("apps/v1", "ControllerRevision", &revision)).unwrap();
+        assert_eq!(decoded["data"], json!({"spec": {"replicas": 3}}));
+        assert_eq!(decoded["revision"], 4);
+
+        let mut quota = DynamicMessage::new(message("api.core.v1.ResourceQuotaSpec"));
+        let hard = [(
+            prost_reflect::MapKey::String("cpu".into()),
+            sub(
+                "apimachinery.pkg.api.resource.Quantity",
+                &[("string", Pb::String("1500m".into()))],
+            ),
+        )];
+        set(&mut quota, "hard", Pb::Map(hard.into_iter().collect()));
+        assert_eq!(
+            super::json::message(&quota),
+            json!({"hard": {"cpu": "1500m"}})
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_named() {
+        assert!(matches!(decode(b"{}"), Err(super::DecodeError::NoPrefix)));
+        assert!(matches!(
+            decode(&[MAGIC, b"\xff\xff"].concat()),
+            Err(super::DecodeError::Wire { .. })
+        ));
+        let empty = DynamicMessage::new(message("api.core.v1.Pod"));
+        let err = decode(&envelope("example.com/v1", "Widget", &empty)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"no protobuf message for apiVersion "example.com/v1", kind "Widget""#
+        );
+    }
+}
