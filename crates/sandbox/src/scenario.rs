@@ -131,8 +131,10 @@ impl Scenario {
                 };
                 let zone = (!group.zones.is_empty())
                     .then(|| group.zones[(i - 1) % group.zones.len()].clone());
-                let mut labels =
-                    json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"});
+                // The labels every kubelet sets on its node; manifests select on them.
+                let mut labels = json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
+                    "beta.kubernetes.io/arch": "amd64"});
                 if let Some(z) = &zone {
                     labels["topology.kubernetes.io/zone"] = json!(z);
                 }

@@ -6,7 +6,7 @@ mod api_support;
 use std::time::{Duration, Instant};
 
 use api_support::{api_error, pod, send, send_json, server};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use quiesce_sandbox::api::FaultKind;
@@ -177,7 +177,7 @@ async fn create_validates_names_and_namespaces() {
         .unwrap();
     assert_eq!(api_error(pods.get("dry").await.unwrap_err()).0, 404);
 
-    let unserved: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let unserved: Api<ReplicationController> = Api::namespaced(server.client(), "default");
     assert_eq!(
         api_error(unserved.list(&Default::default()).await.unwrap_err()).0,
         404

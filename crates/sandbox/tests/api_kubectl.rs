@@ -1,6 +1,7 @@
 //! The real kubectl (v1.32) against the bare API server, no simulated cluster: discovery and
 //! short names, `create -f`, the three patch types, `scale`, server-side Tables, `get -w` streaming,
-//! graceful `delete`, and kubectl's rendering of our `Status` errors.
+//! graceful `delete`, kubectl's rendering of our `Status` errors, typed creates in protobuf,
+//! `auth can-i`, `get all` and `explain`.
 
 mod api_support;
 
@@ -300,5 +301,220 @@ async fn tables_cordon_watch_and_graceful_delete() {
         .unwrap();
     let gone = k.ok(&["get", "pods", "--ignore-not-found"]).await;
     assert_eq!(gone, "");
+    server.shutdown().await;
+}
+
+/// kubectl's typed creates send protobuf (`application/vnd.kubernetes.protobuf`); each lands
+/// as the object the JSON path would have stored, special types (IntOrString, Quantity,
+/// bytes) in their JSON form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_creates_arrive_as_protobuf_and_store_json_objects() {
+    let server = server().await;
+    let k = Kubectl::new(&server);
+    let verbose = k.run(&["create", "namespace", "play", "-v=9"]).await;
+    assert!(verbose.status.success(), "{verbose:?}");
+    let log = String::from_utf8_lossy(&verbose.stderr);
+    assert!(
+        log.contains(r#"-H "Content-Type: application/vnd.kubernetes.protobuf""#),
+        "kubectl sent protobuf:\n{log}"
+    );
+    let ns = ["-n", "play"];
+    for args in [
+        &[
+            "create",
+            "deployment",
+            "web",
+            "--image=nginx:1.27",
+            "--replicas=2",
+            "--port=8080",
+        ][..],
+        &["create", "service", "clusterip", "web", "--tcp=80:8080"],
+        &[
+            "create",
+            "poddisruptionbudget",
+            "web",
+            "--selector=app=web",
+            "--min-available=50%",
+        ],
+        &[
+            "create",
+            "configmap",
+            "cfg",
+            "--from-literal=mode=fast",
+            "--from-literal=empty=",
+        ],
+        &[
+            "create",
+            "secret",
+            "generic",
+            "pw",
+            "--from-literal=password=hunter2",
+        ],
+        &["create", "serviceaccount", "bot"],
+        &[
+            "create",
+            "job",
+            "once",
+            "--image=busybox",
+            "--",
+            "echo",
+            "hi",
+        ],
+        &[
+            "create",
+            "cronjob",
+            "nightly",
+            "--image=busybox",
+            "--schedule=0 3 * * *",
+        ],
+        &[
+            "create",
+            "quota",
+            "q",
+            "--hard=cpu=1500m,memory=2Gi,pods=10",
+        ],
+        &[
+            "create",
+            "role",
+            "reader",
+            "--verb=get,list",
+            "--resource=pods",
+        ],
+        &[
+            "create",
+            "rolebinding",
+            "reader",
+            "--role=reader",
+            "--serviceaccount=play:bot",
+        ],
+        &[
+            "create",
+            "clusterrole",
+            "nodes",
+            "--verb=get",
+            "--resource=nodes",
+        ],
+        &["create", "ingress", "web", "--rule=web.example/*=web:80"],
+        &["create", "priorityclass", "high", "--value=1000"],
+    ] {
+        k.ok(&[&ns[..], args].concat()).await;
+    }
+    let get = |kind: &str, name: &str| {
+        let store = server.store();
+        let r = quiesce_sandbox::api::resources::RESOURCES
+            .iter()
+            .find(|r| r.kind == kind)
+            .unwrap();
+        let namespace = if r.namespaced { "play" } else { "" };
+        store.get(r, namespace, name).unwrap()
+    };
+    assert_eq!(get("Namespace", "play")["status"]["phase"], "Active");
+    let web = get("Deployment", "web");
+    assert_eq!(web["spec"]["replicas"], 2);
+    assert_eq!(web["spec"]["selector"]["matchLabels"]["app"], "web");
+    let container = &web["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "nginx:1.27");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    assert_eq!(web["metadata"]["generation"], 1);
+    assert!(web["metadata"].get("creationTimestamp").is_some());
+    assert!(web["metadata"].get("generateName").is_none(), "{web}");
+    let svc = get("Service", "web");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(
+        svc["spec"]["ports"][0]["targetPort"], 8080,
+        "IntOrString as int"
+    );
+    assert!(
+        svc["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.96.")
+    );
+    assert_eq!(
+        get("PodDisruptionBudget", "web")["spec"]["minAvailable"],
+        "50%",
+        "IntOrString as string"
+    );
+    let cfg = get("ConfigMap", "cfg");
+    assert_eq!(cfg["data"], json!({"mode": "fast", "empty": ""}));
+    let secret = get("Secret", "pw");
+    assert_eq!(
+        secret["data"]["password"], "aHVudGVyMg==",
+        "bytes as base64"
+    );
+    assert_eq!(secret["type"], "Opaque");
+    assert_eq!(
+        get("ServiceAccount", "bot")["metadata"]["namespace"],
+        "play"
+    );
+    let job = get("Job", "once");
+    let pod = &job["spec"]["template"]["spec"];
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["containers"][0]["command"], json!(["echo", "hi"]));
+    let uid = job["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(
+        job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+        uid
+    );
+    assert_eq!(get("CronJob", "nightly")["spec"]["schedule"], "0 3 * * *");
+    assert_eq!(
+        get("ResourceQuota", "q")["spec"]["hard"],
+        json!({"cpu": "1500m", "memory": "2Gi", "pods": "10"}),
+        "Quantity as string"
+    );
+    assert_eq!(
+        get("RoleBinding", "reader")["subjects"][0],
+        json!({"kind": "ServiceAccount", "name": "bot", "namespace": "play"})
+    );
+    assert_eq!(
+        get("ClusterRole", "nodes")["rules"][0]["verbs"],
+        json!(["get"])
+    );
+    assert_eq!(
+        get("Ingress", "web")["spec"]["rules"][0]["host"],
+        "web.example"
+    );
+    assert_eq!(get("PriorityClass", "high")["value"], 1000);
+    server.shutdown().await;
+}
+
+/// `auth can-i` (a protobuf SelfSubjectAccessReview), `get all` (discovery categories) and
+/// `explain` (the OpenAPI v3 schemas) answer as on a cluster that allows everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn can_i_get_all_and_explain() {
+    let server = server().await;
+    let k = Kubectl::new(&server);
+    assert_eq!(
+        k.ok(&["auth", "can-i", "delete", "nodes"]).await.trim(),
+        "yes"
+    );
+    let rules = k.ok(&["auth", "can-i", "--list"]).await;
+    assert!(rules.lines().any(|l| l.starts_with("*.*")), "{rules}");
+
+    let manifest = write_manifest(k._dir.path());
+    k.ok(&["create", "-f", manifest.to_str().unwrap()]).await;
+    k.ok(&["create", "configmap", "not-in-all"]).await;
+    let all = k.ok(&["get", "all", "-o", "name"]).await;
+    let mut names: Vec<&str> = all.lines().collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["deployment.apps/web", "service/web"],
+        "`all` holds workloads and services, not PDBs or ConfigMaps"
+    );
+
+    let explained = k.ok(&["explain", "deployment.spec.strategy.type"]).await;
+    assert!(
+        explained.contains("FIELD: type <string>")
+            && explained.contains(r#"Can be "Recreate" or "RollingUpdate""#),
+        "{explained}"
+    );
+    let hpa = k
+        .ok(&["explain", "hpa.spec", "--api-version=autoscaling/v2"])
+        .await;
+    assert!(
+        hpa.contains("maxReplicas") && hpa.contains("<integer> -required-"),
+        "{hpa}"
+    );
     server.shutdown().await;
 }

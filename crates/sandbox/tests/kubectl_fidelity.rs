@@ -282,3 +282,344 @@ async fn get_pods_watch_streams_changes() {
     child.wait().unwrap();
     c.sandbox.shutdown().await;
 }
+
+impl Cluster {
+    /// kubectl's stdout, the command run in namespace `play`.
+    async fn play(&self, args: &[&str]) -> String {
+        stdout(&self.kubectl(&[&["-n", "play"], args].concat()).await)
+    }
+
+    /// Polls `args` until its output satisfies `done`, within [`DEADLINE`]; the last output.
+    async fn until(&self, args: &[&str], done: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let out = self.play(args).await;
+            if done(&out) {
+                return out;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kubectl {args:?} never got there within {DEADLINE:?}; last output:\n{out}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The images of the pods labelled `app=web` that are not being deleted, sorted.
+    async fn web_images(&self) -> Vec<String> {
+        let pods: Api<Pod> = Api::namespaced(self.sandbox.client(), "play");
+        let mut images: Vec<String> = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .flat_map(|p| p.spec.unwrap().containers)
+            .filter_map(|c| c.image)
+            .collect();
+        images.sort();
+        images
+    }
+
+    async fn web_images_become(&self, image: &str, count: usize) {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let want = vec![image.to_string(); count];
+        loop {
+            let images = self.web_images().await;
+            if images == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pods never all ran {image}: {images:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// One scripted session of the commands people type on a fresh sandbox, each checked by its
+/// effect: typed creates (protobuf), expose, scale, autoscale, set image, rollout
+/// status/history/undo/restart, get all, describe, explain, auth can-i, wait, label,
+/// annotate, cordon, drain, and delete namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everyday_commands_have_their_effects() {
+    let c = cluster(Scenario::nodes_only(3)).await;
+    c.kubectl(&["create", "namespace", "play"]).await;
+    c.play(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx:1.26",
+        "--replicas=2",
+    ])
+    .await;
+    c.play(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    c.web_images_become("nginx:1.26", 2).await;
+
+    c.play(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ])
+    .await;
+    let svc = c
+        .play(&[
+            "get",
+            "service",
+            "web",
+            "-o",
+            "jsonpath={.spec.selector.app} {.spec.ports[0].targetPort}",
+        ])
+        .await;
+    assert_eq!(svc, "web 8080");
+    c.play(&["create", "service", "clusterip", "api", "--tcp=80:80"])
+        .await;
+    c.play(&[
+        "create",
+        "poddisruptionbudget",
+        "web",
+        "--selector=app=web",
+        "--max-unavailable=1",
+    ])
+    .await;
+    c.play(&["create", "configmap", "cfg", "--from-literal=mode=fast"])
+        .await;
+    c.play(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=hunter2",
+    ])
+    .await;
+    c.play(&["create", "serviceaccount", "bot"]).await;
+    c.play(&[
+        "create",
+        "cronjob",
+        "nightly",
+        "--image=busybox",
+        "--schedule=0 3 * * *",
+    ])
+    .await;
+
+    c.play(&["scale", "deployment/web", "--replicas=3"]).await;
+    c.web_images_become("nginx:1.26", 3).await;
+    c.play(&["autoscale", "deployment/web", "--min=4", "--max=6"])
+        .await;
+    c.until(
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        |r| r == "4",
+    )
+    .await;
+    c.web_images_become("nginx:1.26", 4).await;
+
+    c.play(&["set", "image", "deployment/web", "nginx=nginx:1.27"])
+        .await;
+    c.play(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    c.web_images_become("nginx:1.27", 4).await;
+    let history = c.play(&["rollout", "history", "deployment/web"]).await;
+    assert_eq!(
+        history
+            .lines()
+            .filter(|l| l.starts_with(char::is_numeric))
+            .count(),
+        2,
+        "{history}"
+    );
+    c.play(&["rollout", "undo", "deployment/web"]).await;
+    c.play(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+    c.web_images_become("nginx:1.26", 4).await;
+    c.play(&["rollout", "restart", "deployment/web"]).await;
+    c.until(
+        &[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.metadata.annotations}",
+        ],
+        |a| a.contains("kubectl.kubernetes.io/restartedAt"),
+    )
+    .await;
+    c.play(&["rollout", "status", "deployment/web", "--timeout=60s"])
+        .await;
+
+    c.play(&["create", "job", "once", "--image=busybox", "--", "true"])
+        .await;
+    c.play(&[
+        "wait",
+        "--for=condition=Complete",
+        "job/once",
+        "--timeout=30s",
+    ])
+    .await;
+    let succeeded = c
+        .play(&["get", "job", "once", "-o", "jsonpath={.status.succeeded}"])
+        .await;
+    assert_eq!(succeeded, "1");
+
+    let all = c.play(&["get", "all", "-o", "name"]).await;
+    for name in [
+        "deployment.apps/web",
+        "service/web",
+        "service/api",
+        "job.batch/once",
+        "cronjob.batch/nightly",
+        "horizontalpodautoscaler.autoscaling/web",
+    ] {
+        assert!(all.lines().any(|l| l == name), "{name} in get all:\n{all}");
+    }
+    assert!(all.lines().any(|l| l.starts_with("pod/web-")), "{all}");
+
+    c.play(&["label", "deployment", "web", "tier=front"]).await;
+    c.play(&["annotate", "deployment", "web", "owner=team-a"])
+        .await;
+    let described = c.play(&["describe", "deployment", "web"]).await;
+    assert!(
+        described.contains("tier=front") && described.contains("owner: team-a"),
+        "{described}"
+    );
+    assert!(described.contains("nginx:1.26"), "{described}");
+    let explained = c.kubectl(&["explain", "deployment.spec.replicas"]).await;
+    assert!(
+        stdout(&explained).contains("<integer>"),
+        "{}",
+        stdout(&explained)
+    );
+    let can = c.play(&["auth", "can-i", "create", "deployments"]).await;
+    assert_eq!(can.trim(), "yes");
+
+    c.kubectl(&["cordon", "node-1"]).await;
+    c.kubectl(&["drain", "node-1", "--ignore-daemonsets", "--timeout=60s"])
+        .await;
+    let on_node = c
+        .play(&[
+            "get",
+            "pods",
+            "--field-selector=spec.nodeName=node-1,status.phase=Running",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(on_node, "", "drained");
+    c.web_images_become("nginx:1.26", 4).await;
+
+    c.kubectl(&["delete", "namespace", "play", "--timeout=60s"])
+        .await;
+    let namespaces = stdout(&c.kubectl(&["get", "namespaces", "-o", "name"]).await);
+    assert!(!namespaces.contains("namespace/play"), "{namespaces}");
+    let left = c
+        .kubectl(&[
+            "get",
+            "all,configmaps,secrets,serviceaccounts,pdb",
+            "-n",
+            "play",
+            "-o",
+            "name",
+        ])
+        .await;
+    assert_eq!(stdout(&left), "", "delete namespace leaves nothing in it");
+    c.sandbox.shutdown().await;
+}
+
+/// The public manifests in `shared/corpus` (beside the repository; `QUIESCE_CORPUS` names
+/// another place).
+fn corpus() -> Vec<PathBuf> {
+    let dir = std::env::var_os("QUIESCE_CORPUS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .ancestors()
+                .map(|a| a.join("shared/corpus"))
+                .find(|d| d.is_dir())
+        })
+        .expect("the manifest corpus: shared/corpus beside the repository, or QUIESCE_CORPUS");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "corpus at {} has {files:?}",
+        dir.display()
+    );
+    files
+}
+
+/// The namespaces a manifest names itself.
+fn named_namespaces(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("namespace:"))
+        .map(|n| n.trim().trim_matches('"').to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every public manifest of the corpus applies with `kubectl apply -f` as a user would run it
+/// (its namespaces created first, as the manifests expect), and its Deployments become
+/// Available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_public_manifests_apply_and_their_deployments_become_available() {
+    // Room for every request the manifests make: Karpenter's spread example alone asks for
+    // 50 CPUs, which on a real cluster would have nodes provisioned for it.
+    let nodes = "nodes:\n- namePrefix: node-\n  count: 6\n  zones: [us-east-1a, us-east-1b, us-east-1c]\n  capacity: {cpu: \"16\", memory: 64Gi, pods: \"110\"}\n";
+    let c = cluster(Scenario::from_yaml(nodes, "corpus nodes").unwrap()).await;
+    let mut created = std::collections::HashSet::new();
+    for (i, file) in corpus().iter().enumerate() {
+        let text = std::fs::read_to_string(file).unwrap();
+        let path = file.to_str().unwrap();
+        let mut namespaces = named_namespaces(&text);
+        if namespaces.is_empty() {
+            let own = format!("corpus-{i}");
+            c.kubectl(&["create", "namespace", &own]).await;
+            c.kubectl(&["apply", "-n", &own, "-f", path]).await;
+            namespaces.push(own);
+        } else {
+            for ns in &namespaces {
+                if created.insert(ns.clone()) {
+                    c.kubectl(&["create", "namespace", ns]).await;
+                }
+            }
+            c.kubectl(&["apply", "-f", path]).await;
+        }
+        for ns in &namespaces {
+            let deployments = stdout(
+                &c.kubectl(&["get", "deployments", "-n", ns, "-o", "name"])
+                    .await,
+            );
+            if deployments.is_empty() {
+                continue;
+            }
+            c.kubectl(&[
+                "wait",
+                "--for=condition=Available",
+                "deployments",
+                "--all",
+                "-n",
+                ns,
+                "--timeout=60s",
+            ])
+            .await;
+        }
+    }
+    c.sandbox.shutdown().await;
+}

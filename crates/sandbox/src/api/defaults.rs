@@ -4,7 +4,10 @@
 
 use serde_json::{Value, json};
 
+use base64::Engine;
+
 use super::resources::Resource;
+use super::status::ApiError;
 
 fn default(obj: &mut Value, path: &[&str], value: Value) {
     let mut cur = obj;
@@ -20,17 +23,63 @@ fn default(obj: &mut Value, path: &[&str], value: Value) {
     }
 }
 
-/// Applies create-time defaults for `r` to `obj`.
-pub fn on_create(r: &Resource, obj: &mut Value) {
+/// What every write does to an object, create or update: a Secret's `stringData` is merged
+/// into `data` (upstream's v1 → internal Secret conversion does it on every decode).
+pub fn on_write(r: &Resource, obj: &mut Value) {
+    if (r.group, r.plural) != ("", "secrets") {
+        return;
+    }
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData"))
+    else {
+        return;
+    };
+    if !obj["data"].is_object() {
+        obj["data"] = json!({});
+    }
+    for (key, value) in strings {
+        let text = value.as_str().unwrap_or_default();
+        obj["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+}
+
+/// Applies create-time defaults for `r` to `obj`, whose uid will be `uid`; refuses what the
+/// defaults cannot make valid (a Job whose pods would restart forever).
+pub fn on_create(r: &Resource, obj: &mut Value, uid: &str) -> Result<(), ApiError> {
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }
+    on_write(r, obj);
     match (r.group, r.plural) {
+        ("", "secrets") => default(obj, &["type"], json!("Opaque")),
+        ("", "namespaces") => {
+            obj["status"] = json!({"phase": "Active"});
+            default(obj, &["spec", "finalizers"], json!(["kubernetes"]));
+        }
+        ("batch", "jobs") => job(obj, uid)?,
+        ("batch", "cronjobs") => {
+            default(obj, &["spec", "concurrencyPolicy"], json!("Allow"));
+            default(obj, &["spec", "suspend"], json!(false));
+            default(obj, &["spec", "successfulJobsHistoryLimit"], json!(3));
+            default(obj, &["spec", "failedJobsHistoryLimit"], json!(1));
+            obj["status"] = json!({});
+            let template = &mut obj["spec"]["jobTemplate"];
+            job_spec(
+                template,
+                "spec.jobTemplate.spec.template.spec.restartPolicy",
+            )?;
+        }
+        ("autoscaling", "horizontalpodautoscalers") => {
+            default(obj, &["spec", "minReplicas"], json!(1));
+            if obj["spec"]["metrics"].is_null() {
+                obj["spec"]["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 80}}}]);
+            }
+            obj["status"] = json!({"currentReplicas": 0, "desiredReplicas": 0});
+        }
         ("", "pods") => {
             obj["status"] = json!({"phase": "Pending"});
             pod_spec(&mut obj["spec"]);
         }
-        ("", "namespaces") => obj["status"] = json!({"phase": "Active"}),
         ("", "services") => {
             default(obj, &["spec", "type"], json!("ClusterIP"));
             default(obj, &["spec", "sessionAffinity"], json!("None"));
@@ -86,6 +135,60 @@ pub fn on_create(r: &Resource, obj: &mut Value) {
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// A Job's defaults (upstream `pkg/apis/batch/v1/defaults.go`) and its generated selector
+/// (`pkg/registry/batch/job/strategy.go` generateSelector): the pods carry the Job's uid and
+/// name as labels, and the selector matches the uid.
+fn job(obj: &mut Value, uid: &str) -> Result<(), ApiError> {
+    let name = obj["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    job_spec(obj, "spec.template.spec.restartPolicy")?;
+    obj["status"] = json!({});
+    let manual = obj["spec"]["manualSelector"].as_bool().unwrap_or(false);
+    if !manual {
+        let labels = json!({
+            "batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
+            "controller-uid": uid, "job-name": name,
+        });
+        obj["spec"]["selector"] =
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+        let template_labels = &mut obj["spec"]["template"]["metadata"]["labels"];
+        if !template_labels.is_object() {
+            *template_labels = json!({});
+        }
+        for (k, v) in labels.as_object().into_iter().flatten() {
+            template_labels[k] = v.clone();
+        }
+    }
+    Ok(())
+}
+
+/// The spec defaults every Job gets, its own or a CronJob's template; `field` names the
+/// restart policy in errors.
+fn job_spec(job: &mut Value, field: &str) -> Result<(), ApiError> {
+    let spec = &mut job["spec"];
+    if spec["completions"].is_null() && spec["parallelism"].is_null() {
+        spec["completions"] = json!(1);
+    }
+    default(job, &["spec", "parallelism"], json!(1));
+    default(job, &["spec", "backoffLimit"], json!(6));
+    default(job, &["spec", "completionMode"], json!("NonIndexed"));
+    default(job, &["spec", "suspend"], json!(false));
+    let pod = &mut job["spec"]["template"]["spec"];
+    if !matches!(pod["restartPolicy"].as_str(), Some("Never" | "OnFailure")) {
+        return Err(ApiError::invalid(
+            "Job",
+            "",
+            field,
+            r#"Required value: valid values: "OnFailure", "Never""#,
+        ));
+    }
+    pod_spec(pod);
+    Ok(())
 }
 
 fn workload(obj: &mut Value) {

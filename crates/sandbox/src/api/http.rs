@@ -20,7 +20,9 @@ use super::eviction;
 use super::faults::FaultKind;
 use super::openapi;
 use super::patch::{self, PatchType};
+use super::protobuf;
 use super::resources::{self, Resource, lookup};
+use super::review;
 use super::scale;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
@@ -96,7 +98,11 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, Api
     };
     let resource = lookup(group, version, rest[0]).ok_or_else(ApiError::no_such_resource)?;
     if rest.len() > 3
-        || (rest.len() == 3 && !matches!(rest[2], "status" | "eviction" | "binding" | "scale"))
+        || (rest.len() == 3
+            && !matches!(
+                rest[2],
+                "status" | "eviction" | "binding" | "scale" | "finalize"
+            ))
     {
         return Err(ApiError::no_such_resource());
     }
@@ -175,7 +181,14 @@ pub async fn handle(
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
         ["openapi", "v3"] => Ok(json_response(200, &openapi::root())),
         ["openapi", "v3", gv @ ..] => openapi::group_version(&gv.join("/"))
-            .map(|doc| json_response(200, &doc))
+            .map(|doc| {
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "application/json")],
+                    doc,
+                )
+                    .into_response()
+            })
             .ok_or_else(ApiError::no_such_resource),
         ["api"] => Ok(json_response(200, &resources::core_versions())),
         ["apis"] => Ok(json_response(200, &resources::group_list())),
@@ -205,12 +218,16 @@ fn lookup_any(plural: &str) -> bool {
     resources::RESOURCES.iter().any(|r| r.plural == plural)
 }
 
-/// Decodes a JSON body; a malformed one gets upstream's `transformDecodeError` message
-/// (`handlers/rest.go`): the expected kind, the parser's complaint (Go's wording for a
-/// truncated body) and the start of the body.
+/// Decodes a JSON or protobuf body; a malformed JSON one gets upstream's
+/// `transformDecodeError` message (`handlers/rest.go`): the expected kind, the parser's
+/// complaint (Go's wording for a truncated body) and the start of the body.
 fn parse_body(body: &[u8], kind: &str, content_type: &str) -> Result<Value, ApiError> {
-    if content_type.contains("protobuf") {
-        return Err(ApiError::unsupported_media_type(content_type));
+    if content_type.starts_with(protobuf::CONTENT_TYPE) {
+        return protobuf::decode(body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the object provided is unrecognized (must be of type {kind}): {e}"
+            ))
+        });
     }
     serde_json::from_slice(body).map_err(|e| {
         let complaint = if e.is_eof() {
@@ -283,6 +300,11 @@ async fn serve(
             }
             Ok(json_response(200, &obj))
         }
+        ("POST", None, None) if r.review => {
+            let obj = parse_body(&body, r.kind, content_type)?;
+            Ok(json_response(201, &review::answer(r, obj)))
+        }
+        (_, _, _) if r.review => Err(ApiError::method_not_allowed(method.as_str(), r.plural)),
         ("POST", None, None) => {
             let obj = parse_body(&body, r.kind, content_type)?;
             Ok(json_response(201, &store.create(r, &ns, obj, dry_run)?))
@@ -326,12 +348,34 @@ async fn serve(
             let written = scale::write(store, r, &ns, name, Value::Null, Some((kind, &body)))?;
             Ok(json_response(200, &written))
         }
+        ("PUT", Some(name), Some("finalize")) if r.kind == "Namespace" => {
+            let body = parse_body(&body, r.kind, content_type)?;
+            let finalizers = body["spec"]["finalizers"].clone();
+            let written = store.modify(r, "", name, Part::Main, |current| {
+                let mut next = current.clone();
+                next["spec"]["finalizers"] = finalizers;
+                Ok(next)
+            })?;
+            Ok(json_response(200, &written))
+        }
         ("PUT", Some(name), None | Some("status")) => {
             let obj = parse_body(&body, r.kind, content_type)?;
             Ok(json_response(200, &store.update(r, &ns, name, obj, part)?))
         }
         ("PATCH", Some(name), None | Some("status")) => {
             let kind = PatchType::from_content_type(content_type)?;
+            // Server-side apply creates what does not exist yet (upstream's patcher
+            // `applyPatch` on a missing object).
+            if kind == PatchType::Apply
+                && part == Part::Main
+                && store.get(r, &ns, name).is_err_and(|e| e.code == 404)
+            {
+                let mut obj = patch::applied_object(&body)?;
+                if obj["metadata"]["name"].is_null() {
+                    obj["metadata"]["name"] = json!(name);
+                }
+                return Ok(json_response(201, &store.create(r, &ns, obj, dry_run)?));
+            }
             let patched = store.modify(r, &ns, name, part, |current| {
                 let mut next = current.clone();
                 if let Some(m) = next["metadata"].as_object_mut() {
@@ -345,6 +389,8 @@ async fn serve(
         ("DELETE", Some(name), None) => {
             let body_opts: Value = if body.is_empty() {
                 json!({})
+            } else if content_type.starts_with(protobuf::CONTENT_TYPE) {
+                parse_body(&body, "DeleteOptions", content_type)?
             } else {
                 serde_json::from_slice(&body)
                     .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?

@@ -1,15 +1,24 @@
-//! Just enough OpenAPI v3 for kubectl's field-validation probe.
+//! The OpenAPI v3 documents, generated from the served types (k8s-openapi's schemas of the
+//! Kubernetes types, which carry upstream's descriptions).
 //!
-//! kubectl 1.32 validates manifests (`create -f`, `apply`) with `--validate=strict`: it looks
-//! in `/openapi/v3/<group-version>` for a PATCH operation of the object's kind that declares a
-//! `fieldValidation` query parameter, and when it finds one leaves validation to the server
-//! (`k8s.io/cli-runtime/pkg/resource/query_param_verifier_v3.go`). Without it kubectl falls back
-//! to the protobuf OpenAPI v2 document and fails. So each group-version document lists, per
-//! resource, that one operation; schemas are not modelled.
+//! Two clients read them. `kubectl explain` looks up a kind's schema by its
+//! `x-kubernetes-group-version-kind` in `/openapi/v3/<group-version>`. `kubectl create -f` and
+//! `apply` (with the default `--validate=strict`) look there for a PATCH operation of the
+//! object's kind that declares a `fieldValidation` query parameter, and when they find one
+//! leave validation to the server (`k8s.io/cli-runtime/pkg/resource/query_param_verifier_v3.go`);
+//! without it kubectl falls back to the protobuf OpenAPI v2 document and fails. So each
+//! group-version document has that operation per resource and the schemas of its kinds.
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::LazyLock;
+
+use k8s_openapi::api;
+use schemars::JsonSchema;
+use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use super::resources::RESOURCES;
+use super::resources::{RESOURCES, Resource};
 
 /// The URL prefix of a group-version: `api/v1` or `apis/apps/v1`.
 fn prefix(group: &str, version: &str) -> String {
@@ -20,24 +29,80 @@ fn prefix(group: &str, version: &str) -> String {
     }
 }
 
-/// `/openapi/v3`: where each group-version's document lives.
-pub fn root() -> Value {
-    let mut paths = Map::new();
-    for r in RESOURCES {
-        let gv = prefix(r.group, r.version);
-        let url = format!("/openapi/v3/{gv}?hash=sandbox");
-        paths.insert(gv, json!({"serverRelativeURL": url}));
+/// Adds the schema of `r`'s kind to the generator and returns its name, or None for a kind
+/// without a Rust type.
+fn add_schema(generator: &mut SchemaGenerator, r: &Resource) -> Option<String> {
+    macro_rules! kinds {
+        ($($kind:literal $group:literal => $ty:ty,)*) => {
+            match (r.kind, r.group) {
+                $(($kind, $group) => {
+                    generator.subschema_for::<$ty>();
+                    Some(<$ty as JsonSchema>::schema_name().into_owned())
+                })*
+                _ => None,
+            }
+        };
     }
-    json!({"paths": paths})
+    kinds! {
+        "Namespace" "" => api::core::v1::Namespace,
+        "Node" "" => api::core::v1::Node,
+        "Pod" "" => api::core::v1::Pod,
+        "Service" "" => api::core::v1::Service,
+        "Event" "" => api::core::v1::Event,
+        "ConfigMap" "" => api::core::v1::ConfigMap,
+        "Secret" "" => api::core::v1::Secret,
+        "ServiceAccount" "" => api::core::v1::ServiceAccount,
+        "Endpoints" "" => api::core::v1::Endpoints,
+        "PersistentVolumeClaim" "" => api::core::v1::PersistentVolumeClaim,
+        "PersistentVolume" "" => api::core::v1::PersistentVolume,
+        "ResourceQuota" "" => api::core::v1::ResourceQuota,
+        "LimitRange" "" => api::core::v1::LimitRange,
+        "Deployment" "apps" => api::apps::v1::Deployment,
+        "ReplicaSet" "apps" => api::apps::v1::ReplicaSet,
+        "StatefulSet" "apps" => api::apps::v1::StatefulSet,
+        "DaemonSet" "apps" => api::apps::v1::DaemonSet,
+        "ControllerRevision" "apps" => api::apps::v1::ControllerRevision,
+        "Job" "batch" => api::batch::v1::Job,
+        "CronJob" "batch" => api::batch::v1::CronJob,
+        "HorizontalPodAutoscaler" "autoscaling" => api::autoscaling::v2::HorizontalPodAutoscaler,
+        "PodDisruptionBudget" "policy" => api::policy::v1::PodDisruptionBudget,
+        "EndpointSlice" "discovery.k8s.io" => api::discovery::v1::EndpointSlice,
+        "Lease" "coordination.k8s.io" => api::coordination::v1::Lease,
+        "VolumeAttachment" "storage.k8s.io" => api::storage::v1::VolumeAttachment,
+        "StorageClass" "storage.k8s.io" => api::storage::v1::StorageClass,
+        "CSIDriver" "storage.k8s.io" => api::storage::v1::CSIDriver,
+        "Event" "events.k8s.io" => api::events::v1::Event,
+        "Ingress" "networking.k8s.io" => api::networking::v1::Ingress,
+        "IngressClass" "networking.k8s.io" => api::networking::v1::IngressClass,
+        "NetworkPolicy" "networking.k8s.io" => api::networking::v1::NetworkPolicy,
+        "Role" "rbac.authorization.k8s.io" => api::rbac::v1::Role,
+        "RoleBinding" "rbac.authorization.k8s.io" => api::rbac::v1::RoleBinding,
+        "ClusterRole" "rbac.authorization.k8s.io" => api::rbac::v1::ClusterRole,
+        "ClusterRoleBinding" "rbac.authorization.k8s.io" => api::rbac::v1::ClusterRoleBinding,
+        "ValidatingWebhookConfiguration" "admissionregistration.k8s.io" =>
+            api::admissionregistration::v1::ValidatingWebhookConfiguration,
+        "MutatingWebhookConfiguration" "admissionregistration.k8s.io" =>
+            api::admissionregistration::v1::MutatingWebhookConfiguration,
+        "PriorityClass" "scheduling.k8s.io" => api::scheduling::v1::PriorityClass,
+        "SelfSubjectAccessReview" "authorization.k8s.io" =>
+            api::authorization::v1::SelfSubjectAccessReview,
+        "SelfSubjectRulesReview" "authorization.k8s.io" =>
+            api::authorization::v1::SelfSubjectRulesReview,
+    }
 }
 
-/// `/openapi/v3/<group-version>`, or None for a group-version the server does not serve.
-pub fn group_version(gv: &str) -> Option<Value> {
+/// One group-version's document.
+fn build(gv: &str) -> Value {
+    let mut generator = SchemaGenerator::new(SchemaSettings::openapi3());
     let mut paths = Map::new();
+    let mut kinds = Vec::new();
     for r in RESOURCES
         .iter()
         .filter(|r| prefix(r.group, r.version) == gv)
     {
+        if let Some(name) = add_schema(&mut generator, r) {
+            kinds.push((r, name));
+        }
         let scope = if r.namespaced {
             "namespaces/{namespace}/"
         } else {
@@ -52,8 +117,48 @@ pub fn group_version(gv: &str) -> Option<Value> {
         }});
         paths.insert(format!("/{gv}/{scope}{}/{{name}}", r.plural), patch);
     }
-    (!paths.is_empty()).then(|| {
-        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"},
-               "paths": paths, "components": {"schemas": {}}})
-    })
+    let mut schemas = generator.take_definitions(true);
+    for (r, name) in kinds {
+        if let Some(Value::Object(schema)) = schemas.get_mut(&name) {
+            schema.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": r.group, "version": r.version, "kind": r.kind}]),
+            );
+        }
+    }
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"},
+           "paths": paths, "components": {"schemas": schemas}})
+}
+
+/// Every group-version's document, serialised once, with the hash the root lists (kubectl
+/// caches documents by that URL, so a changed document must get a new one).
+static DOCUMENTS: LazyLock<HashMap<String, (String, u64)>> = LazyLock::new(|| {
+    let mut docs = HashMap::new();
+    for r in RESOURCES {
+        let gv = prefix(r.group, r.version);
+        docs.entry(gv).or_insert_with_key(|gv| {
+            let text = build(gv).to_string();
+            let mut hasher = DefaultHasher::new();
+            text.hash(&mut hasher);
+            (text, hasher.finish())
+        });
+    }
+    docs
+});
+
+/// `/openapi/v3`: where each group-version's document lives.
+pub fn root() -> Value {
+    let paths: Map<String, Value> = DOCUMENTS
+        .iter()
+        .map(|(gv, (_, hash))| {
+            let url = format!("/openapi/v3/{gv}?hash={hash:016X}");
+            (gv.clone(), json!({"serverRelativeURL": url}))
+        })
+        .collect();
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/<group-version>` as JSON text, or None for one the server does not serve.
+pub fn group_version(gv: &str) -> Option<&'static str> {
+    DOCUMENTS.get(gv).map(|(text, _)| text.as_str())
 }

@@ -59,6 +59,11 @@ pub fn apply(target: &mut Value, kind: PatchType, body: &[u8]) -> Result<(), Api
     }
 }
 
+/// The object a server-side apply body describes, for an apply that creates it.
+pub fn applied_object(body: &[u8]) -> Result<Value, ApiError> {
+    parse(body, PatchType::Apply)
+}
+
 fn parse(body: &[u8], kind: PatchType) -> Result<Value, ApiError> {
     let parsed = if kind == PatchType::Apply {
         serde_saphyr::from_slice::<Value>(body).map_err(|e| e.to_string())

@@ -21,6 +21,10 @@ pub struct Resource {
     pub has_status: bool,
     /// Whether spec changes bump `metadata.generation` (workloads, PDBs).
     pub tracks_generation: bool,
+    /// Discovery categories: `all` is what `kubectl get all` lists.
+    pub categories: &'static [&'static str],
+    /// A review (`SelfSubjectAccessReview`, …): create-only, answered and never stored.
+    pub review: bool,
 }
 
 impl Resource {
@@ -32,137 +36,216 @@ impl Resource {
             format!("{}/{}", self.group, self.version)
         }
     }
-}
 
-#[expect(clippy::too_many_arguments, reason = "one row of the resource table")]
-const fn res(
-    group: &'static str,
-    version: &'static str,
-    plural: &'static str,
-    kind: &'static str,
-    namespaced: bool,
-    short_names: &'static [&'static str],
-    has_status: bool,
-    tracks_generation: bool,
-) -> Resource {
-    Resource {
-        group,
-        version,
-        plural,
-        kind,
-        namespaced,
-        short_names,
-        has_status,
-        tracks_generation,
+    /// A namespaced resource with no subresources; the methods below add the rest.
+    const fn new(
+        group: &'static str,
+        version: &'static str,
+        plural: &'static str,
+        kind: &'static str,
+    ) -> Resource {
+        Resource {
+            group,
+            version,
+            plural,
+            kind,
+            namespaced: true,
+            short_names: &[],
+            has_status: false,
+            tracks_generation: false,
+            categories: &[],
+            review: false,
+        }
+    }
+
+    const fn cluster(mut self) -> Self {
+        self.namespaced = false;
+        self
+    }
+
+    const fn short(mut self, names: &'static [&'static str]) -> Self {
+        self.short_names = names;
+        self
+    }
+
+    const fn status(mut self) -> Self {
+        self.has_status = true;
+        self
+    }
+
+    /// A workload: `/status`, generation tracking, and in `kubectl get all`.
+    const fn workload(mut self) -> Self {
+        self.has_status = true;
+        self.tracks_generation = true;
+        self.categories = &["all"];
+        self
+    }
+
+    const fn generation(mut self) -> Self {
+        self.tracks_generation = true;
+        self
+    }
+
+    const fn all(mut self) -> Self {
+        self.categories = &["all"];
+        self
+    }
+
+    const fn review(mut self) -> Self {
+        self.review = true;
+        self
+    }
+
+    /// The verbs discovery lists.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.review {
+            &["create"]
+        } else {
+            &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ]
+        }
     }
 }
 
+const RBAC: &str = "rbac.authorization.k8s.io";
+const NETWORKING: &str = "networking.k8s.io";
+const ADMISSION: &str = "admissionregistration.k8s.io";
+const AUTHORIZATION: &str = "authorization.k8s.io";
+
 /// Every served resource; the index into this table identifies a resource in the store.
+/// Within a group, the first version listed is the preferred one. Categories and short names
+/// are upstream's (`kubectl api-resources` on a real cluster).
 pub static RESOURCES: &[Resource] = &[
-    res(
-        "",
-        "v1",
-        "namespaces",
-        "Namespace",
-        false,
-        &["ns"],
-        true,
-        false,
-    ),
-    res("", "v1", "nodes", "Node", false, &["no"], true, false),
-    res("", "v1", "pods", "Pod", true, &["po"], true, false),
-    res("", "v1", "services", "Service", true, &["svc"], true, false),
-    res("", "v1", "events", "Event", true, &["ev"], false, false),
-    res(
-        "apps",
-        "v1",
-        "deployments",
-        "Deployment",
-        true,
-        &["deploy"],
-        true,
-        true,
-    ),
-    res(
-        "apps",
-        "v1",
-        "replicasets",
-        "ReplicaSet",
-        true,
-        &["rs"],
-        true,
-        true,
-    ),
-    res(
-        "apps",
-        "v1",
-        "statefulsets",
-        "StatefulSet",
-        true,
-        &["sts"],
-        true,
-        true,
-    ),
-    res(
-        "apps",
-        "v1",
-        "daemonsets",
-        "DaemonSet",
-        true,
-        &["ds"],
-        true,
-        true,
-    ),
-    res(
+    Resource::new("", "v1", "namespaces", "Namespace")
+        .cluster()
+        .short(&["ns"])
+        .status(),
+    Resource::new("", "v1", "nodes", "Node")
+        .cluster()
+        .short(&["no"])
+        .status(),
+    Resource::new("", "v1", "pods", "Pod")
+        .short(&["po"])
+        .status()
+        .all(),
+    Resource::new("", "v1", "services", "Service")
+        .short(&["svc"])
+        .status()
+        .all(),
+    Resource::new("", "v1", "events", "Event").short(&["ev"]),
+    Resource::new("", "v1", "configmaps", "ConfigMap").short(&["cm"]),
+    Resource::new("", "v1", "secrets", "Secret"),
+    Resource::new("", "v1", "serviceaccounts", "ServiceAccount").short(&["sa"]),
+    Resource::new("", "v1", "endpoints", "Endpoints").short(&["ep"]),
+    Resource::new("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim")
+        .short(&["pvc"])
+        .status(),
+    Resource::new("", "v1", "persistentvolumes", "PersistentVolume")
+        .cluster()
+        .short(&["pv"])
+        .status(),
+    Resource::new("", "v1", "resourcequotas", "ResourceQuota")
+        .short(&["quota"])
+        .status(),
+    Resource::new("", "v1", "limitranges", "LimitRange").short(&["limits"]),
+    Resource::new("apps", "v1", "deployments", "Deployment")
+        .short(&["deploy"])
+        .workload(),
+    Resource::new("apps", "v1", "replicasets", "ReplicaSet")
+        .short(&["rs"])
+        .workload(),
+    Resource::new("apps", "v1", "statefulsets", "StatefulSet")
+        .short(&["sts"])
+        .workload(),
+    Resource::new("apps", "v1", "daemonsets", "DaemonSet")
+        .short(&["ds"])
+        .workload(),
+    Resource::new("apps", "v1", "controllerrevisions", "ControllerRevision"),
+    Resource::new("batch", "v1", "jobs", "Job").workload(),
+    Resource::new("batch", "v1", "cronjobs", "CronJob")
+        .short(&["cj"])
+        .workload(),
+    Resource::new(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+    )
+    .short(&["hpa"])
+    .status()
+    .all(),
+    Resource::new(
         "policy",
         "v1",
         "poddisruptionbudgets",
         "PodDisruptionBudget",
-        true,
-        &["pdb"],
-        true,
-        true,
-    ),
-    res(
-        "discovery.k8s.io",
-        "v1",
-        "endpointslices",
-        "EndpointSlice",
-        true,
-        &[],
-        false,
-        false,
-    ),
-    res(
-        "coordination.k8s.io",
-        "v1",
-        "leases",
-        "Lease",
-        true,
-        &[],
-        false,
-        false,
-    ),
-    res(
+    )
+    .short(&["pdb"])
+    .status()
+    .generation(),
+    Resource::new("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    Resource::new("coordination.k8s.io", "v1", "leases", "Lease"),
+    Resource::new(
         "storage.k8s.io",
         "v1",
         "volumeattachments",
         "VolumeAttachment",
-        false,
-        &[],
-        true,
-        false,
-    ),
-    res(
-        "events.k8s.io",
+    )
+    .cluster()
+    .status(),
+    Resource::new("storage.k8s.io", "v1", "storageclasses", "StorageClass")
+        .cluster()
+        .short(&["sc"]),
+    Resource::new("storage.k8s.io", "v1", "csidrivers", "CSIDriver").cluster(),
+    Resource::new("events.k8s.io", "v1", "events", "Event").short(&["ev"]),
+    Resource::new(NETWORKING, "v1", "ingresses", "Ingress")
+        .short(&["ing"])
+        .status(),
+    Resource::new(NETWORKING, "v1", "ingressclasses", "IngressClass").cluster(),
+    Resource::new(NETWORKING, "v1", "networkpolicies", "NetworkPolicy").short(&["netpol"]),
+    Resource::new(RBAC, "v1", "roles", "Role"),
+    Resource::new(RBAC, "v1", "rolebindings", "RoleBinding"),
+    Resource::new(RBAC, "v1", "clusterroles", "ClusterRole").cluster(),
+    Resource::new(RBAC, "v1", "clusterrolebindings", "ClusterRoleBinding").cluster(),
+    Resource::new(
+        ADMISSION,
         "v1",
-        "events",
-        "Event",
-        true,
-        &[],
-        false,
-        false,
-    ),
+        "validatingwebhookconfigurations",
+        "ValidatingWebhookConfiguration",
+    )
+    .cluster(),
+    Resource::new(
+        ADMISSION,
+        "v1",
+        "mutatingwebhookconfigurations",
+        "MutatingWebhookConfiguration",
+    )
+    .cluster(),
+    Resource::new(
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        "PriorityClass",
+    )
+    .cluster()
+    .short(&["pc"]),
+    Resource::new(
+        AUTHORIZATION,
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+    )
+    .cluster()
+    .review(),
+    Resource::new(
+        AUTHORIZATION,
+        "v1",
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+    )
+    .cluster()
+    .review(),
 ];
 
 /// Finds a served resource by group, version and plural.
@@ -195,34 +278,47 @@ pub fn core_versions() -> Value {
         {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
 }
 
-fn groups() -> Vec<&'static str> {
-    let mut groups: Vec<&str> = RESOURCES
-        .iter()
-        .map(|r| r.group)
-        .filter(|g| !g.is_empty())
-        .collect();
-    groups.dedup();
+/// The named groups in table order, each with its versions (preferred first).
+fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        match groups.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => groups.push((r.group, vec![r.version])),
+        }
+    }
     groups
 }
 
-/// `/apis`: every named group with its one served version.
+fn group_doc(group: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "versions": gvs.clone(), "preferredVersion": gvs[0]})
+}
+
+/// `/apis`: every named group with its served versions.
 pub fn group_list() -> Value {
     let groups: Vec<Value> = groups()
-        .into_iter()
-        .map(|g| {
-            let gv = json!({"groupVersion": format!("{g}/v1"), "version": "v1"});
-            json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
-        })
+        .iter()
+        .map(|(g, versions)| group_doc(g, versions))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/<group>`: one group.
 pub fn group(group: &str) -> Option<Value> {
-    groups().contains(&group).then(|| {
-        let gv = json!({"groupVersion": format!("{group}/v1"), "version": "v1"});
-        json!({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": [gv.clone()], "preferredVersion": gv})
-    })
+    groups()
+        .iter()
+        .find(|(g, _)| *g == group)
+        .map(|(g, versions)| {
+            let mut doc = group_doc(g, versions);
+            doc["kind"] = json!("APIGroup");
+            doc["apiVersion"] = json!("v1");
+            doc
+        })
 }
 
 /// `/api/v1` or `/apis/<group>/<version>`: resources with verbs and subresources.
@@ -232,12 +328,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
         .iter()
         .filter(|r| r.group == group && r.version == version)
     {
-        let verbs = [
-            "create", "delete", "get", "list", "patch", "update", "watch",
-        ];
         resources.push(json!({
             "name": r.plural, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": verbs, "shortNames": r.short_names,
+            "kind": r.kind, "verbs": r.verbs(), "shortNames": r.short_names,
+            "categories": r.categories,
         }));
         if r.has_status {
             resources.push(
@@ -250,6 +344,12 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 json!({"name": format!("{}/scale", r.plural), "singularName": "",
                 "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale",
                 "verbs": ["get", "patch", "update"]}),
+            );
+        }
+        if r.kind == "Namespace" {
+            resources.push(
+                json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false,
+                "kind": "Namespace", "verbs": ["update"]}),
             );
         }
         if r.plural == "pods" {

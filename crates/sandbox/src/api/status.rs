@@ -107,6 +107,22 @@ impl ApiError {
         )
     }
 
+    /// 403 for a create in a namespace being deleted (upstream's NamespaceLifecycle
+    /// admission plugin).
+    pub fn namespace_terminating(group: &str, plural: &str, name: &str, ns: &str) -> Self {
+        let qualified = qualified(group, plural);
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "{qualified} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": plural, "causes": [
+            {"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}
+        ]}))
+    }
+
     /// 400 for a request the server cannot parse.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)

@@ -319,8 +319,12 @@ impl Store {
         if r.namespaced {
             let ns_idx =
                 index_of(super::resources::lookup("", "v1", "namespaces").expect("served"));
-            if !inner.objects[ns_idx].contains(&key("", ns)) {
-                return Err(ApiError::not_found("", "namespaces", ns));
+            let namespace = inner.objects[ns_idx]
+                .get(&key("", ns))
+                .ok_or_else(|| ApiError::not_found("", "namespaces", ns))?;
+            if !namespace["metadata"]["deletionTimestamp"].is_null() {
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                return Err(ApiError::namespace_terminating(r.group, r.plural, name, ns));
             }
         }
         let name = match (
@@ -342,7 +346,8 @@ impl Store {
         if inner.objects[idx].contains(&key(ns, &name)) {
             return Err(ApiError::already_exists(r.group, r.plural, &name));
         }
-        super::defaults::on_create(r, &mut obj);
+        let uid = random_uid();
+        super::defaults::on_create(r, &mut obj, &uid)?;
         let rv = inner.rv + 1;
         obj["apiVersion"] = json!(r.api_version());
         obj["kind"] = json!(r.kind);
@@ -353,7 +358,7 @@ impl Store {
         } else if let Some(m) = meta.as_object_mut() {
             m.remove("namespace");
         }
-        meta["uid"] = json!(random_uid());
+        meta["uid"] = json!(uid);
         meta["creationTimestamp"] = json!(now());
         meta["resourceVersion"] = json!(rv.to_string());
         if r.tracks_generation {
@@ -409,6 +414,7 @@ impl Store {
                 r.kind
             )));
         }
+        super::defaults::on_write(r, &mut new);
         if let Some(wanted) = new["metadata"]["resourceVersion"].as_str()
             && wanted
                 != existing["metadata"]["resourceVersion"]
@@ -475,9 +481,7 @@ impl Store {
                 .as_i64()
                 .unwrap_or(0)
                 == 0
-            && new["metadata"]["finalizers"]
-                .as_array()
-                .is_none_or(Vec::is_empty);
+            && !finalizers_pending(r, &new);
         let shared = Arc::new(new);
         if finalized {
             inner.objects[idx].remove(&key(ns, name));
@@ -521,10 +525,11 @@ impl Store {
             return Err(ApiError::rv_precondition(r.kind, name, rv, actual_rv));
         }
         let grace = self::graceful_period(r, &existing, opts.grace_period_seconds);
-        let has_finalizers = existing["metadata"]["finalizers"]
-            .as_array()
-            .is_some_and(|f| !f.is_empty());
+        let has_finalizers = finalizers_pending(r, &existing);
         let mut obj = existing.clone();
+        if r.kind == "Namespace" && r.group.is_empty() {
+            obj["status"]["phase"] = json!("Terminating");
+        }
         if grace.is_none() && !has_finalizers {
             if opts.dry_run {
                 return Ok(obj);
@@ -608,6 +613,15 @@ impl Store {
             rv: inner.rv,
         })
     }
+}
+
+/// Whether a deletion must wait: for `metadata.finalizers`, and for a Namespace also for
+/// `spec.finalizers`, which the namespace controller empties once the namespace's content is
+/// gone (upstream `pkg/registry/core/namespace/storage`).
+fn finalizers_pending(r: &Resource, obj: &Value) -> bool {
+    let pending = |v: &Value| v.as_array().is_some_and(|f| !f.is_empty());
+    pending(&obj["metadata"]["finalizers"])
+        || (r.group.is_empty() && r.kind == "Namespace" && pending(&obj["spec"]["finalizers"]))
 }
 
 /// The grace period a delete gets, or None when the object goes at once.

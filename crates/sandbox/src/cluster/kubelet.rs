@@ -1,7 +1,8 @@
 //! The simulated kubelets: node status, and each pod's life on its node — Pending → Running →
 //! Ready after its startup delay; on deletion Ready goes false at once, the preStop hook and
 //! the app's shutdown run (capped by the grace period, as the kubelet's kill does), then the
-//! pod is removed with grace 0, which is what a kubelet's final delete does.
+//! pod is removed with grace 0, which is what a kubelet's final delete does. Pods that are not
+//! restarted (Jobs') finish instead of becoming Ready.
 
 use std::time::Duration;
 
@@ -108,6 +109,33 @@ fn container_statuses(pod: &Value, ready: bool) -> Value {
     json!(statuses)
 }
 
+/// A pod whose containers are not restarted (a Job's) runs to completion: its run lasts its
+/// startup delay, then every container exits 0 and the pod is Succeeded, as the kubelet
+/// reports a finished pod.
+fn runs_to_completion(pod: &Value) -> bool {
+    matches!(
+        pod["spec"]["restartPolicy"].as_str(),
+        Some("Never" | "OnFailure")
+    )
+}
+
+fn complete(pod: &mut Value) {
+    let t = now();
+    let statuses: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false,
+            "started": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0,
+            "reason": "Completed", "startedAt": pod["status"]["startTime"], "finishedAt": t}}})
+        })
+        .collect();
+    pod["status"]["phase"] = json!("Succeeded");
+    pod["status"]["conditions"] = ready_condition(false);
+    pod["status"]["containerStatuses"] = json!(statuses);
+}
+
 /// Drives every bound pod through its lifecycle.
 pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
     let node_names: std::collections::HashSet<String> = pass
@@ -159,7 +187,9 @@ pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
                     .ready_at
                     .entry(uid)
                     .or_insert(now_instant + delay);
-                if now_instant >= ready_at {
+                if now_instant >= ready_at && runs_to_completion(&pod) {
+                    pass.update(pods(), &pod, Part::Status, complete);
+                } else if now_instant >= ready_at {
                     pass.update(pods(), &pod, Part::Status, |p| {
                         p["status"]["conditions"] = ready_condition(true);
                         p["status"]["containerStatuses"] = container_statuses(p, true);

@@ -11,6 +11,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -36,6 +37,8 @@ pub async fn run(client: Client, _scale: TimeScale) {
         statefulsets: watches.store(),
         daemonsets: watches.store(),
         services: watches.store(),
+        jobs: watches.store(),
+        cronjobs: watches.store(),
         client,
     };
     watches.ready().await;
@@ -43,6 +46,7 @@ pub async fn run(client: Client, _scale: TimeScale) {
         collector.sweep(&collector.sets).await;
         collector.sweep(&collector.pods).await;
         collector.sweep(&collector.slices).await;
+        collector.sweep(&collector.jobs).await;
         watches.changed(None).await;
     }
 }
@@ -56,6 +60,8 @@ struct Collector {
     statefulsets: Store<StatefulSet>,
     daemonsets: Store<DaemonSet>,
     services: Store<Service>,
+    jobs: Store<Job>,
+    cronjobs: Store<CronJob>,
 }
 
 /// What the caches say about one owner reference.
@@ -108,6 +114,8 @@ impl Collector {
             "StatefulSet" => referent(&self.statefulsets, reference, namespace).is_some(),
             "DaemonSet" => referent(&self.daemonsets, reference, namespace).is_some(),
             "Service" => referent(&self.services, reference, namespace).is_some(),
+            "Job" => referent(&self.jobs, reference, namespace).is_some(),
+            "CronJob" => referent(&self.cronjobs, reference, namespace).is_some(),
             _ => return Owner::Unknown,
         };
         if found { Owner::Present } else { Owner::Absent }
@@ -122,6 +130,8 @@ impl Collector {
             "StatefulSet" => self.live::<StatefulSet>(reference, namespace).await,
             "DaemonSet" => self.live::<DaemonSet>(reference, namespace).await,
             "Service" => self.live::<Service>(reference, namespace).await,
+            "Job" => self.live::<Job>(reference, namespace).await,
+            "CronJob" => self.live::<CronJob>(reference, namespace).await,
             _ => true,
         }
     }
