@@ -113,7 +113,7 @@ pub const RULES: &[(&str, &str)] = &[
     ),
     (
         "eureka",
-        "the pod registers with Eureka: eureka.client.service-url.* set (EUREKA_CLIENT_SERVICE_URL_DEFAULTZONE, EUREKA_CLIENT_SERVICEURL_DEFAULTZONE, any relaxed spelling) in container env, a ConfigMap referenced by env or envFrom, a --key=value argument, or an application*.properties/.yml file in a mounted ConfigMap, unless eureka.client.enabled, eureka.client.register-with-eureka or spring.cloud.discovery.enabled is false. It needs the budget with or without a Service. Cache settings are read where present: eureka.client.registry-fetch-interval-seconds, spring.cloud.loadbalancer.cache.ttl / .enabled, <client>.ribbon.ServerListRefreshInterval",
+        "the pod registers with Eureka: eureka.client.service-url.* set (EUREKA_CLIENT_SERVICE_URL_DEFAULTZONE, EUREKA_CLIENT_SERVICEURL_DEFAULTZONE, any relaxed spelling) in container env, a ConfigMap referenced by env or envFrom, a --key=value argument, or a .properties or .yml file in a mounted ConfigMap, unless eureka.client.enabled, eureka.client.register-with-eureka or spring.cloud.discovery.enabled is false. It needs the budget with or without a Service. Cache settings are read where present: eureka.client.registry-fetch-interval-seconds, spring.cloud.loadbalancer.cache.ttl / .enabled, <client>.ribbon.ServerListRefreshInterval",
     ),
     (
         "override",
