@@ -24,34 +24,29 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     QUIESCE_GIT_COMMIT=${GIT_COMMIT} build/stage.sh /out
 
-# quiesce-init alone, for `COPY --from=ghcr.io/quiesce/quiesce-init:0.1.0 /quiesce-init /quiesce-init`
-# in an application's image. Its entrypoint only makes `docker run IMAGE --version` work.
-FROM scratch AS init
+# What both images share: nothing but what the build stage made, the chart's user
+# (podSecurityContext 65532:65532), and the OCI labels.
+FROM scratch AS base
 ARG VERSION
 ARG GIT_COMMIT
 ARG SOURCE
-COPY --from=build /out/init/ /
 USER 65532:65532
-ENTRYPOINT ["/quiesce-init"]
-LABEL org.opencontainers.image.title="quiesce-init" \
-      org.opencontainers.image.description="PID-1 supervisor that drains before the app stops; copy /quiesce-init into your image" \
-      org.opencontainers.image.source="${SOURCE}" \
+LABEL org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${GIT_COMMIT}" \
       org.opencontainers.image.licenses="Apache-2.0"
 
+# quiesce-init alone, for `COPY --from=ghcr.io/quiesce/quiesce-init:0.1.0 /quiesce-init /quiesce-init`
+# in an application's image. Its entrypoint only makes `docker run IMAGE --version` work.
+FROM base AS init
+COPY --from=build /out/init/ /
+ENTRYPOINT ["/quiesce-init"]
+LABEL org.opencontainers.image.title="quiesce-init" \
+      org.opencontainers.image.description="PID-1 supervisor that drains before the app stops; copy /quiesce-init into your image"
+
 # The drainer: the quiesce binary on scratch with Mozilla's CA roots. The default target.
-FROM scratch AS drainer
-ARG VERSION
-ARG GIT_COMMIT
-ARG SOURCE
+FROM base AS drainer
 COPY --from=build /out/drainer/ /
-USER 65532:65532
 ENTRYPOINT ["/quiesce"]
-CMD ["drainer", "--help"]
 LABEL org.opencontainers.image.title="quiesce" \
-      org.opencontainers.image.description="quiesce: lifecycle-hook drainer and node-drain toolkit for Kubernetes" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${GIT_COMMIT}" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.description="quiesce: lifecycle-hook drainer and node-drain toolkit for Kubernetes"

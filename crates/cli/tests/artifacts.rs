@@ -90,6 +90,21 @@ fn stage<'a>(stages: &'a [(String, Stage)], name: &str) -> &'a Stage {
         .1
 }
 
+/// A stage as the image it makes sees it: the instructions of its base stages first (a stage
+/// `FROM` another inherits its user, labels and files), and the image it finally starts from.
+fn flattened(stages: &[(String, Stage)], name: &str) -> Stage {
+    let own = stage(stages, name);
+    if !stages.iter().any(|(n, _)| *n == own.from) {
+        return Stage {
+            from: own.from.clone(),
+            instructions: own.instructions.clone(),
+        };
+    }
+    let mut base = flattened(stages, &own.from);
+    base.instructions.extend(own.instructions.iter().cloned());
+    base
+}
+
 /// `KEY VALUE` lines printed by a script's `--print`.
 fn printed(script: &str) -> BTreeMap<String, String> {
     let out = Command::new(repo().join(script))
@@ -125,7 +140,7 @@ fn the_dockerfile_builds_the_image_the_chart_runs() {
         .find_map(|l| l.trim().strip_prefix("command: "))
         .expect("the chart sets the container's command");
     for (name, entrypoint) in [("drainer", "/quiesce"), ("init", "/quiesce-init")] {
-        let s = stage(&stages, name);
+        let s = flattened(&stages, name);
         assert_eq!(
             s.from, "scratch",
             "{name}: nothing is pulled for the final stages"
@@ -140,7 +155,7 @@ fn the_dockerfile_builds_the_image_the_chart_runs() {
         for copy in s.all("COPY") {
             assert!(copy.starts_with("--from=build "), "{name}: COPY {copy}");
         }
-        let labels = s.one("LABEL");
+        let labels = s.all("LABEL").join(" ");
         for key in ["title", "source", "version", "revision", "licenses"] {
             assert!(
                 labels.contains(&format!("org.opencontainers.image.{key}=")),
