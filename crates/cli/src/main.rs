@@ -12,7 +12,13 @@ use clap::{Parser, Subcommand};
 
 /// Zero-downtime node patching and graceful pod termination for Kubernetes.
 #[derive(Debug, Parser)]
-#[command(name = "quiesce", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "quiesce",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("QUIESCE_BUILD_COMMIT"), ")"),
+    about,
+    long_about = None,
+    propagate_version = true
+)]
 struct Cli {
     /// Log filter in `tracing` syntax, e.g. `info` or `quiesce=debug,kube=info` [default:
     /// info; warn for `lab`, whose progress lines say what happens].

@@ -60,3 +60,23 @@ fn the_charts_drainer_flags_and_env_exist() {
         "found {checked} flags and variables in the chart"
     );
 }
+
+/// Images and bug reports name a build by `quiesce --version`: the release and the commit it
+/// was built from (the image's revision label carries the same commit).
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let out = quiesce(&["--version"]);
+    assert!(out.status.success());
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let head = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git runs");
+    assert!(head.status.success(), "the tests run in a git checkout");
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert_eq!(
+        line,
+        format!("quiesce {} (commit {head})", env!("CARGO_PKG_VERSION"))
+    );
+}
