@@ -39,15 +39,22 @@ fi
 # `cargo rustc` gives +crt-static to the final link only: build scripts and proc macros stay
 # dynamic (as they must), and the dependencies are the same objects as in a plain release build,
 # which scripts/lambda-bundle's dynamic quiesce-lambda reuses instead of compiling them again.
+#
+# QUIESCE_ARTIFACT_PROFILE=dev (what scripts/test sets) checks the same recipe on a debug build
+# that reuses the test build's dependencies, instead of a release build on every CI run.
+profile=${QUIESCE_ARTIFACT_PROFILE:-release}
+case $profile in release) profile_dir=release ;; dev) profile_dir=debug ;;
+  *) echo "stage: QUIESCE_ARTIFACT_PROFILE is '$profile', expected release or dev" >&2; exit 2 ;;
+esac
 static=(-- -C target-feature=+crt-static)
-nice -n 10 cargo rustc --locked --release -p quiesce --bin quiesce "${static[@]}"
+nice -n 10 cargo rustc --locked --profile "$profile" -p quiesce --bin quiesce "${static[@]}"
 nice -n 10 cargo rustc --locked --profile init -p quiesce-init --bin quiesce-init "${static[@]}"
 
 rm -rf "$out/drainer" "$out/init"
 mkdir -p "$out/drainer/etc/ssl/certs" "$out/init"
 # Without its symbol table (47 MB → 35 MB); target/release/quiesce keeps it, to symbolize a
 # backtrace from the image built from the same commit.
-strip -o "$out/drainer/quiesce" target/release/quiesce
+strip -o "$out/drainer/quiesce" "target/$profile_dir/quiesce"
 chmod 0755 "$out/drainer/quiesce"
 # Mozilla's roots as Debian ships them, in a fixed order; not the build machine's
 # /etc/ssl/certs, which may carry local additions.
