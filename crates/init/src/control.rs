@@ -9,31 +9,44 @@ use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
+use crate::server::{self, Limits};
+use crate::wake::Waker;
+
+/// `drain\n` is the whole protocol: a hook sends it at once, so a second and a few bytes
+/// bound what a stuck or hostile client can hold.
+const LIMITS: Limits = Limits {
+    connections: 64,
+    deadline: Duration::from_secs(1),
+    size: 64,
+};
+
 /// What the control thread tells the supervisor.
 pub enum Request {
     /// A prestop hook asks to drain; answer on this stream when the delay is over.
     Drain(UnixStream),
 }
 
-/// Listens on `path` (replacing a stale socket) and forwards requests to `to`; `wake` is
-/// written to so the supervisor's poll returns.
-pub fn listen(path: &Path, to: Sender<Request>, wake: UnixStream) -> std::io::Result<()> {
+/// Listens on `path` (replacing a stale socket) and forwards requests to `to`, waking the
+/// supervisor's poll with `wake`.
+pub fn listen(path: &Path, to: Sender<Request>, wake: Waker) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut line = String::new();
-            let mut reader = BufReader::new(match stream.try_clone() {
-                Ok(s) => s,
-                Err(_) => continue,
-            });
-            if reader.read_line(&mut line).is_ok() && line.trim() == "drain" {
-                if to.send(Request::Drain(stream)).is_err() {
+        server::serve(
+            listener,
+            LIMITS,
+            |r| r.contains(&b'\n'),
+            |stream, request| {
+                if request.trim_ascii() != b"drain" || stream.set_nonblocking(false).is_err() {
                     return;
                 }
-                let _ = (&wake).write_all(b"x");
-            }
-        }
+                // The answer comes from the supervisor later: it must not block PID 1.
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+                if to.send(Request::Drain(stream)).is_ok() {
+                    wake.wake();
+                }
+            },
+        )
     });
     Ok(())
 }
