@@ -16,7 +16,7 @@ use common::{Init, Log, Mode, free_addr, get, wait_until};
 use nix::libc::SIGTERM;
 
 /// quiesce-init running `python3 -m http.server` on `app`, draining until quiet.
-fn start(app: SocketAddr, extra: &[&str]) -> (Init, Log) {
+fn start(mode: Mode, app: SocketAddr, extra: &[&str]) -> Option<(Init, Log)> {
     let port = app.port().to_string();
     let mut args = vec!["--drain-ports", &port, "--stop-timeout", "10s"];
     args.extend(extra);
@@ -29,9 +29,9 @@ fn start(app: SocketAddr, extra: &[&str]) -> (Init, Log) {
         "--bind",
         "127.0.0.1",
     ]);
-    let (init, log) = Init::logged(Mode::Subreaper, &args).unwrap();
+    let (init, log) = Init::logged(mode, &args)?;
     wait_until("the app to serve", || get(app) == Some(200));
-    (init, log)
+    Some((init, log))
 }
 
 /// A connection to `to` from the loopback address `from` (as kubelet probes come from the
@@ -67,11 +67,11 @@ fn request(from: Ipv4Addr, to: SocketAddr) -> Option<u16> {
     head.split_whitespace().nth(1)?.parse().ok()
 }
 
-#[test]
-fn the_stop_signal_waits_for_the_quiet_period_after_the_last_connection() {
+fn the_stop_signal_waits_for_the_quiet_period_after_the_last_connection(mode: Mode) {
     let app = free_addr();
     let quiet = Duration::from_secs(2);
-    let (mut init, mut log) = start(
+    let Some((mut init, mut log)) = start(
+        mode,
         app,
         &[
             "--drain-until-quiet",
@@ -81,7 +81,9 @@ fn the_stop_signal_waits_for_the_quiet_period_after_the_last_connection() {
             "--drain-min",
             "500ms",
         ],
-    );
+    ) else {
+        return;
+    };
     init.signal(SIGTERM);
     log.until("drain started by SIGTERM");
     // The endpoint change "propagates" some time after the trigger: until then clients
@@ -126,10 +128,10 @@ fn the_stop_signal_waits_for_the_quiet_period_after_the_last_connection() {
     assert_eq!(init.wait().code(), Some(143));
 }
 
-#[test]
-fn constant_new_connections_drain_for_the_maximum() {
+fn constant_new_connections_drain_for_the_maximum(mode: Mode) {
     let app = free_addr();
-    let (mut init, mut log) = start(
+    let Some((mut init, mut log)) = start(
+        mode,
         app,
         &[
             "--drain-until-quiet",
@@ -139,7 +141,9 @@ fn constant_new_connections_drain_for_the_maximum() {
             "--drain-min",
             "0s",
         ],
-    );
+    ) else {
+        return;
+    };
     init.signal(SIGTERM);
     log.until("drain started by SIGTERM");
     let stopped = Arc::new(AtomicBool::new(false));
@@ -172,11 +176,11 @@ fn constant_new_connections_drain_for_the_maximum() {
     assert_eq!(init.wait().code(), Some(143));
 }
 
-#[test]
-fn probes_from_the_host_address_do_not_keep_the_pod_busy() {
+fn probes_from_the_host_address_do_not_keep_the_pod_busy(mode: Mode) {
     let app = free_addr();
     let host = Ipv4Addr::new(127, 0, 0, 2);
-    let (mut init, mut log) = start(
+    let Some((mut init, mut log)) = start(
+        mode,
         app,
         &[
             "--drain-until-quiet",
@@ -188,7 +192,9 @@ fn probes_from_the_host_address_do_not_keep_the_pod_busy() {
             "--drain-ignore-from",
             "127.0.0.2",
         ],
-    );
+    ) else {
+        return;
+    };
     let probing = Arc::new(AtomicBool::new(true));
     let probes = Arc::new(AtomicUsize::new(0));
     let prober = {
@@ -212,3 +218,9 @@ fn probes_from_the_host_address_do_not_keep_the_pod_busy() {
     prober.join().unwrap();
     assert_eq!(init.wait().code(), Some(143));
 }
+
+both_modes!(
+    the_stop_signal_waits_for_the_quiet_period_after_the_last_connection,
+    constant_new_connections_drain_for_the_maximum,
+    probes_from_the_host_address_do_not_keep_the_pod_busy,
+);
