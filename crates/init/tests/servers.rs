@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Init, Mode, children, free_addr, get, init, lines, trap_app, wait_exit, wait_until};
+use common::{Init, Mode, children, free_addr, get, lines, trap_app, wait_exit, wait_until};
 use nix::libc::{SIGTERM, SIGUSR1};
 
 /// Opens `n` connections that never send a byte (kept open until the vector is dropped).
@@ -107,25 +107,11 @@ fn a_flooded_control_socket_still_serves_prestop() {
             break;
         }
     }
-    let mut hook = init_prestop(&socket);
+    let mut hook = common::prestop(&socket, Stdio::null());
     let status = wait_exit(&mut hook);
     assert!(status.success(), "prestop was served");
     assert_eq!(init.wait().code(), Some(143));
     drop(idle);
-}
-
-fn init_prestop(socket: &std::path::Path) -> std::process::Child {
-    init(&[
-        "prestop",
-        "--socket",
-        socket.to_str().unwrap(),
-        "--timeout",
-        "20s",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap()
 }
 
 /// A listener that accepts the on-drain call and never answers; it notes when the caller

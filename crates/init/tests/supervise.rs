@@ -203,17 +203,7 @@ fn prestop_blocks_through_the_delay_with_readiness_already_false(mode: Mode) {
     });
     assert!(ready_file.exists());
     let started = Instant::now();
-    let mut hook = init(&[
-        "prestop",
-        "--socket",
-        socket.to_str().unwrap(),
-        "--timeout",
-        "20s",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut hook = common::prestop(&socket, Stdio::piped());
     wait_until("readiness to turn 503", || get(ready) == Some(503));
     assert!(!ready_file.exists(), "the ready file is gone");
     assert!(

@@ -208,6 +208,21 @@ impl Log {
     }
 }
 
+/// Starts `quiesce-init prestop` against `socket` (20 s timeout), its stderr to `stderr`.
+pub fn prestop(socket: &std::path::Path, stderr: Stdio) -> Child {
+    init(&[
+        "prestop",
+        "--socket",
+        socket.to_str().unwrap(),
+        "--timeout",
+        "20s",
+    ])
+    .stdout(Stdio::null())
+    .stderr(stderr)
+    .spawn()
+    .unwrap()
+}
+
 /// Sends signal number `sig` to `pid`.
 pub fn send(pid: u32, sig: i32) {
     #[allow(unsafe_code)]
