@@ -22,6 +22,9 @@ pub enum Mode {
     Subreaper,
     /// Real PID 1 of a new PID namespace (`unshare --fork --pid --mount-proc`).
     Pid1,
+    /// A plain child running as `nobody` (when the test runs as root), for what must work
+    /// without privileges.
+    Unprivileged,
 }
 
 /// The `unshare` prefix that makes quiesce-init PID 1, or None (with the reason printed) where
@@ -72,6 +75,12 @@ pub struct Init {
 pub fn command(mode: Mode, args: &[&str]) -> Option<Command> {
     let mut cmd = match mode {
         Mode::Subreaper => Command::new(BIN),
+        Mode::Unprivileged if effective_uid() != 0 => Command::new(BIN),
+        Mode::Unprivileged => {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN]);
+            c
+        }
         Mode::Pid1 => {
             let prefix = pid1_prefix()?;
             let mut c = Command::new(&prefix[0]);
@@ -93,7 +102,7 @@ impl Init {
     pub fn start(mode: Mode, mut cmd: Command) -> Init {
         let child = cmd.spawn().expect("quiesce-init starts");
         let pid = match mode {
-            Mode::Subreaper => child.id(),
+            Mode::Subreaper | Mode::Unprivileged => child.id(),
             Mode::Pid1 => {
                 let mut found = None;
                 wait_until("quiesce-init to run as PID 1 under unshare", || {
