@@ -11,7 +11,7 @@ use std::process::Command;
 use nix::errno::Errno;
 use nix::sys::signal::sigprocmask;
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal, sigaction};
-use nix::unistd::{Pid, getpgrp, setpgid, tcsetpgrp};
+use nix::unistd::{Pid, getpgrp, setpgid, tcgetpgrp, tcsetpgrp};
 
 /// The terminal's job-control signals: quiesce-init ignores them (the app, not it, is the
 /// foreground group, and a log line must not stop PID 1), the app gets the defaults back.
@@ -55,19 +55,25 @@ pub fn ignore_tty_stops() -> nix::Result<()> {
 pub fn spawn(command: &[String]) -> Result<Pid, SpawnError> {
     let mut cmd = Command::new(&command[0]);
     cmd.args(&command[1..]);
+    // Hand the terminal over only if it is ours to give: started in the background of an
+    // interactive shell, quiesce-init must not steal the foreground (tini does; its source
+    // notes it as a TODO).
+    let hand_over = tcgetpgrp(std::io::stdin()).is_ok_and(|fg| fg == getpgrp());
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (setpgid, tcsetpgrp, sigaction, sigprocmask) on no memory
     // shared with the parent; fd 0 is only passed to tcsetpgrp (closed, it answers EBADF).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
             // Still with every signal blocked (inherited), so taking the terminal from the
             // background cannot stop us with SIGTTOU. No terminal (ENOTTY, or no stdin at
             // all: EBADF), or one of a zone without job control (ENXIO), is fine.
-            let stdin = BorrowedFd::borrow_raw(0);
-            match tcsetpgrp(stdin, getpgrp()) {
-                Ok(()) | Err(Errno::ENOTTY | Errno::ENXIO | Errno::EBADF) => {}
-                Err(e) => return Err(e.into()),
+            if hand_over {
+                let stdin = BorrowedFd::borrow_raw(0);
+                match tcsetpgrp(stdin, getpgrp()) {
+                    Ok(()) | Err(Errno::ENOTTY | Errno::ENXIO | Errno::EBADF) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
             for s in TTY_STOP {

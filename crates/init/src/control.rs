@@ -37,11 +37,11 @@ pub fn listen(path: &Path, to: Sender<Request>, wake: Waker) -> std::io::Result<
             LIMITS,
             |r| r.contains(&b'\n'),
             |stream, request| {
-                if request.trim_ascii() != b"drain" || stream.set_nonblocking(false).is_err() {
+                // The stream stays non-blocking: the supervisor's later `done` (the first
+                // bytes written to it) fits its buffer, and PID 1 never waits on a client.
+                if request.trim_ascii() != b"drain" {
                     return;
                 }
-                // The answer comes from the supervisor later: it must not block PID 1.
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                 if to.send(Request::Drain(stream)).is_ok() {
                     wake.wake();
                 }

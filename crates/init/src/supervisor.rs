@@ -36,6 +36,9 @@ const SYNCHRONOUS: [Signal; 6] = [
     Signal::SIGSYS,
 ];
 
+/// Prestop hooks that may wait for the drain at once; more are closed unanswered.
+const MAX_WAITING_HOOKS: usize = 64;
+
 /// Why quiesce-init could not supervise.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -289,6 +292,11 @@ impl Supervisor {
     }
 
     fn on_prestop(&mut self, stream: UnixStream) {
+        // The kubelet runs one hook per container stop; past a few dozen waiting, the rest
+        // is a client gone wrong, and each would hold a descriptor until the drain ends.
+        if self.waiting_hooks.len() >= MAX_WAITING_HOOKS {
+            return;
+        }
         match self.phase {
             Phase::Serving => {
                 self.waiting_hooks.push(stream);

@@ -42,27 +42,17 @@ fn tty_stop_signals_are_ignored_by_quiesce_init_and_restored_for_the_app() {
     assert_eq!(init.wait().code(), Some(143));
 }
 
-/// Under a pseudo-terminal (`script` makes one, as `docker run -it` does), the app reads from
-/// the terminal: it can only if it is the foreground process group.
-#[test]
-fn the_app_is_the_terminals_foreground_process_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("app.sh");
-    std::fs::write(
-        &app,
-        "python3 -c 'import os; print(\"pgrp\", os.getpgrp(), \"foreground\", os.tcgetpgrp(0))'\n\
-         read line; echo \"read:$line\"\n",
-    )
-    .unwrap();
-    let inner = format!("{BIN} --drain-delay 0s -- sh {}", app.display());
+/// Runs `command` (a shell command line) under a pseudo-terminal made by `script`, as
+/// `docker run -it` makes one, typing `input`; its output, or a panic if it hangs.
+fn in_pty(command: &str, input: &[u8]) -> String {
     let mut script = Command::new("script")
-        .args(["-q", "-e", "-c", &inner, "/dev/null"])
+        .args(["-q", "-e", "-c", command, "/dev/null"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("script(1) from util-linux");
-    script.stdin.take().unwrap().write_all(b"typed\n").unwrap();
+    script.stdin.take().unwrap().write_all(input).unwrap();
     let mut out = script.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
@@ -83,20 +73,66 @@ fn the_app_is_the_terminals_foreground_process_group() {
         std::thread::sleep(Duration::from_millis(10));
     };
     let text = reader.join().unwrap();
-    let status = status.unwrap_or_else(|| panic!("the app hung reading the terminal:\n{text}"));
+    let status = status.unwrap_or_else(|| panic!("the session hung:\n{text}"));
     assert!(status.success(), "{status:?}:\n{text}");
-    let words: Vec<&str> = text
-        .lines()
-        .find(|l| l.starts_with("pgrp"))
-        .unwrap_or_else(|| panic!("no pgrp line in:\n{text}"))
+    text
+}
+
+/// The numbers on the first line of `text` that starts with `tag`.
+fn numbers(text: &str, tag: &str) -> Vec<i64> {
+    text.lines()
+        .find(|l| l.starts_with(tag))
+        .unwrap_or_else(|| panic!("no {tag} line in:\n{text}"))
         .split_whitespace()
-        .collect();
-    assert_eq!(
-        words[1], words[3],
-        "the app's group is the foreground: {text}"
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
+/// Under a pseudo-terminal the app reads from the terminal: it can only if it is the
+/// foreground process group.
+#[test]
+fn the_app_is_the_terminals_foreground_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.sh");
+    std::fs::write(
+        &app,
+        "python3 -c 'import os; print(\"pgrp\", os.getpgrp(), \"foreground\", os.tcgetpgrp(0))'\n\
+         read line; echo \"read:$line\"\n",
+    )
+    .unwrap();
+    let text = in_pty(
+        &format!("{BIN} --drain-delay 0s -- sh {}", app.display()),
+        b"typed\n",
     );
+    let ids = numbers(&text, "pgrp");
+    assert_eq!(ids[0], ids[1], "the app's group is the foreground: {text}");
     assert!(
         text.contains("read:typed"),
         "the app read the terminal:\n{text}"
     );
+}
+
+/// Started in the background of a terminal session, quiesce-init does not take the terminal
+/// away from the session's foreground job.
+#[test]
+fn in_the_background_the_terminal_is_not_taken() {
+    let session = format!(
+        "import os, subprocess\n\
+         app = 'import os; print(\"app\", os.getpgrp(), os.tcgetpgrp(0), flush=True)'\n\
+         p = subprocess.Popen([{BIN:?}, '--drain-delay', '0s', '--', 'python3', '-c', app], preexec_fn=lambda: os.setpgid(0, 0))\n\
+         p.wait()\n\
+         print('session', os.getpgrp(), os.tcgetpgrp(0))\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session.py");
+    std::fs::write(&file, session).unwrap();
+    let text = in_pty(&format!("python3 {}", file.display()), b"");
+    let app = numbers(&text, "app");
+    let session = numbers(&text, "session");
+    assert_eq!(
+        app[1], session[0],
+        "the session kept the foreground: {text}"
+    );
+    assert_ne!(app[0], app[1], "the app is in the background: {text}");
+    assert_eq!(session[0], session[1], "{text}");
 }
