@@ -56,27 +56,61 @@ pub fn release(mut stream: UnixStream) {
     let _ = stream.write_all(b"done\n");
 }
 
+/// Why `quiesce-init prestop` could not complete the handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum PrestopError {
+    /// Nothing listens on the socket.
+    #[error(
+        "cannot reach quiesce-init at {path}: {source} (is PID 1 quiesce-init with the same --control-socket?)"
+    )]
+    Unreachable {
+        /// The socket.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Sending the request failed.
+    #[error("{path}: {source}")]
+    Send {
+        /// The socket.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// No `done` within the timeout (or the connection failed while waiting).
+    #[error("no answer from quiesce-init within {}: {source}", humantime::format_duration(*.timeout))]
+    NoAnswer {
+        /// How long the hook waited.
+        timeout: Duration,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// PID 1 closed the connection or said something else.
+    #[error("quiesce-init answered {0:?} instead of done")]
+    Unexpected(String),
+}
+
 /// The client side: asks PID 1 to drain and waits for `done`, at most `timeout`.
-pub fn request_drain(path: &Path, timeout: Duration) -> Result<Duration, String> {
+pub fn request_drain(path: &Path, timeout: Duration) -> Result<Duration, PrestopError> {
     let started = Instant::now();
-    let mut stream = UnixStream::connect(path)
-        .map_err(|e| format!("cannot reach quiesce-init at {}: {e} (is PID 1 quiesce-init with the same --control-socket?)", path.display()))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"drain\n")
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).map_err(|e| {
-        format!(
-            "no answer from quiesce-init within {}: {e}",
-            humantime::format_duration(timeout)
-        )
+    let shown = || path.display().to_string();
+    let mut stream = UnixStream::connect(path).map_err(|source| PrestopError::Unreachable {
+        path: shown(),
+        source,
     })?;
+    let send = |source| PrestopError::Send {
+        path: shown(),
+        source,
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(send)?;
+    stream.write_all(b"drain\n").map_err(send)?;
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|source| PrestopError::NoAnswer { timeout, source })?;
     if line.trim() == "done" {
         Ok(started.elapsed())
     } else {
-        Err(format!("quiesce-init answered {line:?} instead of done"))
+        Err(PrestopError::Unexpected(line))
     }
 }
