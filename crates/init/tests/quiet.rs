@@ -232,3 +232,78 @@ both_modes!(
 fn drain_until_quiet_works_without_root() {
     the_stop_signal_waits_for_the_quiet_period_after_the_last_connection(Mode::Unprivileged);
 }
+
+/// The default traffic ports, in a network namespace of the test's own (nothing else listens
+/// there): every listening port counts but quiesce-init's readiness port, and the count of new
+/// connections is exact.
+#[test]
+fn by_default_every_listening_port_but_readiness_counts() {
+    let Some(mut prefix) = common::pid1_prefix() else {
+        return;
+    };
+    prefix.insert(1, "--net".into());
+    let script = format!(
+        "ip link set lo up && exec {} --ready-addr 127.0.0.1:8086 --drain-until-quiet 2s \
+         --drain-delay 30s --drain-min 2s --stop-timeout 10s \
+         -- python3 -m http.server 8080 --bind 127.0.0.1",
+        common::BIN
+    );
+    let mut cmd = std::process::Command::new(&prefix[0]);
+    cmd.args(&prefix[1..])
+        .args(["sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut init = Init::start(Mode::Pid1, cmd);
+    let mut log = Log::new(init.child.stderr.take().unwrap());
+    // The client runs inside the namespace: it waits for the app, then (once told) sends five
+    // sparse requests to the app and probes readiness every 100 ms in between.
+    let client = "import sys, time, urllib.request, urllib.error\n\
+                  def get(port):\n\
+                  \x20   try: return urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=2).status\n\
+                  \x20   except urllib.error.HTTPError as e: return e.code\n\
+                  \x20   except OSError: return None\n\
+                  for _ in range(200):\n\
+                  \x20   if get(8080) == 200: break\n\
+                  \x20   time.sleep(0.05)\n\
+                  print('serving', flush=True)\n\
+                  sys.stdin.readline()\n\
+                  for i in range(5):\n\
+                  \x20   assert get(8080) == 200, f'request {i} failed'\n\
+                  \x20   for _ in range(3):\n\
+                  \x20       get(8086)\n\
+                  \x20       time.sleep(0.1)\n\
+                  print('done', flush=True)\n";
+    let mut traffic = std::process::Command::new("nsenter")
+        .args([
+            "--target",
+            &init.pid.to_string(),
+            "--net",
+            "python3",
+            "-c",
+            client,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(traffic.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut said, &mut line).unwrap();
+    assert_eq!(line.trim(), "serving");
+    init.signal(SIGTERM);
+    log.until("drain started by SIGTERM");
+    std::io::Write::write_all(traffic.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    // Gaps of 300 ms against a 2 s quiet period, and at least 2 s of drain: all five count.
+    let quiet = log.until("quiet for 2s");
+    assert!(
+        quiet.contains("(5 during the drain)"),
+        "the five app requests, not the readiness probes nor the client's own sockets: {quiet}\n{}",
+        log.text()
+    );
+    assert!(
+        common::wait_exit(&mut traffic).success(),
+        "no request failed"
+    );
+    assert_eq!(init.wait().code(), Some(143));
+}

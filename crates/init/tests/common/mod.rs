@@ -170,7 +170,8 @@ pub struct Log {
 }
 
 impl Log {
-    fn new(stderr: ChildStderr) -> Log {
+    /// Reads `stderr` line by line on a thread of its own.
+    pub fn new(stderr: ChildStderr) -> Log {
         let (tx, lines) = channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
