@@ -4,8 +4,9 @@
 //! sends SIGTERM — only after endpoints had time to drop the pod.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,30 @@ pub enum Request {
     Drain(UnixStream),
 }
 
+/// The bound socket file, removed when quiesce-init is done with it (unless another
+/// quiesce-init has replaced it since).
+pub struct Bound {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Listens on `path` (replacing a stale socket) and forwards requests to `to`, waking the
 /// supervisor's poll with `wake`.
-pub fn listen(path: &Path, to: Sender<Request>, wake: Waker) -> std::io::Result<()> {
+pub fn listen(path: &Path, to: Sender<Request>, wake: Waker) -> std::io::Result<Bound> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
+    let bound = Bound {
+        path: path.to_path_buf(),
+        inode: std::fs::metadata(path)?.ino(),
+    };
     std::thread::spawn(move || {
         server::serve(
             listener,
@@ -48,7 +68,7 @@ pub fn listen(path: &Path, to: Sender<Request>, wake: Waker) -> std::io::Result<
             },
         )
     });
-    Ok(())
+    Ok(bound)
 }
 
 /// Tells a waiting prestop hook that the delay is over.

@@ -180,12 +180,14 @@ pub fn run(config: Config) -> Result<i32, Error> {
         source,
     })?;
     let (requests_tx, requests) = mpsc::channel();
-    if let Err(e) = control::listen(&config.control_socket, requests_tx, waker.clone()) {
-        log::phase(&format!(
-            "control socket {} unavailable ({e}); prestop will not work",
-            config.control_socket.display()
-        ));
-    }
+    // Held until quiesce-init returns, then the socket file is removed.
+    let _control =
+        control::listen(&config.control_socket, requests_tx, waker.clone()).inspect_err(|e| {
+            log::phase(&format!(
+                "control socket {} unavailable ({e}); prestop will not work",
+                config.control_socket.display()
+            ))
+        });
     let signals = SignalFd::with_flags(&blocked, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(system("signalfd"))?;
 

@@ -221,6 +221,7 @@ fn prestop_blocks_through_the_delay_with_readiness_already_false(mode: Mode) {
         Some(143),
         "sleep got the stop signal when the delay ended"
     );
+    assert!(!socket.exists(), "quiesce-init removed its control socket");
 }
 
 #[test]
