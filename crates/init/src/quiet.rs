@@ -53,6 +53,12 @@ impl Watch {
         let mut live = Vec::new();
         diag.dump(&mut live)?;
         counter.baseline(&live);
+        // Sockets freed between the subscription and the end of that dump were open at the
+        // trigger (or opened and closed within these few milliseconds, before the drain's
+        // clock starts, where they could not change when it ends): not new.
+        let mut early = Vec::new();
+        let _ = diag.read_events(&mut early);
+        counter.forget(&early);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, halt) = (seen.clone(), stop.clone());
@@ -158,6 +164,13 @@ impl Counter {
             .map(|s| s.cookie)
             .collect();
         self.before.extend(before);
+    }
+
+    /// Sockets that are not to count, nor to be looked for again.
+    fn forget(&mut self, gone: &[Socket]) {
+        for s in gone {
+            self.before.remove(&s.cookie);
+        }
     }
 
     /// A later dump; returns how many new connections it shows.
