@@ -8,6 +8,7 @@
 mod child;
 mod config;
 mod control;
+mod drain;
 mod http;
 mod log;
 mod quiet;

@@ -11,7 +11,7 @@
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -22,7 +22,8 @@ use nix::unistd::Pid;
 use crate::child::{self, SpawnError, TTY_STOP};
 use crate::config::Config;
 use crate::control::{self, Request};
-use crate::quiet::{Seen, Watch};
+use crate::drain::{self, Drain};
+use crate::quiet::Watch;
 use crate::readiness::Readiness;
 use crate::{http, log, wake};
 
@@ -91,23 +92,6 @@ fn name(signo: i32) -> String {
         Ok(s) => s.to_string(),
         Err(_) => format!("SIGRTMIN+{}", signo - nix::libc::SIGRTMIN()),
     }
-}
-
-/// How the drain ends.
-struct Drain {
-    /// When the drain's clock started (after the on-drain call).
-    started: Instant,
-    /// The fixed delay, or the maximum with drain-until-quiet.
-    until: Instant,
-    /// Watching for quiet, when asked and possible.
-    quiet: Option<QuietDrain>,
-}
-
-struct QuietDrain {
-    watch: Watch,
-    period: Duration,
-    min: Duration,
-    trouble_logged: bool,
 }
 
 /// Where the drain stands.
@@ -241,9 +225,7 @@ impl Supervisor {
     fn next_deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Deregistering { deadline } => Some(*deadline),
-            Phase::Draining(d) => Some(d.quiet.as_ref().map_or(d.until, |q| {
-                quiet_end(d.started, q, &q.watch.seen()).min(d.until)
-            })),
+            Phase::Draining(d) => Some(d.next_check()),
             Phase::Stopping { kill_at } => Some(*kill_at),
             Phase::Serving | Phase::Killed => None,
         }
@@ -366,21 +348,12 @@ impl Supervisor {
     }
 
     fn begin_drain_clock(&mut self) {
-        let started = Instant::now();
         let quiet = match (&self.config.quiet, self.watch.take()) {
-            (Some(q), Some(watch)) => Some(QuietDrain {
-                watch,
-                period: q.period,
-                min: q.min,
-                trouble_logged: false,
-            }),
+            (Some(q), Some(watch)) => Some(drain::Quiet::new(watch, q.period, q.min)),
             _ => None,
         };
-        self.phase = Phase::Draining(Drain {
-            started,
-            until: started + self.config.drain_delay,
-            quiet,
-        });
+        let triggered = self.triggered.unwrap_or_else(Instant::now);
+        self.phase = Phase::Draining(Drain::new(triggered, self.config.drain_delay, quiet));
     }
 
     fn end_drain(&mut self, why: &str) {
@@ -422,7 +395,7 @@ impl Supervisor {
                 }
             }
             Phase::Draining(d) => {
-                if let Some(why) = drain_over(d, self.triggered.unwrap_or(d.started), now) {
+                if let Some(why) = d.over(now) {
                     self.end_drain(&why);
                 }
             }
@@ -473,54 +446,6 @@ fn reap_one() -> Option<(i32, i32)> {
         nix::libc::WEXITSTATUS(status)
     };
     Some((pid, code))
-}
-
-/// When a quiet drain may end given what has been seen: the minimum has passed and no new
-/// connection came for the quiet period.
-fn quiet_end(started: Instant, q: &QuietDrain, seen: &Seen) -> Instant {
-    let quiet_from = seen.last.map_or(started, |l| l.max(started));
-    (started + q.min).max(quiet_from + q.period)
-}
-
-/// Seconds with one decimal, as the drain's log lines report them.
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}
-
-/// Whether the drain is over at `now`, and the log line that says why.
-fn drain_over(d: &mut Drain, triggered: Instant, now: Instant) -> Option<String> {
-    let Some(q) = d.quiet.as_mut() else {
-        return (now >= d.until).then(|| "drain delay over".to_string());
-    };
-    let seen = q.watch.seen();
-    if let Some(t) = &seen.trouble
-        && !q.trouble_logged
-    {
-        log::phase(&format!("{t}: counted as traffic"));
-        q.trouble_logged = true;
-    }
-    let last = match seen.last {
-        Some(l) => format!(
-            "last new connection {} after the trigger ({} during the drain)",
-            secs(l.saturating_duration_since(triggered)),
-            seen.count
-        ),
-        None => "no new connection after the trigger".to_string(),
-    };
-    let at = secs(now.saturating_duration_since(triggered));
-    if now >= quiet_end(d.started, q, &seen) {
-        Some(format!(
-            "{last}; quiet for {}; stop signal at {at}",
-            humantime::format_duration(q.period)
-        ))
-    } else if now >= d.until {
-        Some(format!(
-            "maximum drain delay {} reached; {last}; stop signal at {at}",
-            humantime::format_duration(d.until - d.started)
-        ))
-    } else {
-        None
-    }
 }
 
 #[cfg(test)]
