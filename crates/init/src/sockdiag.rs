@@ -30,12 +30,17 @@ const MSG: usize = 72;
 /// 1 << (SKNLGRP_INET6_TCP_DESTROY - 1).
 const DESTROY_GROUPS: u32 = (1 << 0) | (1 << 2);
 
+/// `idiag_timer` of a TIME_WAIT remnant (inet_twsk_diag_fill in net/ipv4/inet_diag.c); a
+/// full socket's is 0, 1, 2 or 4.
+const TIMEWAIT_TIMER: u8 = 3;
+
 /// TCP_LISTEN in the kernel's numbering.
 pub const LISTEN: u8 = 10;
 
 /// The states a dump asks for: the established side of a connection until it is freed, and
 /// listeners. Not SYN_RECV (not yet accepted) nor TIME_WAIT (a freed socket's remains, already
-/// reported by its destroy notification).
+/// reported by its destroy notification). The kernel also lists those remains under
+/// FIN_WAIT2 (their substate); they are told apart by their timer (see [`TIMEWAIT_TIMER`]).
 const STATES: u32 = (1 << 1) // ESTABLISHED
     | (1 << 4) // FIN_WAIT1
     | (1 << 5) // FIN_WAIT2
@@ -211,7 +216,11 @@ fn parse(buf: &[u8], seq: Option<u32>, out: &mut Vec<Socket>) -> Parsed {
                         Parsed::Error(Errno::from_raw(-code))
                     };
                 }
-                SOCK_DIAG_BY_FAMILY => out.extend(socket_of(body)),
+                // Only full sockets: a TIME_WAIT remnant of one already reported would
+                // otherwise come back as a new connection with the same cookie.
+                SOCK_DIAG_BY_FAMILY if body.get(2) != Some(&TIMEWAIT_TIMER) => {
+                    out.extend(socket_of(body))
+                }
                 _ => {}
             }
         }
@@ -249,6 +258,54 @@ mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
 
+    /// Waits (bounded) for the destroy notification of `cookie`.
+    fn wait_gone(diag: &mut Diag, cookie: u64) {
+        let mut gone = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !gone.iter().any(|s: &Socket| s.cookie == cookie) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no destroy notification"
+            );
+            let mut fds = [nix::poll::PollFd::new(
+                diag.events_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
+            diag.read_events(&mut gone).unwrap();
+        }
+    }
+
+    fn served_side(diag: &mut Diag, port: u16, client_port: u16) -> Option<Socket> {
+        let mut live = Vec::new();
+        diag.dump(&mut live).unwrap();
+        live.into_iter()
+            .find(|s| s.local_port == port && s.remote_port == client_port)
+    }
+
+    /// The server closes first and the client not at all: the kernel frees the server's
+    /// socket (and says so) but lists its TIME_WAIT remnant under FIN_WAIT2, same cookie.
+    #[test]
+    fn a_freed_sockets_remnant_is_not_listed_again() {
+        let mut diag = Diag::open().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        let cookie = served_side(&mut diag, port, client_port)
+            .expect("the accepted side is listed")
+            .cookie;
+        drop(served);
+        wait_gone(&mut diag, cookie);
+        assert_eq!(
+            served_side(&mut diag, port, client_port),
+            None,
+            "a freed socket is not listed again"
+        );
+        drop(client);
+    }
+
     #[test]
     fn a_dump_shows_a_listener_and_its_connection_and_a_close_is_reported() {
         let mut diag = Diag::open().expect("sock_diag works unprivileged");
@@ -270,19 +327,6 @@ mod tests {
             .expect("the accepted side is in the dump");
         assert_eq!(accepted.remote, IpAddr::V4(Ipv4Addr::LOCALHOST));
         drop((client, served));
-        let mut gone = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !gone.iter().any(|s: &Socket| s.cookie == accepted.cookie) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no destroy notification"
-            );
-            let mut fds = [nix::poll::PollFd::new(
-                diag.events_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
-            diag.read_events(&mut gone).unwrap();
-        }
+        wait_gone(&mut diag, accepted.cookie);
     }
 }
