@@ -92,7 +92,7 @@ fn watch(mut diag: Diag, mut counter: Counter, seen: &Mutex<Seen>, stop: &Atomic
             Err(EventsError::Lost) => Some("connection notifications were lost".to_string()),
             Err(EventsError::Io(e)) => Some(format!("reading connection notifications: {e}")),
         };
-        let mut new = counter.gone(&sockets);
+        let mut new = counter.gone(&sockets, Instant::now());
         sockets.clear();
         match diag.dump(&mut sockets) {
             Ok(()) => new += counter.live(&sockets),
@@ -114,6 +114,8 @@ struct Counter {
     ports: Ports,
     ignore_from: Vec<IpAddr>,
     own_port: Option<u16>,
+    /// When watching started (just after the trigger).
+    started: Instant,
     /// Ports seen listening (for [`Ports::Listening`]).
     listening: HashSet<u16>,
     /// Connections open at the trigger: not new.
@@ -125,6 +127,7 @@ struct Counter {
 impl Counter {
     fn new(ports: Ports, ignore_from: Vec<IpAddr>, own_port: Option<u16>) -> Counter {
         Counter {
+            started: Instant::now(),
             ports,
             ignore_from,
             own_port,
@@ -188,12 +191,23 @@ impl Counter {
         new
     }
 
-    /// Destroy notifications; returns how many were connections never seen alive.
-    fn gone(&mut self, gone: &[Socket]) -> u64 {
+    /// Whether a socket reported gone at `now` last received data before the watch started:
+    /// a connection from before the trigger whose notification came late (the kernel sends
+    /// them from a work queue, which can lag the socket's removal from the table under load).
+    fn predates(&self, s: &Socket, now: Instant) -> bool {
+        s.idle_ms.is_some_and(|ms| {
+            now.checked_sub(Duration::from_millis(ms.into()))
+                .is_some_and(|last| last < self.started)
+        })
+    }
+
+    /// Destroy notifications seen at `now`; returns how many were connections never seen
+    /// alive.
+    fn gone(&mut self, gone: &[Socket], now: Instant) -> u64 {
         let mut new = 0;
         for s in gone {
             let known = self.before.remove(&s.cookie) | self.counted.remove(&s.cookie);
-            if !known && self.is_traffic(s) {
+            if !known && self.is_traffic(s) && !self.predates(s, now) {
                 new += 1;
             }
         }
@@ -213,6 +227,7 @@ mod tests {
             remote_port,
             remote: IpAddr::V4(Ipv4Addr::from(remote)),
             cookie,
+            idle_ms: None,
         }
     }
 
@@ -233,15 +248,33 @@ mod tests {
             1
         );
         assert_eq!(c.live(&[listen, old, new]), 0, "counted once while open");
-        assert_eq!(c.gone(&[old, new]), 0, "known ones closing are not new");
+        assert_eq!(
+            c.gone(&[old, new], Instant::now()),
+            0,
+            "known ones closing are not new"
+        );
         let short = sock(7, 8080, [10, 0, 1, 8], 40004, 8);
         assert_eq!(
-            c.gone(&[short, probe]),
+            c.gone(&[short, probe], Instant::now()),
             1,
             "a connection never seen alive counts"
         );
+        let late = Socket {
+            idle_ms: Some(60_000),
+            ..sock(7, 8080, [10, 0, 1, 9], 40005, 9)
+        };
+        assert_eq!(
+            c.gone(&[late], Instant::now() + Duration::from_millis(10)),
+            0,
+            "a late notification of a connection idle since before the watch"
+        );
+        let fresh = Socket {
+            idle_ms: Some(0),
+            ..sock(7, 8080, [10, 0, 1, 9], 40006, 10)
+        };
+        assert_eq!(c.gone(&[fresh], Instant::now()), 1);
         let closed_listener = sock(7, 8080, [0, 0, 0, 0], 0, 1);
-        assert_eq!(c.gone(&[closed_listener]), 0);
+        assert_eq!(c.gone(&[closed_listener], Instant::now()), 0);
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub struct Socket {
     pub remote: IpAddr,
     /// The kernel's unique id of the socket.
     pub cookie: u64,
+    /// Milliseconds since it last received data (`tcpi_last_data_recv`), in destroy
+    /// notifications, which carry a `struct tcp_info`. A connection's handshake counts as
+    /// received data, so a new connection's is never older than the connection.
+    pub idle_ms: Option<u32>,
 }
 
 /// Why the destroy notifications could not all be read.
@@ -250,7 +254,28 @@ fn socket_of(m: &[u8]) -> Option<Socket> {
         remote_port: u16::from_be_bytes([m[6], m[7]]),
         remote,
         cookie: word(44) | (word(48) << 32),
+        idle_ms: tcp_info_idle(&m[MSG..]),
     })
+}
+
+/// `tcpi_last_data_recv` from the INET_DIAG_INFO attribute (type 2) among `attrs`.
+fn tcp_info_idle(mut attrs: &[u8]) -> Option<u32> {
+    const INET_DIAG_INFO: u16 = 2;
+    const LAST_DATA_RECV: usize = 52;
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        let value = &attrs[4..len];
+        if kind == INET_DIAG_INFO && value.len() >= LAST_DATA_RECV + 4 {
+            let b = &value[LAST_DATA_RECV..LAST_DATA_RECV + 4];
+            return Some(u32::from_ne_bytes(b.try_into().unwrap()));
+        }
+        attrs = &attrs[((len + 3) & !3).min(attrs.len())..];
+    }
+    None
 }
 
 #[cfg(test)]
@@ -259,7 +284,7 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
 
     /// Waits (bounded) for the destroy notification of `cookie`.
-    fn wait_gone(diag: &mut Diag, cookie: u64) {
+    fn wait_gone(diag: &mut Diag, cookie: u64) -> Socket {
         let mut gone = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !gone.iter().any(|s: &Socket| s.cookie == cookie) {
@@ -274,6 +299,7 @@ mod tests {
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16));
             diag.read_events(&mut gone).unwrap();
         }
+        gone.into_iter().find(|s| s.cookie == cookie).unwrap()
     }
 
     fn served_side(diag: &mut Diag, port: u16, client_port: u16) -> Option<Socket> {
@@ -327,6 +353,10 @@ mod tests {
             .expect("the accepted side is in the dump");
         assert_eq!(accepted.remote, IpAddr::V4(Ipv4Addr::LOCALHOST));
         drop((client, served));
-        wait_gone(&mut diag, accepted.cookie);
+        let gone = wait_gone(&mut diag, accepted.cookie);
+        assert!(
+            gone.idle_ms.is_some_and(|ms| ms < 60_000),
+            "the notification says when it last received data: {gone:?}"
+        );
     }
 }
