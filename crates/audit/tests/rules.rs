@@ -105,6 +105,38 @@ fn quiesce_init_drain_delay_and_annotation_stack_are_recognised() {
     assert!(findings.is_empty(), "{findings:?}");
 }
 
+/// With drain-until-quiet the drain may end after the quiet period, or last until the maximum
+/// (the drain delay): only the maximum can be relied on to cover the budget.
+#[test]
+fn drain_until_quiet_covers_the_budget_only_if_its_maximum_does() {
+    let container = |env: &str| {
+        format!(
+            "          command: [/quiesce-init, --, /app]\n          env: [{env}]\n          readinessProbe: {{httpGet: {{path: /, port: 80}}}}\n"
+        )
+    };
+    let long_max = container(
+        "{name: QUIESCE_DRAIN_QUIET, value: 2s}, {name: QUIESCE_DRAIN_DELAY, value: 40s}",
+    );
+    assert!(
+        rules(&run_text(&deployment(3, "", &long_max), &[Stack::Alb])).is_empty(),
+        "a 40 s maximum covers the ALB budget"
+    );
+    let short_max = container(
+        "{name: QUIESCE_DRAIN_QUIET, value: 30s}, {name: QUIESCE_DRAIN_DELAY, value: 5s}",
+    );
+    assert_eq!(
+        rules(&run_text(&deployment(3, "", &short_max), &[Stack::Alb])),
+        ["prestop-too-short"],
+        "the quiet period is not the maximum"
+    );
+    let default_max = container("{name: QUIESCE_DRAIN_QUIET, value: 2s}");
+    assert_eq!(
+        rules(&run_text(&deployment(3, "", &default_max), &[Stack::Alb])),
+        ["prestop-too-short"],
+        "quiesce-init's default maximum (5 s) counts, not no preStop delay at all"
+    );
+}
+
 #[test]
 fn real_guestbook_manifest_lacks_probes_and_prestop() {
     let objects = load::load_paths(&[fixture("guestbook-all-in-one.yaml")]).unwrap();

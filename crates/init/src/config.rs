@@ -1,7 +1,7 @@
 //! Options from flags, each also from an environment variable so a pod spec can configure
 //! quiesce-init without changing the image's command. Flags win over the environment.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +18,12 @@ pub struct Config {
     pub trigger: Signal,
     /// The signal the app gets when the delay is over.
     pub stop_signal: Signal,
+    /// Signal the app's whole process group, not only its pid: a shell that does not `exec`
+    /// or workers that outlive their parent get the stop signal too.
+    pub signal_group: bool,
+    /// End the drain when traffic has stopped instead of after the fixed delay (which is then
+    /// the maximum).
+    pub quiet: Option<Quiet>,
     /// Where to answer readiness (200 before the drain, 503 from its first instant).
     pub ready_addr: Option<SocketAddr>,
     /// The app's own readiness URL, reported until the drain starts.
@@ -34,6 +40,34 @@ pub struct Config {
     pub command: Vec<String>,
 }
 
+/// How drain-until-quiet decides that traffic has stopped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quiet {
+    /// No new inbound connection for this long ends the drain.
+    pub period: Duration,
+    /// The drain lasts at least this long, however quiet.
+    pub min: Duration,
+    /// Which local ports receive traffic.
+    pub ports: Ports,
+    /// Connections from these addresses are not traffic (the kubelet probes from the node).
+    pub ignore_from: Vec<IpAddr>,
+}
+
+/// The ports whose new connections count as traffic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ports {
+    /// Every port listening in the pod's network namespace except the readiness endpoint.
+    Listening,
+    /// Only these.
+    Listed(Vec<u16>),
+}
+
+/// The inbound listener of a mesh sidecar: under a mesh every request reaches the app over
+/// loopback from the sidecar's connection pool, so new connections are counted where clients
+/// arrive. Istio's inbound capture port (`15006`, see istio.io "Application Requirements",
+/// ports used by Istio) and Linkerd's inbound proxy port (`4143`, linkerd.io "Ports").
+const MESH_PORTS: [(&str, u16); 2] = [("istio", 15006), ("linkerd", 4143)];
+
 /// Options of `quiesce-init prestop`.
 #[derive(Debug, Clone)]
 pub struct Prestop {
@@ -49,7 +83,7 @@ pub struct Prestop {
 #[derive(Debug)]
 pub enum Invocation {
     /// Supervise a command.
-    Run(Config),
+    Run(Box<Config>),
     /// The preStop handshake.
     Prestop(Prestop),
     /// `--help`.
@@ -73,7 +107,8 @@ USAGE:
 On the trigger signal (SIGTERM) readiness goes false at once, the on-drain URL is called,
 everything keeps running for the drain delay, then the app gets the stop signal and, after
 the stop timeout, SIGKILL. A second trigger or a SIGINT skips what is left of the delay.
-Other signals are forwarded to the app; orphaned processes are reaped.
+Other signals are forwarded to the app; orphaned processes are reaped. A command that does
+not exist exits 127, one that cannot be executed 126.
 
 OPTIONS (each also from the environment variable shown):
     --drain-delay DUR        keep serving after the trigger [QUIESCE_DRAIN_DELAY, default 5s]
@@ -85,12 +120,23 @@ OPTIONS (each also from the environment variable shown):
     --ready-file PATH        a file that exists while ready [QUIESCE_READY_FILE]
     --on-drain URL           POST to this http:// URL when the drain starts [QUIESCE_ON_DRAIN]
     --on-drain-timeout DUR   [QUIESCE_ON_DRAIN_TIMEOUT, default 5s]
+    --signal-group           signal the app's whole process group, not only its pid
+                             [QUIESCE_SIGNAL_GROUP=1]
+    --drain-until-quiet DUR  end the drain once no new connection has reached the app for DUR;
+                             --drain-delay is then the maximum [QUIESCE_DRAIN_QUIET]
+    --drain-min DUR          drain at least this long [QUIESCE_DRAIN_MIN, default 1s]
+    --drain-ports LIST       ports whose connections count as traffic: numbers, or istio
+                             (15006) / linkerd (4143) for a mesh sidecar's inbound listener
+                             [QUIESCE_DRAIN_PORTS, default every listening port but readiness]
+    --drain-ignore-from IPS  connections from these addresses are not traffic, e.g. the
+                             node's (status.hostIP) for the kubelet's probes
+                             [QUIESCE_DRAIN_IGNORE_FROM]
     --control-socket PATH    socket for `prestop` [QUIESCE_CONTROL_SOCKET, default /tmp/quiesce-init.sock]
     -h, --help               this text
     -V, --version            the version
 
 Durations: 500ms, 30s, 2m, 1h30m. terminationGracePeriodSeconds must cover
-drain delay + stop timeout + a margin.
+drain delay (the maximum, with --drain-until-quiet) + stop timeout + a margin.
 ";
 
 /// A bad command line: the message names the input and what was expected.
@@ -122,6 +168,51 @@ fn signal(name: &str, value: &str) -> Result<Signal, UsageError> {
         })
 }
 
+fn boolean(name: &str, value: &str) -> Result<bool, UsageError> {
+    match value.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" | "" => Ok(false),
+        _ => Err(UsageError(format!(
+            "{name}: expected 1, true, 0 or false, got {value:?}"
+        ))),
+    }
+}
+
+fn ports(name: &str, value: &str) -> Result<Ports, UsageError> {
+    let listed = value
+        .split(',')
+        .map(str::trim)
+        .map(|p| {
+            MESH_PORTS
+                .iter()
+                .find(|(mesh, _)| mesh.eq_ignore_ascii_case(p))
+                .map(|(_, port)| *port)
+                .or_else(|| p.parse().ok().filter(|n| *n != 0))
+                .ok_or_else(|| {
+                    UsageError(format!(
+                        "{name}: expected ports such as 8080,9090 or a mesh (istio, linkerd), got {p:?} in {value:?}"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<u16>, _>>()?;
+    Ok(Ports::Listed(listed))
+}
+
+fn addresses(name: &str, value: &str) -> Result<Vec<IpAddr>, UsageError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse().map_err(|_| {
+                UsageError(format!(
+                    "{name}: expected IP addresses such as 10.0.3.17, got {a:?} in {value:?}"
+                ))
+            })
+        })
+        .collect()
+}
+
 fn http_url(name: &str, value: &str) -> Result<String, UsageError> {
     if value.starts_with("http://") {
         Ok(value.to_string())
@@ -151,6 +242,7 @@ pub fn parse(
                 break;
             }
             "-h" | "--help" => return Ok(Invocation::Help),
+            "--signal-group" => flags.push((arg.clone(), "true".into())),
             "-V" | "--version" => return Ok(Invocation::Version),
             _ if arg.starts_with("--") => {
                 let (name, value) = match arg.split_once('=') {
@@ -181,7 +273,7 @@ pub fn parse(
             .map(|(_, v)| v.clone())
             .or_else(|| env(var))
     };
-    const KNOWN: [&str; 10] = [
+    const KNOWN: [&str; 15] = [
         "--drain-delay",
         "--stop-timeout",
         "--trigger",
@@ -192,6 +284,11 @@ pub fn parse(
         "--on-drain",
         "--on-drain-timeout",
         "--control-socket",
+        "--signal-group",
+        "--drain-until-quiet",
+        "--drain-min",
+        "--drain-ports",
+        "--drain-ignore-from",
     ];
     if let Some((unknown, _)) = flags.iter().find(|(n, _)| !KNOWN.contains(&n.as_str())) {
         return Err(UsageError(format!(
@@ -214,7 +311,22 @@ pub fn parse(
         })?),
         None => None,
     };
-    Ok(Invocation::Run(Config {
+    // Checked even without --drain-until-quiet, so a typo shows before it is needed.
+    let min = opt_duration("--drain-min", "QUIESCE_DRAIN_MIN", Duration::from_secs(1))?;
+    let traffic_ports = get("--drain-ports", "QUIESCE_DRAIN_PORTS")
+        .map_or(Ok(Ports::Listening), |v| ports("--drain-ports", &v))?;
+    let ignore_from = get("--drain-ignore-from", "QUIESCE_DRAIN_IGNORE_FROM")
+        .map_or(Ok(Vec::new()), |v| addresses("--drain-ignore-from", &v))?;
+    let quiet = match get("--drain-until-quiet", "QUIESCE_DRAIN_QUIET") {
+        Some(v) => Some(Quiet {
+            period: duration("--drain-until-quiet", &v)?,
+            min,
+            ports: traffic_ports,
+            ignore_from,
+        }),
+        None => None,
+    };
+    Ok(Invocation::Run(Box::new(Config {
         drain_delay: opt_duration(
             "--drain-delay",
             "QUIESCE_DRAIN_DELAY",
@@ -229,6 +341,10 @@ pub fn parse(
             .map_or(Ok(Signal::SIGTERM), |v| signal("--trigger", &v))?,
         stop_signal: get("--stop-signal", "QUIESCE_STOP_SIGNAL")
             .map_or(Ok(Signal::SIGTERM), |v| signal("--stop-signal", &v))?,
+        signal_group: get("--signal-group", "QUIESCE_SIGNAL_GROUP").map_or(Ok(false), |v| {
+            boolean("--signal-group (QUIESCE_SIGNAL_GROUP)", &v)
+        })?,
+        quiet,
         ready_addr,
         ready_upstream: get("--ready-upstream", "QUIESCE_READY_UPSTREAM")
             .map(|v| http_url("--ready-upstream", &v))
@@ -245,7 +361,7 @@ pub fn parse(
         control_socket: get("--control-socket", "QUIESCE_CONTROL_SOCKET")
             .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from),
         command,
-    }))
+    })))
 }
 
 fn parse_prestop(
@@ -348,6 +464,48 @@ mod tests {
                 .0
                 .contains("no command")
         );
+    }
+
+    #[test]
+    fn drain_until_quiet_options() {
+        let env = |k: &str| match k {
+            "QUIESCE_DRAIN_QUIET" => Some("2s".to_string()),
+            "QUIESCE_DRAIN_PORTS" => Some("8080, istio".to_string()),
+            "QUIESCE_DRAIN_IGNORE_FROM" => Some("10.0.3.17,fd00::1".to_string()),
+            "QUIESCE_SIGNAL_GROUP" => Some("1".to_string()),
+            _ => None,
+        };
+        let Invocation::Run(c) = parse(&args(&["--", "app"]), &env).unwrap() else {
+            panic!()
+        };
+        assert!(c.signal_group);
+        let q = c.quiet.unwrap();
+        assert_eq!(q.period, Duration::from_secs(2));
+        assert_eq!(q.min, Duration::from_secs(1), "the default minimum");
+        assert_eq!(q.ports, Ports::Listed(vec![8080, 15006]));
+        assert_eq!(q.ignore_from.len(), 2);
+        let none = |_: &str| None;
+        let Invocation::Run(c) = parse(
+            &args(&["--signal-group", "--drain-until-quiet=1s", "--", "app"]),
+            &none,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert!(c.signal_group, "a flag without a value");
+        assert_eq!(c.quiet.unwrap().ports, Ports::Listening);
+        for (flag, bad) in [
+            ("--drain-ports", "http"),
+            ("--drain-ignore-from", "node"),
+            ("--drain-until-quiet", "soon"),
+        ] {
+            let a = [flag, bad, "--", "app"];
+            let err = parse(&args(&a), &none).unwrap_err().0;
+            assert!(err.starts_with(flag) && err.contains(bad), "{err}");
+        }
+        let bad_env = |k: &str| (k == "QUIESCE_SIGNAL_GROUP").then(|| "maybe".to_string());
+        let err = parse(&args(&["--", "app"]), &bad_env).unwrap_err().0;
+        assert!(err.contains("maybe"), "{err}");
     }
 
     #[test]

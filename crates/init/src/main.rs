@@ -5,12 +5,18 @@
 //! (EndpointSlice → kube-proxy, load balancers, client-side caches), then it gets its stop
 //! signal and a deadline. `quiesce-init prestop` gives shell-less images a preStop hook.
 
+mod child;
 mod config;
 mod control;
+mod drain;
 mod http;
 mod log;
+mod quiet;
 mod readiness;
+mod server;
+mod sockdiag;
 mod supervisor;
+mod wake;
 
 use std::process::ExitCode;
 
@@ -35,11 +41,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Invocation::Prestop(p) => prestop(&p),
-        Invocation::Run(config) => match supervisor::run(config) {
+        Invocation::Run(config) => match supervisor::run(*config) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
             Err(e) => {
                 eprintln!("quiesce-init: {e}");
-                ExitCode::from(1)
+                ExitCode::from(e.exit_code())
             }
         },
     }

@@ -49,11 +49,22 @@ pub fn duration(text: &str) -> Option<Duration> {
         .or_else(|| text.parse::<u64>().ok().map(Duration::from_secs))
 }
 
+/// quiesce-init's `--drain-delay` when none is given.
+const QUIESCE_INIT_DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
+
 /// The preStop delay of one container: the sleep action, a `sleep N` exec, or quiesce-init's
-/// drain delay (`QUIESCE_DRAIN_DELAY` / `--drain-delay`).
+/// drain delay (`QUIESCE_DRAIN_DELAY` / `--drain-delay`). With drain-until-quiet
+/// (`QUIESCE_DRAIN_QUIET` / `--drain-until-quiet`) the drain may end much earlier; only its
+/// maximum, the drain delay (quiesce-init's default 5 s when unset), is certain.
 pub fn prestop_delay(c: &Value) -> Option<Duration> {
     if let Some(d) = env(c, "QUIESCE_DRAIN_DELAY").or_else(|| arg(c, "--drain-delay")) {
         return duration(d);
+    }
+    if env(c, "QUIESCE_DRAIN_QUIET")
+        .or_else(|| arg(c, "--drain-until-quiet"))
+        .is_some()
+    {
+        return Some(QUIESCE_INIT_DEFAULT_DRAIN_DELAY);
     }
     let pre = c.pointer("/lifecycle/preStop")?;
     if let Some(s) = pre.pointer("/sleep/seconds").and_then(Value::as_u64) {
