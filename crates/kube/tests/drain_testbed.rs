@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use quiesce_core::{DrainOptions, Verdict};
@@ -57,7 +57,7 @@ async fn one_replica_deployment_is_held_until_its_replacement_is_ready_elsewhere
     .await;
 
     assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
-    let names: Vec<&str> = report.phases.iter().map(|p| p.name).collect();
+    let names: Vec<&str> = report.phases.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -199,7 +199,8 @@ async fn unmanaged_pods_need_force_and_a_deadline_uncordons() {
     );
     assert!(!cluster.unschedulable("node-1").await);
 
-    // An app that never becomes Ready: the gate holds until the deadline, then gives up.
+    // An app that never became Ready had nothing Available before the drain, so the gate's
+    // target is 0: a crash-looping workload does not hold every drain (issue 12).
     cluster
         .deployment(
             "stuck",
@@ -209,8 +210,50 @@ async fn unmanaged_pods_need_force_and_a_deadline_uncordons() {
         )
         .await;
     let stuck_node = node_of(&cluster.pods("stuck").await[0]);
+    let report = run(
+        &cluster,
+        &spec(
+            &stuck_node,
+            DrainOptions {
+                force: true,
+                ..Default::default()
+            },
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    assert_eq!(report.gates[0].available_before, 0, "{report:#?}");
+    let nodes: Api<Node> = Api::all(cluster.client.clone());
+    nodes
+        .patch(
+            &stuck_node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"unschedulable": null}})),
+        )
+        .await
+        .unwrap();
+
+    // A Ready app whose replacement has nowhere to go (the only other node is cordoned, as if
+    // drained at the same time: a wait, not impossible): the gate holds until the deadline,
+    // then gives up and uncordons.
+    cluster.deployment("held", 1, json!({}), json!({})).await;
+    let held_node = node_of(&cluster.pods("held").await[0]);
+    let other = if held_node == "node-1" {
+        "node-2"
+    } else {
+        "node-1"
+    };
+    nodes
+        .patch(
+            other,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"unschedulable": true}})),
+        )
+        .await
+        .unwrap();
     let mut drain_spec = spec(
-        &stuck_node,
+        &held_node,
         DrainOptions {
             force: true,
             ..Default::default()
@@ -230,5 +273,5 @@ async fn unmanaged_pods_need_force_and_a_deadline_uncordons() {
         report.error
     );
     assert!(report.uncordoned);
-    assert!(!cluster.unschedulable(&stuck_node).await);
+    assert!(!cluster.unschedulable(&held_node).await);
 }
