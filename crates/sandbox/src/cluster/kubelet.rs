@@ -18,6 +18,9 @@ pub const STARTUP_DELAY: &str = "sandbox.quiesce.io/startup-delay";
 pub const PRESTOP_DELAY: &str = "sandbox.quiesce.io/prestop-delay";
 /// Annotation: how long the app takes to exit after SIGTERM (`3s`).
 pub const SHUTDOWN_DELAY: &str = "sandbox.quiesce.io/shutdown-delay";
+/// Annotation (`"true"`): the image never pulls, so the pod stays Pending in ImagePullBackOff,
+/// as a kubelet reports it (phase Pending, container waiting with that reason).
+pub const IMAGE_PULL_FAILS: &str = "sandbox.quiesce.io/image-pull-fails";
 
 /// Keeps every node Ready with capacity, the status a kubelet posts.
 pub(super) fn nodes(pass: &mut Pass<'_>) {
@@ -108,6 +111,20 @@ fn container_statuses(pod: &Value, ready: bool) -> Value {
     json!(statuses)
 }
 
+fn image_pull_back_off(pod: &Value) -> Value {
+    let statuses: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false,
+            "started": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff",
+            "message": format!("Back-off pulling image {}", c["image"])}}})
+        })
+        .collect();
+    json!(statuses)
+}
+
 /// Drives every bound pod through its lifecycle.
 pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
     let node_names: std::collections::HashSet<String> = pass
@@ -166,6 +183,15 @@ pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
                     });
                 } else {
                     pass.wake_at(ready_at);
+                }
+            }
+            _ if pod["metadata"]["annotations"][IMAGE_PULL_FAILS] == "true" => {
+                if pod["status"]["containerStatuses"].is_null() {
+                    pass.update(pods(), &pod, Part::Status, |p| {
+                        p["status"]["phase"] = json!("Pending");
+                        p["status"]["conditions"] = ready_condition(false);
+                        p["status"]["containerStatuses"] = image_pull_back_off(p);
+                    });
                 }
             }
             _ => {
