@@ -279,3 +279,52 @@ async fn a_pod_stuck_terminating_is_a_named_blocker() {
     );
     sb.shutdown().await;
 }
+
+/// A surge is a rolling restart of every replica: a drain resumed after it surged must not
+/// restart the Deployment a second time (the record on the Node says it was done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_surge_restarts_the_deployment_once() {
+    let (sb, client) = sandbox(3).await;
+    slow_deployment(&client, "solo", 1, "6s").await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deployments
+        .patch(
+            "solo",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"quiesce.io/drain-strategy": "surge"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let node = node_of(&pods(&client, "solo").await[0]).to_string();
+    let generation = || async { deployments.get("solo").await.unwrap().metadata.generation };
+    let before = generation().await;
+
+    // The new pod needs 3 s to be Ready: this run restarts, then stops while waiting.
+    let first = run(&client, &node, Duration::from_millis(1500)).await;
+    assert_eq!(first.outcome, Outcome::Failed, "{first:#?}");
+    let restarted = generation().await;
+    assert_eq!(
+        restarted,
+        before.map(|g| g + 1),
+        "the first run restarted solo once"
+    );
+    let recorded = drain_record(&client, &node).await.unwrap();
+    assert!(recorded.contains("\"surged\":true"), "{recorded}");
+
+    let second = run(&client, &node, Duration::from_secs(90)).await;
+
+    assert_eq!(second.outcome, Outcome::Drained, "{second:#?}");
+    assert_eq!(
+        generation().await,
+        restarted,
+        "the resumed run did not restart solo again"
+    );
+    let now = pods(&client, "solo").await;
+    assert!(
+        now.len() == 1 && node_of(&now[0]) != node && quiesce_core::gate::is_ready(&now[0]),
+        "{now:#?}"
+    );
+    sb.shutdown().await;
+}

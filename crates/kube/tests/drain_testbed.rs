@@ -275,3 +275,65 @@ async fn unmanaged_pods_need_force_and_a_deadline_uncordons() {
     assert!(report.uncordoned);
     assert!(!cluster.unschedulable(&held_node).await);
 }
+
+/// On the real v1.20 API server: a pod already terminating when the drain starts (held here
+/// by a finalizer, as a slow kubelet or a controller would hold it) is waited for. The drain is
+/// still running once the replacement is Ready elsewhere, and finishes only after the old pod
+/// object is gone. (The control plane runs no kubelet, so shutdown timing itself is the
+/// sandbox's to show; what this pins is the API server's deletion semantics.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_already_terminating_is_waited_for_on_the_real_api_server() {
+    let cluster = Cluster::start(2).await;
+    cluster.deployment("solo", 1, json!({}), json!({})).await;
+    let old = cluster.pods("solo").await.remove(0);
+    let name = old.metadata.name.clone().unwrap();
+    let node = node_of(&old);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    let finalizer =
+        |f: serde_json::Value| kube::api::Patch::Merge(json!({"metadata": {"finalizers": f}}));
+    let params = kube::api::PatchParams::default();
+    pods.patch(&name, &params, &finalizer(json!(["test.quiesce.io/hold"])))
+        .await
+        .unwrap();
+    pods.delete(&name, &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+
+    let client = cluster.client.clone();
+    let drain_spec = spec(&node, DrainOptions::default(), Duration::from_secs(60));
+    let drained = tokio::spawn(async move {
+        drain(&KubeCluster::new(client), &drain_spec, &|_, _| {})
+            .await
+            .expect("the cluster can be read")
+    });
+    cluster.wait_ready("solo", 1).await;
+    let replacement = cluster
+        .pods("solo")
+        .await
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .unwrap();
+    assert_ne!(node_of(&replacement), node);
+    assert!(
+        pods.get_opt(&name).await.unwrap().is_some() && !drained.is_finished(),
+        "the drain still waits for the terminating pod"
+    );
+    pods.patch(&name, &params, &finalizer(json!(null)))
+        .await
+        .unwrap();
+
+    let report = tokio::time::timeout(Duration::from_secs(60), drained)
+        .await
+        .unwrap()
+        .unwrap();
+
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    assert!(
+        report
+            .pods
+            .iter()
+            .any(|p| p.pod == format!("default/{name}") && p.action == quiesce_core::Action::Wait),
+        "{report:#?}"
+    );
+    assert!(pods.get_opt(&name).await.unwrap().is_none());
+}
