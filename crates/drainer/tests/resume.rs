@@ -25,8 +25,8 @@ use support::bed;
 /// What the sandbox's watches delivered, each change with its resourceVersion.
 #[derive(Clone, Debug)]
 enum Seen {
-    Pod(Pod, bool),
-    Node(Node),
+    Pod(Box<Pod>, bool),
+    Node(Box<Node>),
 }
 
 type History = Arc<Mutex<Vec<(u64, Seen)>>>;
@@ -49,9 +49,9 @@ fn record_history(client: Client) -> (History, Vec<tokio::task::JoinHandle<()>>)
                 let mut h = history.lock().unwrap();
                 match event {
                     Ok(Event::Apply(p) | Event::InitApply(p)) => {
-                        h.push((rv(&p), Seen::Pod(p, true)))
+                        h.push((rv(&p), Seen::Pod(Box::new(p), true)))
                     }
-                    Ok(Event::Delete(p)) => h.push((rv(&p), Seen::Pod(p, false))),
+                    Ok(Event::Delete(p)) => h.push((rv(&p), Seen::Pod(Box::new(p), false))),
                     _ => {}
                 }
             }
@@ -64,7 +64,10 @@ fn record_history(client: Client) -> (History, Vec<tokio::task::JoinHandle<()>>)
             let mut stream = watcher::watcher(api, watcher::Config::default()).boxed();
             while let Some(event) = stream.next().await {
                 if let Ok(Event::Apply(n) | Event::InitApply(n)) = event {
-                    history.lock().unwrap().push((rv(&n), Seen::Node(n)));
+                    history
+                        .lock()
+                        .unwrap()
+                        .push((rv(&n), Seen::Node(Box::new(n))));
                 }
             }
         })
@@ -96,7 +99,7 @@ fn pods_at_continue(history: &History, node: &str) -> BTreeMap<String, Pod> {
         if let Seen::Pod(p, present) = seen {
             let uid = p.uid().unwrap_or_default();
             if present {
-                pods.insert(uid, p);
+                pods.insert(uid, *p);
             } else {
                 pods.remove(&uid);
             }
