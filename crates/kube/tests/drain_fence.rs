@@ -6,110 +6,18 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
 use kube::{Api, Client};
-use quiesce_core::gate::GateState;
-use quiesce_core::{DrainOptions, PodFacts, WorkloadRef};
-use quiesce_kube::Error;
-use quiesce_kube::cluster::{Cluster, Cordon, Eviction, GateTarget, Snapshot, Stuck};
+use quiesce_core::DrainOptions;
+use quiesce_kube::cluster::Cordon;
 use quiesce_kube::engine::{DrainSpec, drain};
-use quiesce_kube::events::Reason;
-use quiesce_kube::kube_cluster::KubeCluster;
-use quiesce_kube::record::DrainRecord;
 use quiesce_kube::report::{DrainReport, Outcome, Stage};
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::time::TimeScale;
 use quiesce_sandbox::{Sandbox, SandboxOptions};
-use serde_json::json;
-use tokio::time::Instant;
-
-type Result<T> = std::result::Result<T, Error>;
-
-/// When the late pod appears.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Moment {
-    /// Right after the first (unfenced) read, before the cordon.
-    AfterFirstRead,
-    /// While the drain waits for replacements: after the fenced read.
-    DuringGate,
-}
-
-struct Late {
-    inner: KubeCluster,
-    client: Client,
-    moment: Moment,
-    pod: serde_json::Value,
-    fired: AtomicBool,
-}
-
-impl Late {
-    async fn fire(&self, now: Moment) {
-        if now == self.moment && !self.fired.swap(true, Ordering::SeqCst) {
-            Api::<Pod>::namespaced(self.client.clone(), "default")
-                .create(
-                    &PostParams::default(),
-                    &serde_json::from_value(self.pod.clone()).unwrap(),
-                )
-                .await
-                .expect("the late pod is created");
-        }
-    }
-}
-
-impl Cluster for Late {
-    async fn snapshot(&self) -> Result<Snapshot> {
-        let snapshot = self.inner.snapshot().await;
-        self.fire(Moment::AfterFirstRead).await;
-        snapshot
-    }
-    async fn cordon(&self, node: &str, cordon: &Cordon) -> Result<()> {
-        self.inner.cordon(node, cordon).await
-    }
-    async fn uncordon(&self, node: &str, cordon: &Cordon) -> Result<()> {
-        self.inner.uncordon(node, cordon).await
-    }
-    async fn evict(&self, pod: &PodFacts) -> Result<Eviction> {
-        self.inner.evict(pod).await
-    }
-    async fn restart(&self, workload: &WorkloadRef) -> Result<()> {
-        self.inner.restart(workload).await
-    }
-    async fn write_record(&self, node: &str, mine: Option<&DrainRecord>) -> Result<()> {
-        self.inner.write_record(node, mine).await
-    }
-    async fn wait_gone(
-        &self,
-        node: &str,
-        uids: &[String],
-        on_gone: &mut (dyn FnMut(&str) + Send),
-        deadline: Instant,
-    ) -> Result<Vec<Stuck>> {
-        self.inner.wait_gone(node, uids, on_gone, deadline).await
-    }
-    async fn wait_replaced(
-        &self,
-        namespace: &str,
-        targets: &[GateTarget],
-        node: &str,
-        on_end: &mut (dyn FnMut(&WorkloadRef, GateState) + Send),
-        deadline: Instant,
-    ) -> Result<()> {
-        self.fire(Moment::DuringGate).await;
-        self.inner
-            .wait_replaced(namespace, targets, node, on_end, deadline)
-            .await
-    }
-    async fn wait_volumes_detached(&self, node: &str, deadline: Instant) -> Result<()> {
-        self.inner.wait_volumes_detached(node, deadline).await
-    }
-    async fn event(&self, node: &str, reason: Reason, message: &str) -> Result<()> {
-        self.inner.event(node, reason, message).await
-    }
-}
+use support::late::{Late, Moment, late_pod};
 
 /// Drains the node of a `web` pod of the default scenario; `pod` (a function of that node)
 /// appears at `moment`.
@@ -147,13 +55,7 @@ async fn drain_with_late_pod(
         .as_ref()
         .and_then(|s| s.node_name.clone())
         .unwrap();
-    let late = Late {
-        inner: KubeCluster::new(client.clone()),
-        client: client.clone(),
-        moment,
-        pod: pod(&node),
-        fired: AtomicBool::new(false),
-    };
+    let late = Late::new(client.clone(), moment, pod(&node));
     let spec = DrainSpec {
         node,
         options: DrainOptions {
@@ -167,10 +69,7 @@ async fn drain_with_late_pod(
         cordon: Cordon::default(),
     };
     let report = drain(&late, &spec, &|_, _| {}).await.unwrap();
-    assert!(
-        late.fired.load(Ordering::SeqCst),
-        "the late pod was created"
-    );
+    assert!(late.fired(), "the late pod was created");
     (sb, report)
 }
 
@@ -180,19 +79,6 @@ async fn still_there(client: &Client, name: &str) -> bool {
         .await
         .unwrap()
         .is_some()
-}
-
-fn late_pod(name: &str, tolerates_cordon: bool, node: &str) -> serde_json::Value {
-    let tolerations = if tolerates_cordon {
-        json!([{"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}])
-    } else {
-        json!([])
-    };
-    json!({
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"nodeName": node, "tolerations": tolerations, "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "app", "image": "app:1"}]}
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

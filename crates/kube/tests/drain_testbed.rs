@@ -337,3 +337,81 @@ async fn a_pod_already_terminating_is_waited_for_on_the_real_api_server() {
     );
     assert!(pods.get_opt(&name).await.unwrap().is_none());
 }
+
+/// On the real v1.20 API server and scheduler: a pod bound to the node after the drain's first
+/// read (before its cordon) is in the fenced re-read and evicted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_bound_after_the_first_read_is_evicted_on_the_real_api_server() {
+    use support::late::{Late, Moment, late_pod};
+    let cluster = Cluster::start(2).await;
+    cluster.deployment("web", 1, json!({}), json!({})).await;
+    let node = node_of(&cluster.pods("web").await[0]);
+    let late = Late::new(
+        cluster.client.clone(),
+        Moment::AfterFirstRead,
+        late_pod("late", false, &node),
+    );
+    let drain_spec = spec(
+        &node,
+        DrainOptions {
+            force: true,
+            ..Default::default()
+        },
+        Duration::from_secs(60),
+    );
+
+    let report = drain(&late, &drain_spec, &|_, _| {}).await.unwrap();
+
+    assert!(late.fired());
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    assert!(
+        report.pods.iter().any(|p| p.pod == "default/late"),
+        "{report:#?}"
+    );
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    assert!(pods.get_opt("late").await.unwrap().is_none());
+}
+
+/// On the real v1.20 controllers: the gate counts the Deployment's own pods (by owner chain),
+/// so a Ready canary sharing its `app` label on another node does not let the drain pass
+/// before the Deployment's own replacement is Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_sharing_the_label_does_not_pass_the_gate_on_the_real_api_server() {
+    let cluster = Cluster::start(2).await;
+    cluster
+        .deployment("web", 1, json!({}), json!({STARTUP_DELAY_ANNOTATION: "2s"}))
+        .await;
+    let node = node_of(&cluster.pods("web").await[0]);
+    let other = if node == "node-1" { "node-2" } else { "node-1" };
+    let canary = json!({
+        "metadata": {"name": "web-canary", "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"nodeName": other, "containers": [{"name": "app", "image": "app:2"}]}
+    });
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "default");
+    pods.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(canary).unwrap(),
+    )
+    .await
+    .unwrap();
+    cluster.wait_ready("web", 2).await;
+
+    let report = run(
+        &cluster,
+        &spec(&node, DrainOptions::default(), Duration::from_secs(60)),
+    )
+    .await;
+
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    let own: Vec<Pod> = cluster
+        .pods("web")
+        .await
+        .into_iter()
+        .filter(|p| p.metadata.name.as_deref() != Some("web-canary"))
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    assert!(
+        own.len() == 1 && quiesce_core::gate::is_ready(&own[0]) && node_of(&own[0]) != node,
+        "drained only once web's own replacement was Ready: {own:#?}"
+    );
+}

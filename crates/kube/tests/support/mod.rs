@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod late;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
