@@ -202,15 +202,7 @@ impl Cluster for KubeCluster {
     async fn write_record(&self, node: &str, mine: Option<&DrainRecord>) -> Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         for _ in 0..RECORD_ATTEMPTS {
-            let current = nodes.get(node).await?;
-            let version = current
-                .metadata
-                .resource_version
-                .clone()
-                .ok_or(Error::Incomplete {
-                    what: format!("node {node}"),
-                    field: "metadata.resourceVersion",
-                })?;
+            let (current, version) = self.node_and_version(node).await?;
             let value = match mine {
                 None => serde_json::Value::Null,
                 Some(mine) => {
@@ -442,12 +434,8 @@ impl Cluster for KubeCluster {
 }
 
 impl KubeCluster {
-    async fn taints_without(
-        &self,
-        node: &str,
-        taint: &str,
-    ) -> Result<(Vec<serde_json::Value>, String)> {
-        let wanted = parse_taint(taint);
+    /// The Node and the resourceVersion to send as a write's precondition.
+    async fn node_and_version(&self, node: &str) -> Result<(Node, String)> {
         let current = Api::<Node>::all(self.client.clone()).get(node).await?;
         let version = current
             .metadata
@@ -457,6 +445,16 @@ impl KubeCluster {
                 what: format!("node {node}"),
                 field: "metadata.resourceVersion",
             })?;
+        Ok((current, version))
+    }
+
+    async fn taints_without(
+        &self,
+        node: &str,
+        taint: &str,
+    ) -> Result<(Vec<serde_json::Value>, String)> {
+        let wanted = parse_taint(taint);
+        let (current, version) = self.node_and_version(node).await?;
         let taints = current
             .spec
             .and_then(|s| s.taints)

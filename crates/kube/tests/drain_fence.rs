@@ -14,9 +14,8 @@ use quiesce_core::DrainOptions;
 use quiesce_kube::cluster::Cordon;
 use quiesce_kube::engine::{DrainSpec, drain};
 use quiesce_kube::report::{DrainReport, Outcome, Stage};
+use quiesce_sandbox::Sandbox;
 use quiesce_sandbox::scenario::Scenario;
-use quiesce_sandbox::time::TimeScale;
-use quiesce_sandbox::{Sandbox, SandboxOptions};
 use support::late::{Late, Moment, late_pod};
 
 /// Drains the node of a `web` pod of the default scenario; `pod` (a function of that node)
@@ -25,26 +24,9 @@ async fn drain_with_late_pod(
     moment: Moment,
     pod: impl FnOnce(&str) -> serde_json::Value,
 ) -> (Sandbox, DrainReport) {
-    let sb = Sandbox::start(SandboxOptions {
-        scenario: Scenario::default_for(3),
-        time_scale: TimeScale::new(20.0).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .expect("the sandbox starts");
+    let sb = support::sandbox(Scenario::default_for(3), 20.0).await;
     let client = sb.client();
-    support::wait_for(
-        Api::<Pod>::namespaced(client.clone(), "default"),
-        kube::runtime::watcher::Config::default().labels("app=web"),
-        "web Ready",
-        |pods: &[Pod]| {
-            pods.iter()
-                .filter(|p| quiesce_core::gate::is_ready(p))
-                .count()
-                == 3
-        },
-    )
-    .await;
+    support::ready(&client, "default", "app=web", 3).await;
     let web: Vec<Pod> = Api::<Pod>::namespaced(client.clone(), "default")
         .list(&kube::api::ListParams::default().labels("app=web"))
         .await

@@ -14,47 +14,23 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use quiesce_core::DrainOptions;
-use quiesce_kube::cluster::Cordon;
-use quiesce_kube::engine::{DrainSpec, drain};
-use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::report::{DrainReport, GateEnd, Outcome};
+use quiesce_sandbox::Sandbox;
 use quiesce_sandbox::scenario::Scenario;
-use quiesce_sandbox::time::TimeScale;
-use quiesce_sandbox::{Sandbox, SandboxOptions};
 use serde_json::json;
 
 async fn sandbox(nodes: usize) -> (Sandbox, Client) {
-    let sb = Sandbox::start(SandboxOptions {
-        scenario: Scenario::nodes_only(nodes),
-        time_scale: TimeScale::new(4.0).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .expect("the sandbox starts");
+    let sb = support::sandbox(Scenario::nodes_only(nodes), 4.0).await;
     let client = sb.client();
     (sb, client)
 }
 
-fn spec(node: &str, timeout: Duration) -> DrainSpec {
-    DrainSpec {
-        node: node.into(),
-        options: DrainOptions::default(),
-        timeout,
-        dry_run: false,
-        uncordon_on_failure: false,
-        replacement_gate: true,
-        cordon: Cordon::default(),
-    }
-}
-
 async fn run(client: &Client, node: &str, timeout: Duration) -> DrainReport {
-    drain(
-        &KubeCluster::new(client.clone()),
-        &spec(node, timeout),
-        &|_, _| {},
+    support::drain_with(
+        client,
+        &support::spec(node, DrainOptions::default(), timeout),
     )
     .await
-    .expect("the cluster can be read")
 }
 
 async fn create_deployment(
@@ -87,9 +63,7 @@ async fn wait_pods(client: &Client, app: &str, what: &str, done: impl FnMut(&[Po
     .await;
 }
 
-fn live_ready(p: &Pod) -> bool {
-    quiesce_core::gate::is_ready(p) && p.metadata.deletion_timestamp.is_none()
-}
+use support::live_ready;
 
 fn node_of(pod: &Pod) -> &str {
     pod.spec

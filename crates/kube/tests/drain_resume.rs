@@ -16,38 +16,24 @@ use quiesce_kube::engine::{DrainSpec, drain};
 use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::record;
 use quiesce_kube::report::{DrainReport, GateEnd, Outcome};
+use quiesce_sandbox::Sandbox;
 use quiesce_sandbox::scenario::Scenario;
-use quiesce_sandbox::time::TimeScale;
-use quiesce_sandbox::{Sandbox, SandboxOptions};
 use serde_json::json;
 
 /// Scenario seconds run at half speed: an 8 s shutdown takes 4 s, long enough that a drain
 /// which does not wait for it is caught with the pod still there.
 async fn sandbox(nodes: usize) -> (Sandbox, Client) {
-    let sb = Sandbox::start(SandboxOptions {
-        scenario: Scenario::nodes_only(nodes),
-        time_scale: TimeScale::new(2.0).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .expect("the sandbox starts");
+    let sb = support::sandbox(Scenario::nodes_only(nodes), 2.0).await;
     let client = sb.client();
     (sb, client)
 }
 
 async fn run(client: &Client, node: &str, timeout: Duration) -> DrainReport {
-    let spec = DrainSpec {
-        node: node.into(),
-        options: DrainOptions::default(),
-        timeout,
-        dry_run: false,
-        uncordon_on_failure: false,
-        replacement_gate: true,
-        cordon: Cordon::default(),
-    };
-    drain(&KubeCluster::new(client.clone()), &spec, &|_, _| {})
-        .await
-        .expect("the cluster can be read")
+    support::drain_with(
+        client,
+        &support::spec(node, DrainOptions::default(), timeout),
+    )
+    .await
 }
 
 /// Like the issue's `solo`: pods take `startup` to become Ready and 8 s to stop, grace 30 s.
@@ -68,20 +54,7 @@ async fn slow_deployment(client: &Client, name: &str, replicas: i32, startup: &s
 }
 
 async fn ready(client: &Client, app: &str, n: usize) {
-    support::wait_for(
-        Api::<Pod>::namespaced(client.clone(), "default"),
-        kube::runtime::watcher::Config::default().labels(&format!("app={app}")),
-        "pods Ready",
-        |pods: &[Pod]| {
-            pods.iter()
-                .filter(|p| {
-                    quiesce_core::gate::is_ready(p) && p.metadata.deletion_timestamp.is_none()
-                })
-                .count()
-                == n
-        },
-    )
-    .await;
+    support::ready(client, "default", &format!("app={app}"), n).await;
 }
 
 async fn pods(client: &Client, app: &str) -> Vec<Pod> {

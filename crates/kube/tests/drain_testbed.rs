@@ -306,6 +306,23 @@ async fn a_pod_already_terminating_is_waited_for_on_the_real_api_server() {
             .await
             .expect("the cluster can be read")
     });
+    // The drain has planned from its fenced read once it records solo's count on the Node.
+    support::wait_for(
+        Api::<Node>::all(cluster.client.clone()),
+        watcher::Config::default(),
+        "the drain record names solo",
+        |nodes: &[Node]| {
+            nodes.iter().any(|n| {
+                n.metadata.name.as_deref() == Some(node.as_str())
+                    && n.metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(quiesce_kube::record::ANNOTATION))
+                        .is_some_and(|r| r.contains("Deployment/default/solo"))
+            })
+        },
+    )
+    .await;
     cluster.wait_ready("solo", 1).await;
     let replacement = cluster
         .pods("solo")
