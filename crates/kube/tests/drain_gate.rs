@@ -277,3 +277,47 @@ async fn a_pod_in_image_pull_back_off_under_min_available_one_is_not_impossible(
     );
     sb.shutdown().await;
 }
+
+/// A pod whose controller quiesce does not know (here an Argo Rollout's) is evicted but
+/// reported as ungated, in the report and as a Warning Event on the Node, not passed silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_an_unknown_controller_are_reported_as_ungated() {
+    let (sb, client) = sandbox(2).await;
+    let pod = json!({
+        "metadata": {"name": "canary-0", "namespace": "default", "ownerReferences": [{
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "canary",
+            "uid": "6a3c1f1e-0000-4000-8000-000000000001", "controller": true}]},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "app", "image": "app:1"}]}
+    });
+    Api::<Pod>::namespaced(client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(pod).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let report = run(&client, "node-1", Duration::from_secs(30)).await;
+
+    assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
+    assert_eq!(report.ungated.len(), 1, "{report:#?}");
+    assert_eq!(report.ungated[0].workload.kind, "Rollout");
+    assert!(report.gates.is_empty(), "{report:#?}");
+    let events: Vec<String> =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), "default")
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("Ungated") && e.type_.as_deref() == Some("Warning")
+            })
+            .filter_map(|e| e.message)
+            .collect();
+    assert!(
+        events.iter().any(|m| m.contains("Rollout/default/canary")),
+        "{events:?}"
+    );
+    sb.shutdown().await;
+}
