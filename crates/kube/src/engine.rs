@@ -91,7 +91,7 @@ pub async fn drain<C: Cluster>(
         spec.options,
     );
     if spec.dry_run {
-        return Ok(DrainReport::from_plan(&plan, Outcome::Planned));
+        return Ok(reported(&plan, Outcome::Planned, &record));
     }
     if plan.verdict == Verdict::Impossible {
         for blocker in &plan.blockers {
@@ -103,14 +103,14 @@ pub async fn drain<C: Cluster>(
             )
             .await;
         }
-        return Ok(DrainReport::from_plan(&plan, Outcome::Blocked));
+        return Ok(reported(&plan, Outcome::Blocked, &record));
     }
     let run = Run {
         cluster,
         spec,
         started,
         deadline: started + spec.timeout,
-        report: Mutex::new(DrainReport::from_plan(&plan, Outcome::Failed)),
+        report: Mutex::new(reported(&plan, Outcome::Failed, &record)),
         record: Mutex::new(record),
         progress,
     };
@@ -145,6 +145,28 @@ pub async fn drain<C: Cluster>(
         }
     }
     Ok(report)
+}
+
+/// The report of `plan` with the gates an earlier run recorded, at their recorded counts:
+/// what a resumed drain will hold each workload to, also in a dry run, even for workloads
+/// whose pods have already left the node.
+fn reported(plan: &DrainPlan, outcome: Outcome, record: &DrainRecord) -> DrainReport {
+    let mut report = DrainReport::from_plan(plan, outcome);
+    for target in record.gates() {
+        match report
+            .gates
+            .iter_mut()
+            .find(|g| g.workload == target.workload)
+        {
+            Some(gate) => gate.available_before = target.available_before,
+            None => report.gates.push(GateReport {
+                workload: target.workload,
+                available_before: target.available_before,
+                state: GateEnd::Pending,
+            }),
+        }
+    }
+    report
 }
 
 /// Events are for people; failing to record one must not fail the drain.

@@ -168,6 +168,14 @@ async fn a_resumed_drain_holds_the_gate_to_the_count_recorded_before_the_first_e
         elsewhere_ready < 3,
         "the replacement is still starting ({before} evicted)"
     );
+    let mut dry_run = support::spec(&node, DrainOptions::default(), Duration::from_secs(10));
+    dry_run.dry_run = true;
+    let planned = support::drain_with(&client, &dry_run).await;
+    assert_eq!(planned.outcome, Outcome::Planned, "{planned:#?}");
+    assert_eq!(
+        planned.gates[0].available_before, 3,
+        "the plan shows the recorded count it will wait for: {planned:#?}"
+    );
 
     let second = run(&client, &node, Duration::from_secs(90)).await;
 
