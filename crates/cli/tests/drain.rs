@@ -21,9 +21,18 @@ struct Setup {
 
 /// The default scenario on 3 nodes, with every Deployment rolled out.
 async fn setup() -> Setup {
+    let setup = sandbox(Scenario::default_for(3), 20.0).await;
+    for name in ["api", "web"] {
+        rolled_out(&setup.client, name).await;
+    }
+    setup
+}
+
+/// A sandbox running `scenario` `speed` times faster than real time, and a kubeconfig for it.
+async fn sandbox(scenario: Scenario, speed: f64) -> Setup {
     let sandbox = Sandbox::start(SandboxOptions {
-        scenario: Scenario::default_for(3),
-        time_scale: TimeScale::new(20.0).unwrap(),
+        scenario,
+        time_scale: TimeScale::new(speed).unwrap(),
         ..Default::default()
     })
     .await
@@ -31,9 +40,6 @@ async fn setup() -> Setup {
     let client = sandbox.client();
     let kubeconfig = tempfile::NamedTempFile::new().unwrap();
     sandbox.write_kubeconfig(kubeconfig.path()).unwrap();
-    for name in ["api", "web"] {
-        rolled_out(&client, name).await;
-    }
     Setup {
         sandbox,
         client,
@@ -197,16 +203,7 @@ async fn bad_usage_exits_two() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_run_again_waits_for_the_pod_the_first_run_left_terminating() {
     // Half speed: solo's 8 s shutdown takes 4 s of wall time, its 6 s startup 3 s.
-    let sandbox = Sandbox::start(SandboxOptions {
-        scenario: Scenario::nodes_only(3),
-        time_scale: TimeScale::new(2.0).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .expect("the sandbox starts");
-    let client = sandbox.client();
-    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
-    sandbox.write_kubeconfig(kubeconfig.path()).unwrap();
+    let setup = sandbox(Scenario::nodes_only(3), 2.0).await;
     let solo = json!({
         "metadata": {"name": "solo", "namespace": "default"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "solo"}}, "template": {
@@ -215,19 +212,14 @@ async fn a_drain_run_again_waits_for_the_pod_the_first_run_left_terminating() {
             "spec": {"terminationGracePeriodSeconds": 30,
                 "containers": [{"name": "solo", "image": "solo:1"}]}}}
     });
-    Api::<Deployment>::namespaced(client.clone(), "default")
+    Api::<Deployment>::namespaced(setup.client.clone(), "default")
         .create(
             &PostParams::default(),
             &serde_json::from_value(solo).unwrap(),
         )
         .await
         .unwrap();
-    rolled_out(&client, "solo").await;
-    let setup = Setup {
-        sandbox,
-        client,
-        kubeconfig,
-    };
+    rolled_out(&setup.client, "solo").await;
     let solo_pods = || async {
         Api::<Pod>::namespaced(setup.client.clone(), "default")
             .list(&ListParams::default().labels("app=solo"))

@@ -551,7 +551,14 @@ impl<C: Cluster> Run<'_, C> {
     }
 
     fn stage(&self, pod: &str, stage: Stage) {
-        if let Some(p) = self.report().pods.iter_mut().find(|p| p.pod == pod) {
+        {
+            let mut report = self.report();
+            let Some(p) = report.pods.iter_mut().find(|p| p.pod == pod) else {
+                return;
+            };
+            if p.stage >= stage {
+                return;
+            }
             p.stage = stage;
         }
         (self.progress)(pod, stage);

@@ -65,8 +65,9 @@ pub struct Phase {
     pub seconds: f64,
 }
 
-/// Where one pod got to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where one pod got to, in the order a pod goes through them (a pod never moves back: the
+/// watch may see it gone before the eviction's answer arrives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
     /// Not started yet (or skipped).

@@ -11,8 +11,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use quiesce_core::DrainOptions;
-use quiesce_kube::cluster::Cordon;
-use quiesce_kube::engine::{DrainSpec, drain};
+use quiesce_kube::engine::drain;
 use quiesce_kube::report::{DrainReport, Outcome, Stage};
 use quiesce_sandbox::Sandbox;
 use quiesce_sandbox::scenario::Scenario;
@@ -38,18 +37,14 @@ async fn drain_with_late_pod(
         .and_then(|s| s.node_name.clone())
         .unwrap();
     let late = Late::new(client.clone(), moment, pod(&node));
-    let spec = DrainSpec {
-        node,
-        options: DrainOptions {
+    let spec = support::spec(
+        &node,
+        DrainOptions {
             force: true,
             ..Default::default()
         },
-        timeout: Duration::from_secs(60),
-        dry_run: false,
-        uncordon_on_failure: false,
-        replacement_gate: true,
-        cordon: Cordon::default(),
-    };
+        Duration::from_secs(60),
+    );
     let report = drain(&late, &spec, &|_, _| {}).await.unwrap();
     assert!(late.fired(), "the late pod was created");
     (sb, report)

@@ -13,25 +13,15 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use quiesce_core::DrainOptions;
 use quiesce_kube::report::{DrainReport, GateEnd, Outcome};
 use quiesce_sandbox::Sandbox;
-use quiesce_sandbox::scenario::Scenario;
 use serde_json::json;
 
 async fn sandbox(nodes: usize) -> (Sandbox, Client) {
-    let sb = support::sandbox(Scenario::nodes_only(nodes), 4.0).await;
-    let client = sb.client();
-    (sb, client)
+    support::sandbox_of(nodes, 4.0).await
 }
 
-async fn run(client: &Client, node: &str, timeout: Duration) -> DrainReport {
-    support::drain_with(
-        client,
-        &support::spec(node, DrainOptions::default(), timeout),
-    )
-    .await
-}
+use support::run;
 
 async fn create_deployment(
     client: &Client,
@@ -150,18 +140,11 @@ async fn gate_held_by_a_pending_replacement(client: &Client) -> String {
     node_of(&pods(client, "big").await[0]).to_string()
 }
 
-async fn evicted_pod_gone(client: &Client, node: &str) {
-    wait_pods(
-        client,
-        "big",
-        "the evicted pod gone and its replacement Pending",
-        |p| !p.iter().any(|p| node_of(p) == node) && p.iter().any(|p| node_of(p).is_empty()),
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scale_down_during_the_gate_lowers_the_bar() {
+/// Drains the node of `big` while its replacement is Pending, makes `change` once the evicted
+/// pod is gone (the gate is waiting then), and returns the drain's report.
+async fn drain_while_the_gate_waits<F: std::future::Future<Output = ()>>(
+    change: impl FnOnce(Api<Deployment>) -> F,
+) -> (Sandbox, DrainReport) {
     let (sb, client) = sandbox(3).await;
     let node = gate_held_by_a_pending_replacement(&client).await;
     let drain_client = client.clone();
@@ -169,21 +152,34 @@ async fn a_scale_down_during_the_gate_lowers_the_bar() {
         let node = node.clone();
         tokio::spawn(async move { run(&drain_client, &node, Duration::from_secs(60)).await })
     };
-    evicted_pod_gone(&client, &node).await;
+    wait_pods(
+        &client,
+        "big",
+        "the evicted pod gone and its replacement Pending",
+        |p| !p.iter().any(|p| node_of(p) == node) && p.iter().any(|p| node_of(p).is_empty()),
+    )
+    .await;
+    change(Api::namespaced(client.clone(), "default")).await;
+    let report = tokio::time::timeout(Duration::from_secs(60), drained)
+        .await
+        .unwrap()
+        .unwrap();
+    (sb, report)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_down_during_the_gate_lowers_the_bar() {
     // An HPA's scale-down: 2 → 1. The one Available replica is now enough.
-    Api::<Deployment>::namespaced(client.clone(), "default")
-        .patch(
+    let (sb, report) = drain_while_the_gate_waits(|big| async move {
+        big.patch(
             "big",
             &PatchParams::default(),
             &Patch::Merge(json!({"spec": {"replicas": 1}})),
         )
         .await
         .unwrap();
-
-    let report = tokio::time::timeout(Duration::from_secs(60), drained)
-        .await
-        .unwrap()
-        .unwrap();
+    })
+    .await;
 
     assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
     assert_eq!(report.gates[0].available_before, 2, "{report:#?}");
@@ -193,23 +189,10 @@ async fn a_scale_down_during_the_gate_lowers_the_bar() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workload_deleted_during_the_gate_ends_its_gate() {
-    let (sb, client) = sandbox(3).await;
-    let node = gate_held_by_a_pending_replacement(&client).await;
-    let drain_client = client.clone();
-    let drained = {
-        let node = node.clone();
-        tokio::spawn(async move { run(&drain_client, &node, Duration::from_secs(60)).await })
-    };
-    evicted_pod_gone(&client, &node).await;
-    Api::<Deployment>::namespaced(client.clone(), "default")
-        .delete("big", &DeleteParams::default())
-        .await
-        .unwrap();
-
-    let report = tokio::time::timeout(Duration::from_secs(60), drained)
-        .await
-        .unwrap()
-        .unwrap();
+    let (sb, report) = drain_while_the_gate_waits(|big| async move {
+        big.delete("big", &DeleteParams::default()).await.unwrap();
+    })
+    .await;
 
     assert_eq!(report.outcome, Outcome::Drained, "{report:#?}");
     assert_eq!(report.gates[0].state, GateEnd::Deleted, "{report:#?}");

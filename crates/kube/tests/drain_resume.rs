@@ -11,30 +11,20 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use quiesce_core::{Action, DrainOptions};
-use quiesce_kube::cluster::Cordon;
-use quiesce_kube::engine::{DrainSpec, drain};
+use quiesce_kube::engine::drain;
 use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::record;
 use quiesce_kube::report::{DrainReport, GateEnd, Outcome};
 use quiesce_sandbox::Sandbox;
-use quiesce_sandbox::scenario::Scenario;
 use serde_json::json;
 
 /// Scenario seconds run at half speed: an 8 s shutdown takes 4 s, long enough that a drain
 /// which does not wait for it is caught with the pod still there.
 async fn sandbox(nodes: usize) -> (Sandbox, Client) {
-    let sb = support::sandbox(Scenario::nodes_only(nodes), 2.0).await;
-    let client = sb.client();
-    (sb, client)
+    support::sandbox_of(nodes, 2.0).await
 }
 
-async fn run(client: &Client, node: &str, timeout: Duration) -> DrainReport {
-    support::drain_with(
-        client,
-        &support::spec(node, DrainOptions::default(), timeout),
-    )
-    .await
-}
+use support::run;
 
 /// Like the issue's `solo`: pods take `startup` to become Ready and 8 s to stop, grace 30 s.
 async fn slow_deployment(client: &Client, name: &str, replicas: i32, startup: &str) {
@@ -212,18 +202,14 @@ async fn a_pod_stuck_terminating_is_a_named_blocker() {
     )
     .await
     .unwrap();
-    let spec = DrainSpec {
-        node: "node-1".into(),
-        options: DrainOptions {
+    let spec = support::spec(
+        "node-1",
+        DrainOptions {
             force: true,
             ..Default::default()
         },
-        timeout: Duration::from_secs(150),
-        dry_run: false,
-        uncordon_on_failure: false,
-        replacement_gate: true,
-        cordon: Cordon::default(),
-    };
+        Duration::from_secs(150),
+    );
     let cluster = KubeCluster::new(client.clone());
 
     let first = drain(&cluster, &spec, &|_, _| {}).await.unwrap();

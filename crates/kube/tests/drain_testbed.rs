@@ -12,7 +12,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use quiesce_core::{DrainOptions, Verdict};
-use quiesce_kube::cluster::Cordon;
 use quiesce_kube::engine::{DrainSpec, drain};
 use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::report::{DrainReport, Outcome};
@@ -20,17 +19,7 @@ use quiesce_testbed::kubelet::{NEVER_READY_ANNOTATION, STARTUP_DELAY_ANNOTATION}
 use serde_json::json;
 use support::Cluster;
 
-fn spec(node: &str, options: DrainOptions, timeout: Duration) -> DrainSpec {
-    DrainSpec {
-        node: node.into(),
-        options,
-        timeout,
-        dry_run: false,
-        uncordon_on_failure: false,
-        replacement_gate: true,
-        cordon: Cordon::default(),
-    }
-}
+use support::spec;
 
 async fn run(cluster: &Cluster, spec: &DrainSpec) -> DrainReport {
     drain(&KubeCluster::new(cluster.client.clone()), spec, &|_, _| {})

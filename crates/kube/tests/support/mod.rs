@@ -229,6 +229,30 @@ pub async fn sandbox(
     .expect("the sandbox starts")
 }
 
+/// A sandbox of `nodes` empty nodes at `speed`, and its client.
+pub async fn sandbox_of(nodes: usize, speed: f64) -> (quiesce_sandbox::Sandbox, Client) {
+    let sb = sandbox(
+        quiesce_sandbox::scenario::Scenario::nodes_only(nodes),
+        speed,
+    )
+    .await;
+    let client = sb.client();
+    (sb, client)
+}
+
+/// A gated drain of `node` with the default options, failing at `timeout`.
+pub async fn run(
+    client: &Client,
+    node: &str,
+    timeout: Duration,
+) -> quiesce_kube::report::DrainReport {
+    drain_with(
+        client,
+        &spec(node, quiesce_core::DrainOptions::default(), timeout),
+    )
+    .await
+}
+
 /// A gated drain of `node` with `options`, failing at `timeout`, changing nothing else.
 pub fn spec(
     node: &str,
