@@ -276,3 +276,41 @@ async fn a_drain_run_again_waits_for_the_pod_the_first_run_left_terminating() {
     assert_eq!(report["gates"][0]["state"], "whole", "{stdout}");
     setup.sandbox.shutdown().await;
 }
+
+/// A surge that cannot bring a pod up before the old one goes (strategy Recreate) is a blocker
+/// with its fix, found by the plan before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_under_recreate_is_blocked_with_the_fix_and_changes_nothing() {
+    let setup = setup().await;
+    let deployments: Api<Deployment> = Api::namespaced(setup.client.clone(), "default");
+    deployments
+        .patch(
+            "api",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"strategy": {"type": "Recreate", "rollingUpdate": null}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    rolled_out(&setup.client, "api").await;
+    let before = api_pods(&setup.client).await;
+    let node = node_of(&before[0]);
+
+    let (code, stdout) = quiesce(&setup, &["drain", &node, "--surge"]).await;
+
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("strategy Recreate") && stdout.contains("maxSurge >= 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("blocked, nothing changed"), "{stdout}");
+    let after = api_pods(&setup.client).await;
+    assert_eq!(before[0].metadata.uid, after[0].metadata.uid);
+    let n = Api::<Node>::all(setup.client.clone())
+        .get(&node)
+        .await
+        .unwrap();
+    assert_ne!(n.spec.and_then(|s| s.unschedulable), Some(true));
+    setup.sandbox.shutdown().await;
+}
