@@ -21,9 +21,18 @@ struct Setup {
 
 /// The default scenario on 3 nodes, with every Deployment rolled out.
 async fn setup() -> Setup {
+    let setup = sandbox(Scenario::default_for(3), 20.0).await;
+    for name in ["api", "web"] {
+        rolled_out(&setup.client, name).await;
+    }
+    setup
+}
+
+/// A sandbox running `scenario` `speed` times faster than real time, and a kubeconfig for it.
+async fn sandbox(scenario: Scenario, speed: f64) -> Setup {
     let sandbox = Sandbox::start(SandboxOptions {
-        scenario: Scenario::default_for(3),
-        time_scale: TimeScale::new(20.0).unwrap(),
+        scenario,
+        time_scale: TimeScale::new(speed).unwrap(),
         ..Default::default()
     })
     .await
@@ -31,9 +40,6 @@ async fn setup() -> Setup {
     let client = sandbox.client();
     let kubeconfig = tempfile::NamedTempFile::new().unwrap();
     sandbox.write_kubeconfig(kubeconfig.path()).unwrap();
-    for name in ["api", "web"] {
-        rolled_out(&client, name).await;
-    }
     Setup {
         sandbox,
         client,
@@ -189,4 +195,122 @@ async fn bad_usage_exits_two() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--timeout"));
+}
+
+/// Issue 12's scenario as a user ran it: a drain stopped by its timeout while `solo`'s pod was
+/// still shutting down, then run again. The second run must wait for that pod and for `solo`
+/// to be Ready elsewhere, and its report must show the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_run_again_waits_for_the_pod_the_first_run_left_terminating() {
+    // Half speed: solo's 8 s shutdown takes 4 s of wall time, its 6 s startup 3 s.
+    let setup = sandbox(Scenario::nodes_only(3), 2.0).await;
+    let solo = json!({
+        "metadata": {"name": "solo", "namespace": "default"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "solo"}}, "template": {
+            "metadata": {"labels": {"app": "solo"}, "annotations": {
+                "sandbox.quiesce.io/startup-delay": "6s", "sandbox.quiesce.io/shutdown-delay": "8s"}},
+            "spec": {"terminationGracePeriodSeconds": 30,
+                "containers": [{"name": "solo", "image": "solo:1"}]}}}
+    });
+    Api::<Deployment>::namespaced(setup.client.clone(), "default")
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(solo).unwrap(),
+        )
+        .await
+        .unwrap();
+    rolled_out(&setup.client, "solo").await;
+    let solo_pods = || async {
+        Api::<Pod>::namespaced(setup.client.clone(), "default")
+            .list(&ListParams::default().labels("app=solo"))
+            .await
+            .unwrap()
+            .items
+    };
+    let node = node_of(&solo_pods().await[0]);
+
+    let (code, stdout) = quiesce(&setup, &["drain", &node, "--timeout", "2s"]).await;
+    assert_eq!(code, 1, "{stdout}");
+    let old = solo_pods().await;
+    assert!(
+        old.iter()
+            .any(|p| node_of(p) == node && p.metadata.deletion_timestamp.is_some()),
+        "the first drain left solo's pod terminating: {old:#?}"
+    );
+
+    let (code, stdout) = quiesce(
+        &setup,
+        &["drain", &node, "--timeout", "90s", "--output", "json"],
+    )
+    .await;
+
+    assert_eq!(code, 0, "{stdout}");
+    let now = solo_pods().await;
+    assert!(
+        now.len() == 1
+            && node_of(&now[0]) != node
+            && quiesce_core::gate::is_ready(&now[0])
+            && now[0].metadata.deletion_timestamp.is_none(),
+        "exit 0 only once the old pod is gone and solo is Ready elsewhere: {now:#?}"
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let waited = report["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pod"].as_str().unwrap().starts_with("default/solo-"))
+        .expect("the terminating pod is in the report");
+    assert_eq!(waited["action"], "wait", "{stdout}");
+    let gone = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "pods-gone")
+        .and_then(|p| p["seconds"].as_f64())
+        .unwrap();
+    assert!(
+        gone > 1.0,
+        "the report shows the wait for the old pod: {stdout}"
+    );
+    assert_eq!(report["gates"][0]["workload"]["name"], "solo", "{stdout}");
+    assert_eq!(report["gates"][0]["state"], "whole", "{stdout}");
+    setup.sandbox.shutdown().await;
+}
+
+/// A surge that cannot bring a pod up before the old one goes (strategy Recreate) is a blocker
+/// with its fix, found by the plan before anything changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_under_recreate_is_blocked_with_the_fix_and_changes_nothing() {
+    let setup = setup().await;
+    let deployments: Api<Deployment> = Api::namespaced(setup.client.clone(), "default");
+    deployments
+        .patch(
+            "api",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"spec": {"strategy": {"type": "Recreate", "rollingUpdate": null}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    rolled_out(&setup.client, "api").await;
+    let before = api_pods(&setup.client).await;
+    let node = node_of(&before[0]);
+
+    let (code, stdout) = quiesce(&setup, &["drain", &node, "--surge"]).await;
+
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("strategy Recreate") && stdout.contains("maxSurge >= 1"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("blocked, nothing changed"), "{stdout}");
+    let after = api_pods(&setup.client).await;
+    assert_eq!(before[0].metadata.uid, after[0].metadata.uid);
+    let n = Api::<Node>::all(setup.client.clone())
+        .get(&node)
+        .await
+        .unwrap();
+    assert_ne!(n.spec.and_then(|s| s.unschedulable), Some(true));
+    setup.sandbox.shutdown().await;
 }

@@ -30,16 +30,19 @@ struct Amount {
 }
 
 /// Places `evicted` on `nodes` (excluding `draining`), counting `running` pods already there.
-pub fn check(draining: &str, evicted: &[&Pod], nodes: &[Node], running: &[Pod]) -> Vec<Shortage> {
+/// With `count_cordoned` the other cordoned nodes count as room too: a shortage that only
+/// they cause is one that other drains in progress cause, and clears when those finish.
+pub fn check(
+    draining: &str,
+    evicted: &[&Pod],
+    nodes: &[Node],
+    running: &[Pod],
+    count_cordoned: bool,
+) -> Vec<Shortage> {
     let mut free: Vec<(&Node, Amount)> = nodes
         .iter()
         .filter(|n| n.metadata.name.as_deref() != Some(draining))
-        .filter(|n| {
-            !n.spec
-                .as_ref()
-                .and_then(|s| s.unschedulable)
-                .unwrap_or(false)
-        })
+        .filter(|n| count_cordoned || !is_cordoned(n))
         .map(|n| {
             let name = n.metadata.name.as_deref();
             let used = running
@@ -92,6 +95,14 @@ pub fn check(draining: &str, evicted: &[&Pod], nodes: &[Node], running: &[Pod]) 
         }
     }
     shortages
+}
+
+/// Whether the node is marked unschedulable.
+pub fn is_cordoned(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
 }
 
 fn eligible(pod: &Pod, node: &Node) -> bool {
@@ -212,8 +223,8 @@ mod tests {
         let a = pod("a", Some(("ReplicaSet", "r")), &[]);
         let b = pod("b", Some(("ReplicaSet", "r")), &[]);
         let c = pod("c", Some(("ReplicaSet", "r")), &[]);
-        assert!(check("node-1", &[&a, &b], &nodes, &[]).is_empty());
-        let short = check("node-1", &[&a, &b, &c], &nodes, &[]);
+        assert!(check("node-1", &[&a, &b], &nodes, &[], false).is_empty());
+        let short = check("node-1", &[&a, &b, &c], &nodes, &[], false);
         assert_eq!(short.len(), 1);
         assert!(short[0].reason.contains("cpu 500m"), "{short:?}");
     }
@@ -233,6 +244,7 @@ mod tests {
             &[&a],
             &[node("node-1", "4", "8Gi"), tainted.clone()],
             &[],
+            false,
         );
         assert!(short[0].reason.contains("nodeSelector and tolerations"));
 
@@ -244,10 +256,22 @@ mod tests {
             effect: Some("NoSchedule".into()),
             ..Toleration::default()
         }]);
-        assert!(check("node-1", &[&tolerant], std::slice::from_ref(&tainted), &[]).is_empty());
+        assert!(
+            check(
+                "node-1",
+                &[&tolerant],
+                std::slice::from_ref(&tainted),
+                &[],
+                false
+            )
+            .is_empty()
+        );
 
         tolerant.spec.as_mut().unwrap().node_selector =
             Some([("zone".to_string(), "b".to_string())].into());
-        assert_eq!(check("node-1", &[&tolerant], &[tainted], &[]).len(), 1);
+        assert_eq!(
+            check("node-1", &[&tolerant], &[tainted], &[], false).len(),
+            1
+        );
     }
 }

@@ -134,6 +134,31 @@ pub fn classify(pod: &Pod, replica_sets: &[ReplicaSet]) -> PodFacts {
     }
 }
 
+/// Whether a do-not-disrupt annotation protects the pod at `now`. Karpenter lets the value be
+/// a duration (`"30m"`) after the pod's start time at which the protection ends
+/// (karpenter.sh/docs/reference/annotations, `karpenter.sh/do-not-disrupt`); `"false"` is
+/// no protection and any other value protects for good.
+pub fn protected(pod: &Pod, now: k8s_openapi::jiff::Timestamp) -> bool {
+    let Some(annotations) = pod.metadata.annotations.as_ref() else {
+        return false;
+    };
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .or(pod.metadata.creation_timestamp.as_ref())
+        .map(|t| t.0);
+    DO_NOT_DISRUPT
+        .iter()
+        .filter_map(|key| annotations.get(*key))
+        .any(|value| match humantime::parse_duration(value) {
+            _ if value == "false" => false,
+            Ok(lasts) => started
+                .is_none_or(|since| now.duration_since(since).as_secs() < lasts.as_secs() as i64),
+            Err(_) => true,
+        })
+}
+
 fn deployment_of(
     namespace: &str,
     replica_set: &str,
@@ -201,5 +226,33 @@ mod tests {
         let facts = classify(&p, &[]);
         assert!(facts.do_not_disrupt);
         assert!(facts.critical);
+    }
+
+    #[test]
+    fn a_do_not_disrupt_duration_protects_only_that_long_after_the_start() {
+        let mut p = pod("x", Some(("ReplicaSet", "r")), &[]);
+        let at = |s: &str| s.parse::<k8s_openapi::jiff::Timestamp>().unwrap();
+        p.status.as_mut().unwrap().start_time = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at("2026-01-01T00:00:00Z")),
+        );
+        assert!(!protected(&p, at("2026-01-01T00:10:00Z")));
+        for (value, at_ten_minutes, at_an_hour) in [
+            ("30m", true, false),
+            ("true", true, true),
+            ("false", false, false),
+        ] {
+            p.metadata.annotations =
+                Some([("karpenter.sh/do-not-disrupt".to_string(), value.to_string())].into());
+            assert_eq!(
+                protected(&p, at("2026-01-01T00:10:00Z")),
+                at_ten_minutes,
+                "{value}"
+            );
+            assert_eq!(
+                protected(&p, at("2026-01-01T01:00:00Z")),
+                at_an_hour,
+                "{value}"
+            );
+        }
     }
 }

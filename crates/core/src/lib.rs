@@ -12,8 +12,11 @@ pub mod pdb;
 pub mod plan;
 pub mod quantity;
 pub mod selector;
+pub mod terminating;
 #[cfg(test)]
 mod testing;
 
 pub use classify::{PodFacts, PodKind, WorkloadRef};
-pub use plan::{Action, Blocker, ClusterView, DrainOptions, DrainPlan, Severity, Verdict, plan};
+pub use plan::{
+    Action, Blocker, ClusterView, DrainOptions, DrainPlan, Gate, Severity, Ungated, Verdict, plan,
+};

@@ -3,7 +3,11 @@
 //! The API server refuses an eviction with 500 when more than one PDB selects the pod and with
 //! 429 while `status.disruptionsAllowed` is 0 (`pkg/registry/core/pod/storage/eviction.go`).
 //! A budget whose spec forbids every disruption will answer 429 forever, which is worth saying
-//! before anything is evicted rather than after the deadline.
+//! before anything is evicted rather than after the deadline — but only for pods the server
+//! checks the budget for at all: a Pending pod is evicted without consulting any budget
+//! (`canIgnorePDB`), and a pod that is not Ready is let go under `unhealthyPodEvictionPolicy:
+//! AlwaysAllow`, or under the default `IfHealthyBudget` while the budget has its desired
+//! healthy pods (same file, `Evict`).
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -54,6 +58,32 @@ pub fn never_allows(pdb: &PodDisruptionBudget) -> Option<String> {
             )
         }
     })
+}
+
+/// Whether the API server lets `pod` go without a disruption from any budget (still subject to
+/// the multiple-budget refusal unless it is Pending), so no budget can block it.
+pub fn bypassed(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Pending" | "Succeeded" | "Failed")
+    )
+}
+
+/// Whether `pdb` lets the unready `pod` go regardless of its allowed disruptions.
+pub fn lets_unhealthy_go(pod: &Pod, pdb: &PodDisruptionBudget) -> bool {
+    if crate::gate::is_ready(pod) {
+        return false;
+    }
+    let always = pdb
+        .spec
+        .as_ref()
+        .and_then(|s| s.unhealthy_pod_eviction_policy.as_deref())
+        == Some("AlwaysAllow");
+    let healthy_enough = pdb
+        .status
+        .as_ref()
+        .is_some_and(|s| s.current_healthy >= s.desired_healthy);
+    always || healthy_enough
 }
 
 /// How many disruptions the budget allows right now, as last computed by the controller.
@@ -141,5 +171,23 @@ mod tests {
         let fine = pdb("f", &[], Some(IntOrString::Int(1)), None, 3, 2);
         assert_eq!(never_allows(&fine), None);
         assert_eq!(allowed_now(&fine), 2);
+    }
+
+    #[test]
+    fn pending_pods_bypass_and_unready_pods_follow_the_unhealthy_policy() {
+        let mut p = pod("web-1", Some(("ReplicaSet", "web-1")), &[("app", "web")]);
+        p.status.as_mut().unwrap().phase = Some("Pending".into());
+        assert!(bypassed(&p));
+        p.status.as_mut().unwrap().phase = Some("Running".into());
+        p.status.as_mut().unwrap().conditions = None;
+        assert!(!bypassed(&p));
+        let mut single = pdb("s", &[], Some(IntOrString::Int(1)), None, 1, 0);
+        single.status.as_mut().unwrap().current_healthy = 0;
+        assert!(
+            !lets_unhealthy_go(&p, &single),
+            "IfHealthyBudget below its desired count"
+        );
+        single.spec.as_mut().unwrap().unhealthy_pod_eviction_policy = Some("AlwaysAllow".into());
+        assert!(lets_unhealthy_go(&p, &single));
     }
 }

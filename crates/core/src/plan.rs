@@ -5,14 +5,18 @@
 //! last; DaemonSet and mirror pods are never evicted (kubectl skips them too). Safety defaults
 //! follow `kubectl drain`: unmanaged pods need `force`, emptyDir pods `delete_emptydir_data`.
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
 use crate::capacity;
-use crate::classify::{PodFacts, PodKind, classify};
+use crate::classify::{PodFacts, PodKind, WorkloadRef, classify, protected};
+use crate::gate::{self, Workload};
 use crate::pdb;
+use crate::terminating;
 
 /// Annotation on a Deployment that opts it into surge draining.
 pub const STRATEGY_ANNOTATION: &str = "quiesce.io/drain-strategy";
@@ -41,8 +45,14 @@ pub struct ClusterView<'a> {
     pub pdbs: &'a [PodDisruptionBudget],
     /// ReplicaSets, to resolve pods to their Deployments.
     pub replica_sets: &'a [ReplicaSet],
-    /// Deployments, for replica counts and the surge annotation.
+    /// Deployments, for replica counts, strategies and the surge annotation.
     pub deployments: &'a [Deployment],
+    /// StatefulSets, for replica counts and minReadySeconds.
+    pub stateful_sets: &'a [StatefulSet],
+    /// Deployments an earlier run of this drain already restarted: never restarted again.
+    pub surged: &'a [WorkloadRef],
+    /// The time of the read, for deadlines and durations in the objects.
+    pub now: Timestamp,
 }
 
 /// What the engine does with a pod.
@@ -53,6 +63,9 @@ pub enum Action {
     Evict,
     /// Rolling-restart its Deployment first; the Deployment replaces the pod itself.
     Surge,
+    /// Already going (terminating, or its Deployment already restarted): wait for it to be
+    /// gone and gate its workload like an evicted pod's.
+    Wait,
     /// Leave it on the node (DaemonSet, mirror pod).
     Skip,
 }
@@ -118,6 +131,27 @@ pub enum Verdict {
     Impossible,
 }
 
+/// One workload the drain will not call whole until enough of its pods are Available
+/// elsewhere: what the plan waits for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gate {
+    /// The workload.
+    pub workload: WorkloadRef,
+    /// Its Available pods before the drain (see [`gate::available_before`]); the engine keeps
+    /// the number recorded by the first run instead when resuming.
+    pub available_before: i32,
+}
+
+/// A workload whose pods leave the node without a gate, and why: the drain cannot tell
+/// when it is whole again, and says so rather than passing it in silence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ungated {
+    /// The workload.
+    pub workload: WorkloadRef,
+    /// Why it is not gated.
+    pub reason: String,
+}
+
 /// The plan for one node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DrainPlan {
@@ -129,11 +163,17 @@ pub struct DrainPlan {
     pub blockers: Vec<Blocker>,
     /// Whether to start.
     pub verdict: Verdict,
+    /// The workloads the drain waits for, with their pre-drain Available counts.
+    pub gates: Vec<Gate>,
+    /// Workloads leaving the node without a gate.
+    pub ungated: Vec<Ungated>,
+    /// What the plan does that a reader might not expect (a surge restarts every replica).
+    pub notes: Vec<String>,
 }
 
 impl DrainPlan {
     /// The Deployments to rolling-restart before evicting anything, without repeats.
-    pub fn surges(&self) -> Vec<crate::WorkloadRef> {
+    pub fn surges(&self) -> Vec<WorkloadRef> {
         let mut out: Vec<_> = self
             .pods
             .iter()
@@ -144,6 +184,11 @@ impl DrainPlan {
         out.dedup();
         out
     }
+
+    /// Whether anything on the node still has to go (evicted, surged or waited for).
+    pub fn has_work(&self) -> bool {
+        self.pods.iter().any(|p| p.action != Action::Skip)
+    }
 }
 
 /// Plans the drain of `view.node`.
@@ -152,15 +197,14 @@ pub fn plan(view: ClusterView<'_>, options: DrainOptions) -> DrainPlan {
         .pods
         .iter()
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(view.node))
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
         .collect();
     let mut blockers = Vec::new();
+    let mut notes = Vec::new();
     let mut pods = Vec::new();
     let mut replaced = Vec::new();
     for pod in on_node {
         let facts = classify(pod, view.replica_sets);
         let covering = pdb::covering(pod, view.pdbs);
-        let action = action_for(&facts, &covering, view, options);
         let key = facts.key();
         let block = |severity, pdb: Option<String>, reason: String| Blocker {
             pod: Some(key.clone()),
@@ -168,7 +212,18 @@ pub fn plan(view: ClusterView<'_>, options: DrainOptions) -> DrainPlan {
             severity,
             reason,
         };
-        if action != Action::Skip {
+        let (action, surge_problem) = if terminating::is_terminating(pod) {
+            if let Some(reason) = terminating::stuck(pod, view.now) {
+                blockers.push(block(Severity::Impossible, None, reason));
+            }
+            (Action::Wait, None)
+        } else {
+            action_for(&facts, &covering, view, options)
+        };
+        if let Some(reason) = surge_problem {
+            blockers.push(block(Severity::Impossible, None, reason));
+        }
+        if matches!(action, Action::Evict | Action::Surge) {
             if facts.kind == PodKind::Unmanaged && !options.force {
                 blockers.push(block(
                     Severity::Impossible,
@@ -184,7 +239,7 @@ pub fn plan(view: ClusterView<'_>, options: DrainOptions) -> DrainPlan {
                         .into(),
                 ));
             }
-            if facts.do_not_disrupt && !options.force {
+            if protected(pod, view.now) && !options.force {
                 blockers.push(block(
                     Severity::Impossible,
                     None,
@@ -193,28 +248,8 @@ pub fn plan(view: ClusterView<'_>, options: DrainOptions) -> DrainPlan {
             }
         }
         if action == Action::Evict && facts.kind != PodKind::Finished {
-            if covering.len() > 1 {
-                let names: Vec<String> = covering.iter().map(|b| pdb::key(b)).collect();
-                blockers.push(block(
-                    Severity::Impossible,
-                    Some(names.join(", ")),
-                    format!("covered by {} PodDisruptionBudgets; the API server refuses to evict such a pod (500)", names.len()),
-                ));
-            } else if let Some(budget) = covering.first() {
-                if let Some(reason) = pdb::never_allows(budget) {
-                    blockers.push(block(
-                        Severity::Impossible,
-                        Some(pdb::key(budget)),
-                        format!("{reason} (use --surge for a Deployment)"),
-                    ));
-                } else if pdb::allowed_now(budget) == 0 {
-                    blockers.push(block(
-                        Severity::Wait,
-                        Some(pdb::key(budget)),
-                        "allows no disruption right now; eviction waits until its pods are healthy"
-                            .into(),
-                    ));
-                }
+            if let Some((severity, budget, reason)) = budget_blocker(pod, &covering) {
+                blockers.push(block(severity, Some(budget), reason));
             }
             replaced.push(pod);
         }
@@ -240,16 +275,47 @@ pub fn plan(view: ClusterView<'_>, options: DrainOptions) -> DrainPlan {
         .filter(|p| classify(p, view.replica_sets).kind == PodKind::Managed)
         .chain(surged)
         .collect();
+    let later = capacity::check(view.node, &needs_room, view.nodes, view.pods, true);
     blockers.extend(
-        capacity::check(view.node, &needs_room, view.nodes, view.pods)
+        capacity::check(view.node, &needs_room, view.nodes, view.pods, false)
             .into_iter()
-            .map(|s| Blocker {
-                pod: Some(s.pod),
-                pdb: None,
-                severity: Severity::Impossible,
-                reason: s.reason,
+            .map(|s| {
+                // Room the other cordoned nodes would give: those drains finishing (their
+                // replacements joining, or the nodes coming back) is what this one waits for.
+                let others_cause_it = !later.iter().any(|l| l.pod == s.pod);
+                Blocker {
+                    pod: Some(s.pod),
+                    pdb: None,
+                    severity: if others_cause_it {
+                        Severity::Wait
+                    } else {
+                        Severity::Impossible
+                    },
+                    reason: if others_cause_it {
+                        format!(
+                            "{} while other nodes are cordoned; waits for their drains to finish",
+                            s.reason
+                        )
+                    } else {
+                        s.reason
+                    },
+                }
             }),
     );
+    let (gates, ungated) = gates(&pods, view);
+    for workload in pods.iter().filter(|p| p.action == Action::Surge) {
+        notes.push(format!(
+            "surging {} is a rolling restart of every one of its replicas, not only of pod {}",
+            workload
+                .facts
+                .workload
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            workload.facts.key()
+        ));
+    }
+    notes.dedup();
     pods.sort_by_key(|p| (p.action == Action::Skip, p.tier, p.facts.key()));
     let verdict = if blockers.iter().any(|b| b.severity == Severity::Impossible) {
         Verdict::Impossible
@@ -263,26 +329,128 @@ pub fn plan(view: ClusterView<'_>, options: DrainOptions) -> DrainPlan {
         pods,
         blockers,
         verdict,
+        gates,
+        ungated,
+        notes,
     }
 }
 
+/// What the pod's budgets put in the way (severity, budget, reason), as the API server would
+/// apply them to its eviction.
+fn budget_blocker(
+    pod: &Pod,
+    covering: &[&PodDisruptionBudget],
+) -> Option<(Severity, String, String)> {
+    if pdb::bypassed(pod) {
+        return None;
+    }
+    let (severity, pdb_name, reason) = if covering.len() > 1 {
+        let names: Vec<String> = covering.iter().map(|b| pdb::key(b)).collect();
+        (
+            Severity::Impossible,
+            names.join(", "),
+            format!(
+                "covered by {} PodDisruptionBudgets; the API server refuses to evict such a pod (500)",
+                names.len()
+            ),
+        )
+    } else {
+        let budget = covering.first()?;
+        if pdb::lets_unhealthy_go(pod, budget) {
+            return None;
+        }
+        if let Some(reason) = pdb::never_allows(budget) {
+            (
+                Severity::Impossible,
+                pdb::key(budget),
+                format!("{reason} (use --surge for a Deployment)"),
+            )
+        } else if pdb::allowed_now(budget) == 0 {
+            (
+                Severity::Wait,
+                pdb::key(budget),
+                "allows no disruption right now; eviction waits until its pods are healthy".into(),
+            )
+        } else {
+            return None;
+        }
+    };
+    Some((severity, pdb_name, reason))
+}
+
+/// The gates of the plan's workloads, and the workloads that cannot be gated.
+fn gates(pods: &[PlannedPod], view: ClusterView<'_>) -> (Vec<Gate>, Vec<Ungated>) {
+    let mut workloads: Vec<&WorkloadRef> = pods
+        .iter()
+        .filter(|p| p.action != Action::Skip && p.facts.kind == PodKind::Managed)
+        .filter_map(|p| p.facts.workload.as_ref())
+        .collect();
+    workloads.sort();
+    workloads.dedup();
+    let mut gates = Vec::new();
+    let mut ungated = Vec::new();
+    for workload in workloads {
+        if !gate::is_known(&workload.kind) {
+            ungated.push(Ungated {
+                workload: workload.clone(),
+                reason: format!(
+                    "pods of a {} are recreated by a controller quiesce does not know, so the \
+                     drain cannot tell when it is whole again",
+                    workload.kind
+                ),
+            });
+            continue;
+        }
+        match Workload::find(
+            workload,
+            view.deployments,
+            view.stateful_sets,
+            view.replica_sets,
+        ) {
+            Some(spec) => gates.push(Gate {
+                workload: workload.clone(),
+                available_before: gate::available_before(
+                    workload,
+                    spec,
+                    view.pods,
+                    view.replica_sets,
+                    view.node,
+                    view.now,
+                ),
+            }),
+            None => ungated.push(Ungated {
+                workload: workload.clone(),
+                reason: "the workload is deleted (or being deleted), so nothing replaces its pods"
+                    .into(),
+            }),
+        }
+    }
+    (gates, ungated)
+}
+
+/// What to do with a pod that is not yet going, and why a surge it needs cannot work.
 fn action_for(
     facts: &PodFacts,
     covering: &[&PodDisruptionBudget],
     view: ClusterView<'_>,
     options: DrainOptions,
-) -> Action {
+) -> (Action, Option<String>) {
     if matches!(facts.kind, PodKind::DaemonSet | PodKind::Mirror) {
-        return Action::Skip;
+        return (Action::Skip, None);
     }
     let Some(workload) = facts.workload.as_ref().filter(|w| w.kind == "Deployment") else {
-        return Action::Evict;
+        return (Action::Evict, None);
     };
+    if view.surged.contains(workload) {
+        // Restarted by an earlier run: its rollout replaces this pod; restarting again
+        // would roll every replica a second time.
+        return (Action::Wait, None);
+    }
     let Some(deployment) = view.deployments.iter().find(|d| {
         d.metadata.name.as_deref() == Some(workload.name.as_str())
             && d.metadata.namespace.as_deref() == Some(workload.namespace.as_str())
     }) else {
-        return Action::Evict;
+        return (Action::Evict, None);
     };
     let opted_in = options.surge_all
         || deployment
@@ -291,27 +459,70 @@ fn action_for(
             .as_ref()
             .and_then(|a| a.get(STRATEGY_ANNOTATION))
             .is_some_and(|v| v == "surge");
-    let replicas = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1);
+    let spec = deployment.spec.as_ref();
+    let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
     let cannot_lose_one = replicas <= 1
         || covering
             .iter()
             .any(|b| pdb::never_allows(b).is_some() || pdb::allowed_now(b) == 0);
-    if opted_in && cannot_lose_one {
-        Action::Surge
-    } else {
-        Action::Evict
+    if !(opted_in && cannot_lose_one) {
+        return (Action::Evict, None);
     }
+    (
+        Action::Surge,
+        spec.and_then(|s| surge_cannot_work(s, replicas)),
+    )
+}
+
+/// Why a rolling restart of this Deployment would not bring a new pod up before an old one
+/// goes, with the fix; `None` when it would. The Deployment controller rounds a percentage
+/// maxSurge up (`deployment/util.ResolveFenceposts`); the default is 25%.
+fn surge_cannot_work(
+    spec: &k8s_openapi::api::apps::v1::DeploymentSpec,
+    replicas: i32,
+) -> Option<String> {
+    if spec.paused == Some(true) {
+        return Some(
+            "its Deployment is paused, so a restart would not roll out; resume it \
+             (`kubectl rollout resume`) or drain without --surge"
+                .into(),
+        );
+    }
+    let strategy = spec.strategy.as_ref();
+    if strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate") {
+        return Some(
+            "its Deployment uses strategy Recreate, which stops every old pod before starting \
+             a new one, so a surge would take it down; use RollingUpdate with maxSurge >= 1"
+                .into(),
+        );
+    }
+    let max_surge = strategy
+        .and_then(|s| s.rolling_update.as_ref())
+        .and_then(|r| r.max_surge.clone())
+        .unwrap_or(IntOrString::String("25%".into()));
+    let surge = match &max_surge {
+        IntOrString::Int(n) => *n,
+        IntOrString::String(s) => s
+            .strip_suffix('%')
+            .and_then(|p| p.trim().parse::<i64>().ok())
+            .map_or(0, |p| ((p * i64::from(replicas) + 99) / 100) as i32),
+    };
+    (surge < 1).then(|| {
+        "its Deployment has maxSurge 0, so a restart stops a pod before its replacement is up; \
+         set maxSurge >= 1"
+            .into()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{node, pdb, pod, replica_set};
-    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn now() -> Timestamp {
+        "2026-01-01T01:00:00Z".parse().unwrap()
+    }
 
     fn deployment(name: &str, replicas: i32, surge: bool) -> Deployment {
         let annotations = if surge {
@@ -332,6 +543,7 @@ mod tests {
         pdbs: Vec<PodDisruptionBudget>,
         rs: Vec<ReplicaSet>,
         deployments: Vec<Deployment>,
+        surged: Vec<WorkloadRef>,
     }
 
     impl World {
@@ -342,6 +554,7 @@ mod tests {
                 pdbs: vec![],
                 rs: vec![],
                 deployments: vec![],
+                surged: vec![],
             }
         }
         fn web(mut self, replicas: i32, surge: bool) -> Self {
@@ -363,6 +576,9 @@ mod tests {
                     pdbs: &self.pdbs,
                     replica_sets: &self.rs,
                     deployments: &self.deployments,
+                    stateful_sets: &[],
+                    surged: &self.surged,
+                    now: now(),
                 },
                 options,
             )
@@ -504,5 +720,165 @@ mod tests {
             .map(|p| (p.facts.name.as_str(), p.tier))
             .collect();
         assert_eq!(order, [("web-1", 0), ("dns", 1)]);
+    }
+
+    #[test]
+    fn a_terminating_pod_is_waited_for_and_gated_and_a_stuck_one_is_named() {
+        let mut w = World::new().web(1, false);
+        w.pods[0].metadata.deletion_timestamp = Some(Time("2026-01-01T00:59:50Z".parse().unwrap()));
+        let plan = w.plan(DrainOptions::default());
+        assert_eq!(plan.verdict, Verdict::Proceed, "{:?}", plan.blockers);
+        assert_eq!(plan.pods[0].action, Action::Wait);
+        assert!(plan.has_work());
+        assert_eq!(
+            plan.gates,
+            [Gate {
+                workload: WorkloadRef {
+                    kind: "Deployment".into(),
+                    namespace: "default".into(),
+                    name: "web".into()
+                },
+                available_before: 1
+            }]
+        );
+
+        w.pods[0].metadata.deletion_timestamp = Some(Time("2026-01-01T00:55:00Z".parse().unwrap()));
+        w.pods[0].metadata.finalizers = Some(vec!["example.com/hold".into()]);
+        let plan = w.plan(DrainOptions::default());
+        assert_eq!(plan.verdict, Verdict::Impossible);
+        assert_eq!(plan.blockers[0].pod.as_deref(), Some("default/web-1"));
+        assert!(
+            plan.blockers[0].reason.contains("stuck terminating")
+                && plan.blockers[0].reason.contains("example.com/hold"),
+            "{}",
+            plan.blockers[0]
+        );
+    }
+
+    #[test]
+    fn pods_of_unknown_controllers_are_reported_as_ungated() {
+        let mut w = World::new();
+        w.pods
+            .push(pod("runner-0", Some(("Rollout", "runner")), &[]));
+        let plan = w.plan(DrainOptions::default());
+        assert_eq!(plan.verdict, Verdict::Proceed);
+        assert!(plan.gates.is_empty());
+        assert_eq!(plan.ungated[0].workload.kind, "Rollout");
+        assert!(plan.ungated[0].reason.contains("does not know"));
+    }
+
+    fn with_strategy(mut w: World, strategy: serde_json::Value, paused: bool) -> World {
+        let spec = w.deployments[0].spec.as_mut().unwrap();
+        spec.strategy = Some(serde_json::from_value(strategy).unwrap());
+        spec.paused = Some(paused);
+        w
+    }
+
+    #[test]
+    fn surge_blocks_when_the_strategy_cannot_bring_a_pod_up_first() {
+        let recreate = with_strategy(
+            World::new().web(1, true),
+            serde_json::json!({"type": "Recreate"}),
+            false,
+        );
+        let zero = with_strategy(
+            World::new().web(1, true),
+            serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}),
+            false,
+        );
+        let paused = with_strategy(World::new().web(1, true), serde_json::json!({}), true);
+        for (w, why) in [
+            (recreate, "Recreate"),
+            (zero, "maxSurge 0"),
+            (paused, "paused"),
+        ] {
+            let plan = w.plan(DrainOptions::default());
+            assert_eq!(plan.verdict, Verdict::Impossible, "{why}");
+            assert!(
+                plan.blockers[0].reason.contains(why),
+                "{}",
+                plan.blockers[0]
+            );
+        }
+        let fine = with_strategy(
+            World::new().web(1, true),
+            serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "10%"}}),
+            false,
+        );
+        let plan = fine.plan(DrainOptions::default());
+        assert_eq!(plan.verdict, Verdict::Proceed, "{:?}", plan.blockers);
+        assert!(
+            plan.notes[0].contains("every one of its replicas"),
+            "{:?}",
+            plan.notes
+        );
+    }
+
+    #[test]
+    fn an_already_surged_deployment_is_not_restarted_again() {
+        let mut w = World::new().web(1, true);
+        w.surged.push(WorkloadRef {
+            kind: "Deployment".into(),
+            namespace: "default".into(),
+            name: "web".into(),
+        });
+        let plan = w.plan(DrainOptions::default());
+        assert!(plan.surges().is_empty());
+        assert_eq!(plan.pods[0].action, Action::Wait);
+    }
+
+    #[test]
+    fn a_pending_pod_under_min_available_one_is_not_impossible() {
+        let mut w = World::new().web(1, false);
+        // ImagePullBackOff: Pending, not Ready; the budget has its one pod expected, none healthy.
+        w.pods[0].status.as_mut().unwrap().phase = Some("Pending".into());
+        w.pods[0].status.as_mut().unwrap().conditions = None;
+        let mut budget = pdb(
+            "web-pdb",
+            &[("app", "web")],
+            Some(IntOrString::Int(1)),
+            None,
+            1,
+            0,
+        );
+        budget.status.as_mut().unwrap().current_healthy = 0;
+        w.pdbs.push(budget);
+        let plan = w.plan(DrainOptions::default());
+        assert_eq!(plan.verdict, Verdict::Proceed, "{:?}", plan.blockers);
+        // Running but unready: only AlwaysAllow lets it go.
+        w.pods[0].status.as_mut().unwrap().phase = Some("Running".into());
+        assert_eq!(w.plan(DrainOptions::default()).verdict, Verdict::Impossible);
+        w.pdbs[0]
+            .spec
+            .as_mut()
+            .unwrap()
+            .unhealthy_pod_eviction_policy = Some("AlwaysAllow".into());
+        assert_eq!(w.plan(DrainOptions::default()).verdict, Verdict::Proceed);
+    }
+
+    #[test]
+    fn do_not_disrupt_with_a_duration_expires() {
+        let mut w = World::new().web(2, false);
+        w.pods[0].metadata.annotations =
+            Some([("karpenter.sh/do-not-disrupt".to_string(), "30m".to_string())].into());
+        w.pods[0].status.as_mut().unwrap().start_time =
+            Some(Time("2026-01-01T00:50:00Z".parse().unwrap()));
+        assert_eq!(w.plan(DrainOptions::default()).verdict, Verdict::Impossible);
+        w.pods[0].status.as_mut().unwrap().start_time =
+            Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        assert_eq!(w.plan(DrainOptions::default()).verdict, Verdict::Proceed);
+    }
+
+    #[test]
+    fn room_taken_by_other_drains_is_a_wait() {
+        let mut w = World::new().web(2, false);
+        w.nodes[1] = node("node-2", "100m", "8Gi");
+        let mut draining = node("node-3", "4", "8Gi");
+        draining.spec =
+            Some(serde_json::from_value(serde_json::json!({"unschedulable": true})).unwrap());
+        w.nodes.push(draining);
+        let plan = w.plan(DrainOptions::default());
+        assert_eq!(plan.verdict, Verdict::Wait, "{:?}", plan.blockers);
+        assert!(plan.blockers[0].reason.contains("other nodes are cordoned"));
     }
 }

@@ -18,7 +18,7 @@ pub fn pod(name: &str, owner: Option<(&str, &str)>, labels: &[(&str, &str)]) -> 
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"), "labels": labels, "ownerReferences": owners},
         "spec": {"nodeName": "node-1", "containers": [{"name": "app", "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}}}]},
-        "status": {"phase": "Running"}
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
     }))
     .unwrap()
 }

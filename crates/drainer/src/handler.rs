@@ -290,7 +290,7 @@ impl<H: LifecycleHooks> Handler<H> {
                         .cluster
                         .event(
                             &name,
-                            "LifecycleAbandoned",
+                            quiesce_kube::events::Reason::LifecycleAbandoned,
                             &format!("node uncordoned and the terminate hook abandoned: {reason}"),
                         )
                         .await

@@ -87,7 +87,7 @@ impl Metrics {
         let Some(report) = report else { return };
         for phase in &report.phases {
             self.phases
-                .get_or_create(&label("phase", phase.name))
+                .get_or_create(&label("phase", phase.name.as_str()))
                 .observe(phase.seconds);
         }
         let refused: u64 = report.pods.iter().map(|p| u64::from(p.refusals)).sum();

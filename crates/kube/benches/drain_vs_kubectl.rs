@@ -116,10 +116,11 @@ fn observe(
                 o.empty = Some(now);
             }
             let replaced = DESIRED.iter().all(|(name, want)| {
-                quiesce_core::gate::ready_elsewhere(
-                    pods.values().filter(|p| app(p) == Some(name)),
-                    &node,
-                ) as usize
+                pods.values()
+                    .filter(|p| app(p) == Some(name) && !on(p, &node))
+                    .filter(|p| p.metadata.deletion_timestamp.is_none())
+                    .filter(|p| quiesce_core::gate::is_ready(p))
+                    .count()
                     >= *want
             });
             if o.empty.is_some() && o.replaced.is_none() && replaced {

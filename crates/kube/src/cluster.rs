@@ -4,13 +4,17 @@
 use std::future::Future;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use quiesce_core::gate::GateState;
 use quiesce_core::{ClusterView, PodFacts, WorkloadRef};
 use tokio::time::Instant;
 
 use crate::error::Result;
+use crate::events::Reason;
+use crate::record::DrainRecord;
 
 /// Everything the planner reads, fetched in one go just before planning.
 #[derive(Debug, Clone, Default)]
@@ -25,11 +29,19 @@ pub struct Snapshot {
     pub replica_sets: Vec<ReplicaSet>,
     /// Every Deployment.
     pub deployments: Vec<Deployment>,
+    /// Every StatefulSet.
+    pub stateful_sets: Vec<StatefulSet>,
 }
 
 impl Snapshot {
-    /// Borrows the snapshot as the planner's input for `node`.
-    pub fn view<'a>(&'a self, node: &'a str) -> ClusterView<'a> {
+    /// Borrows the snapshot as the planner's input for `node`, with the Deployments an earlier
+    /// run already surged and the time of the read.
+    pub fn view<'a>(
+        &'a self,
+        node: &'a str,
+        surged: &'a [WorkloadRef],
+        now: Timestamp,
+    ) -> ClusterView<'a> {
         ClusterView {
             node,
             nodes: &self.nodes,
@@ -37,7 +49,17 @@ impl Snapshot {
             pdbs: &self.pdbs,
             replica_sets: &self.replica_sets,
             deployments: &self.deployments,
+            stateful_sets: &self.stateful_sets,
+            surged,
+            now,
         }
+    }
+
+    /// The node called `name`, if the cluster has it.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
     }
 }
 
@@ -69,9 +91,28 @@ pub enum Eviction {
     MultipleBudgets(String),
 }
 
+/// One workload the gate waits for: its own pods must be Available off the node, at least
+/// `available_before` of them (fewer if it is scaled down meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateTarget {
+    /// The workload.
+    pub workload: WorkloadRef,
+    /// Its recorded pre-drain Available count.
+    pub available_before: i32,
+}
+
+/// A pod the engine waits for that is not going by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stuck {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Why, from [`quiesce_core::terminating::stuck`].
+    pub reason: String,
+}
+
 /// The verbs the drain engine needs. Waits are watches and end at `deadline`.
 pub trait Cluster: Sync {
-    /// Reads nodes, pods, PDBs, ReplicaSets and Deployments.
+    /// Reads nodes, pods, PDBs, ReplicaSets, Deployments and StatefulSets.
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot>> + Send;
     /// Marks the node unschedulable (plus `cordon`'s extras).
     fn cordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>> + Send;
@@ -81,23 +122,34 @@ pub trait Cluster: Sync {
     fn evict(&self, pod: &PodFacts) -> impl Future<Output = Result<Eviction>> + Send;
     /// Starts a rolling restart of a Deployment (what `kubectl rollout restart` does).
     fn restart(&self, workload: &WorkloadRef) -> impl Future<Output = Result<()>> + Send;
+    /// Writes the drain's record on the Node (`None` removes it): `mine` is merged into the
+    /// record as read fresh ([`DrainRecord::merge`]) and written with that read's
+    /// resourceVersion as precondition, re-read on a conflict.
+    fn write_record(
+        &self,
+        node: &str,
+        mine: Option<&DrainRecord>,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Watches the node's pods until none of `uids` is left, calling `on_gone` for each.
+    /// Returns early with the pods that are stuck terminating (past their deletion deadline
+    /// by [`quiesce_core::terminating::STUCK_AFTER`]), which will not go by themselves.
     fn wait_gone(
         &self,
         node: &str,
         uids: &[String],
         on_gone: &mut (dyn FnMut(&str) + Send),
         deadline: Instant,
-    ) -> impl Future<Output = Result<()>> + Send;
-    /// Watches the pods of one namespace until each of `workloads` (all in `namespace`) has its
-    /// desired replicas Ready on nodes other than `node`, calling `on_replaced` for each as it
-    /// passes. One watch per namespace, not per workload, keeps the request count low.
+    ) -> impl Future<Output = Result<Vec<Stuck>>> + Send;
+    /// Watches the pods and workloads of one namespace until each target (all in `namespace`)
+    /// is whole off `node` or deleted ([`quiesce_core::gate::judge`], re-judged on every change
+    /// and every few seconds, as minReadySeconds pass without events), calling `on_end` for
+    /// each as it ends. One watch per kind per namespace keeps the request count low.
     fn wait_replaced(
         &self,
         namespace: &str,
-        workloads: &[WorkloadRef],
+        targets: &[GateTarget],
         node: &str,
-        on_replaced: &mut (dyn FnMut(&WorkloadRef) + Send),
+        on_end: &mut (dyn FnMut(&WorkloadRef, GateState) + Send),
         deadline: Instant,
     ) -> impl Future<Output = Result<()>> + Send;
     /// Watches VolumeAttachments until none is left for `node`.
@@ -110,7 +162,7 @@ pub trait Cluster: Sync {
     fn event(
         &self,
         node: &str,
-        reason: &str,
+        reason: Reason,
         message: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 }

@@ -1,32 +1,39 @@
 //! [`Cluster`] over kube-rs: the only place that knows URLs, verbs and status codes.
 
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::time::{Duration, SystemTime};
 
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::VolumeAttachment;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{
     ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
 };
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use quiesce_core::{PodFacts, WorkloadRef, gate};
+use quiesce_core::gate::{self, GateState, Workload};
+use quiesce_core::{PodFacts, WorkloadRef, terminating};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 
 use crate::backoff::Backoff;
-use crate::cluster::{Cluster, Cordon, Eviction, Snapshot};
+use crate::cluster::{Cluster, Cordon, Eviction, GateTarget, Snapshot, Stuck};
 use crate::error::{Error, Result};
-use crate::watch_set::wait_until;
+use crate::events::Reason;
+use crate::record::{self, DrainRecord};
+use crate::watch_set::{Tracked, drive, wait_until, watch};
 
 /// The label that takes a node out of cloud load balancers' target sets.
 pub const EXCLUDE_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 /// How long [`KubeCluster::snapshot`] keeps retrying a read the server failed.
 const READ_PATIENCE: Duration = Duration::from_secs(30);
+/// How many times a record write re-reads after a resourceVersion conflict before giving up.
+const RECORD_ATTEMPTS: usize = 5;
 
 /// A [`Cluster`] backed by a kube-rs [`Client`].
 #[derive(Clone)]
@@ -49,12 +56,12 @@ impl KubeCluster {
         let deadline = Instant::now() + READ_PATIENCE;
         let mut backoff = Backoff::default();
         loop {
-            match api.list(&ListParams::default()).await {
+            match api.list(&ListParams::default()).await.map_err(Error::from) {
                 Ok(list) => return Ok(list.items),
-                Err(err) if transient(&err) && backoff.wait(None, deadline).await => {
+                Err(err) if err.is_transient() && backoff.wait(None, deadline).await => {
                     tracing::warn!(%err, "list failed; retrying");
                 }
-                Err(err) => return Err(err.into()),
+                Err(err) => return Err(err),
             }
         }
     }
@@ -90,62 +97,18 @@ impl KubeCluster {
             .await?;
         Ok(())
     }
-
-    async fn desired_and_selector(
-        &self,
-        workload: &WorkloadRef,
-    ) -> Result<(i32, Option<LabelSelector>)> {
-        let client = self.client.clone();
-        let ns = workload.namespace.as_str();
-        let missing = || Error::NotFound(workload.to_string());
-        Ok(match workload.kind.as_str() {
-            "Deployment" => {
-                let d = Api::<Deployment>::namespaced(client, ns)
-                    .get_opt(&workload.name)
-                    .await?
-                    .ok_or_else(missing)?;
-                let spec = d.spec.unwrap_or_default();
-                (spec.replicas.unwrap_or(1), Some(spec.selector))
-            }
-            "StatefulSet" => {
-                let s = Api::<StatefulSet>::namespaced(client, ns)
-                    .get_opt(&workload.name)
-                    .await?
-                    .ok_or_else(missing)?;
-                let spec = s.spec.unwrap_or_default();
-                (spec.replicas.unwrap_or(1), Some(spec.selector))
-            }
-            "ReplicaSet" => {
-                let r = Api::<ReplicaSet>::namespaced(client, ns)
-                    .get_opt(&workload.name)
-                    .await?
-                    .ok_or_else(missing)?;
-                let spec = r.spec.unwrap_or_default();
-                (spec.replicas.unwrap_or(1), Some(spec.selector))
-            }
-            _ => (0, None),
-        })
-    }
-}
-
-/// Errors worth retrying: the server was overloaded or failed, or the connection did.
-pub fn transient(err: &kube::Error) -> bool {
-    match err {
-        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
-        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
-        _ => false,
-    }
 }
 
 impl Cluster for KubeCluster {
     async fn snapshot(&self) -> Result<Snapshot> {
         let c = &self.client;
-        let (nodes, pods, pdbs, replica_sets, deployments) = futures::try_join!(
+        let (nodes, pods, pdbs, replica_sets, deployments, stateful_sets) = futures::try_join!(
             self.list(Api::<Node>::all(c.clone())),
             self.list(Api::<Pod>::all(c.clone())),
             self.pdbs(),
             self.list(Api::<ReplicaSet>::all(c.clone())),
             self.list(Api::<Deployment>::all(c.clone())),
+            self.list(Api::<StatefulSet>::all(c.clone())),
         )?;
         Ok(Snapshot {
             nodes,
@@ -153,6 +116,7 @@ impl Cluster for KubeCluster {
             pdbs,
             replica_sets,
             deployments,
+            stateful_sets,
         })
     }
 
@@ -235,19 +199,52 @@ impl Cluster for KubeCluster {
         Ok(())
     }
 
+    async fn write_record(&self, node: &str, mine: Option<&DrainRecord>) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        for _ in 0..RECORD_ATTEMPTS {
+            let (current, version) = self.node_and_version(node).await?;
+            let value = match mine {
+                None => serde_json::Value::Null,
+                Some(mine) => {
+                    let mut merged = DrainRecord::of(&current)?.unwrap_or_else(DrainRecord::new);
+                    merged.merge(mine);
+                    json!(serde_json::to_string(&merged).map_err(kube::Error::SerdeError)?)
+                }
+            };
+            // The resourceVersion in a merge patch is a precondition: 409 if the Node changed
+            // since the read (apimachinery's optimistic concurrency for patches).
+            let patch = json!({"metadata": {"resourceVersion": version, "annotations": {record::ANNOTATION: value}}});
+            match nodes
+                .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    tracing::debug!(node, "drain record changed meanwhile; re-reading");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(Error::Record {
+            node: node.to_string(),
+            why: format!("the Node kept changing; {RECORD_ATTEMPTS} writes met a conflict"),
+        })
+    }
+
     async fn wait_gone(
         &self,
         node: &str,
         uids: &[String],
         on_gone: &mut (dyn FnMut(&str) + Send),
         deadline: Instant,
-    ) -> Result<()> {
+    ) -> Result<Vec<Stuck>> {
         let mut remaining: BTreeSet<String> = uids.iter().cloned().collect();
         if remaining.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let api: Api<Pod> = Api::all(self.client.clone());
         let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let mut stuck = Vec::new();
         wait_until(
             api,
             config,
@@ -261,47 +258,123 @@ impl Cluster for KubeCluster {
                     }
                     present
                 });
-                remaining.is_empty()
+                let now = Timestamp::now();
+                stuck = remaining
+                    .iter()
+                    .filter_map(|uid| pods.get(uid))
+                    .filter_map(|pod| {
+                        Some(Stuck {
+                            pod: format!(
+                                "{}/{}",
+                                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                                pod.metadata.name.as_deref().unwrap_or_default()
+                            ),
+                            reason: terminating::stuck(pod, now)?,
+                        })
+                    })
+                    .collect();
+                if remaining.is_empty() || !stuck.is_empty() {
+                    ControlFlow::Break(Ok(()))
+                } else {
+                    ControlFlow::Continue(())
+                }
             },
         )
-        .await
+        .await?;
+        Ok(stuck)
     }
 
     async fn wait_replaced(
         &self,
         namespace: &str,
-        workloads: &[WorkloadRef],
+        targets: &[GateTarget],
         node: &str,
-        on_replaced: &mut (dyn FnMut(&WorkloadRef) + Send),
+        on_end: &mut (dyn FnMut(&WorkloadRef, GateState) + Send),
         deadline: Instant,
     ) -> Result<()> {
-        let found =
-            futures::future::try_join_all(workloads.iter().map(|w| self.desired_and_selector(w)))
-                .await?;
-        let mut targets = Vec::new();
-        for (workload, (desired, selector)) in workloads.iter().zip(found) {
-            match selector {
-                Some(selector) => targets.push((workload, desired, selector)),
-                None => on_replaced(workload),
-            }
+        enum Change {
+            Pod(watcher::Event<Pod>),
+            ReplicaSet(watcher::Event<ReplicaSet>),
+            Deployment(watcher::Event<Deployment>),
+            StatefulSet(watcher::Event<StatefulSet>),
         }
+        let mut targets: Vec<&GateTarget> = targets.iter().collect();
         if targets.is_empty() {
             return Ok(());
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        let what = format!("waiting for the workloads in {namespace} to be Ready off {node}");
-        wait_until(api, watcher::Config::default(), deadline, &what, |pods| {
-            targets.retain(|(workload, desired, selector)| {
-                let theirs = pods.values().filter(|p| {
-                    quiesce_core::selector::matches(Some(selector), p.metadata.labels.as_ref())
-                });
-                let done = gate::replaced(*desired, theirs, node);
-                if done {
-                    on_replaced(workload);
+        let c = &self.client;
+        let config = watcher::Config::default;
+        let stream = futures::stream::select_all([
+            watch(Api::<Pod>::namespaced(c.clone(), namespace), config())
+                .map(|e| e.map(Change::Pod))
+                .boxed(),
+            watch(
+                Api::<ReplicaSet>::namespaced(c.clone(), namespace),
+                config(),
+            )
+            .map(|e| e.map(Change::ReplicaSet))
+            .boxed(),
+            watch(
+                Api::<Deployment>::namespaced(c.clone(), namespace),
+                config(),
+            )
+            .map(|e| e.map(Change::Deployment))
+            .boxed(),
+            watch(
+                Api::<StatefulSet>::namespaced(c.clone(), namespace),
+                config(),
+            )
+            .map(|e| e.map(Change::StatefulSet))
+            .boxed(),
+        ])
+        .boxed();
+        let (mut pods, mut rs, mut deployments, mut sts) = (
+            Tracked::default(),
+            Tracked::default(),
+            Tracked::default(),
+            Tracked::default(),
+        );
+        let what = format!("waiting for the workloads in {namespace} to be whole off {node}");
+        drive(stream, deadline, &what, |change| {
+            match change {
+                Some(Change::Pod(e)) => pods.apply(e),
+                Some(Change::ReplicaSet(e)) => rs.apply(e),
+                Some(Change::Deployment(e)) => deployments.apply(e),
+                Some(Change::StatefulSet(e)) => sts.apply(e),
+                None => {}
+            }
+            if !(pods.listed() && rs.listed() && deployments.listed() && sts.listed()) {
+                return ControlFlow::Continue(());
+            }
+            let (pods, rs, deployments, sts) = (
+                pods.to_vec(),
+                rs.to_vec(),
+                deployments.to_vec(),
+                sts.to_vec(),
+            );
+            let now = Timestamp::now();
+            targets.retain(|target| {
+                let spec = Workload::find(&target.workload, &deployments, &sts, &rs);
+                let state = gate::judge(
+                    &target.workload,
+                    target.available_before,
+                    spec,
+                    &pods,
+                    &rs,
+                    node,
+                    now,
+                );
+                let ended = !matches!(state, GateState::Waiting { .. });
+                if ended {
+                    on_end(&target.workload, state);
                 }
-                !done
+                !ended
             });
-            targets.is_empty()
+            if targets.is_empty() {
+                ControlFlow::Break(Ok(()))
+            } else {
+                ControlFlow::Continue(())
+            }
         })
         .await
     }
@@ -309,37 +382,43 @@ impl Cluster for KubeCluster {
     async fn wait_volumes_detached(&self, node: &str, deadline: Instant) -> Result<()> {
         let api: Api<VolumeAttachment> = Api::all(self.client.clone());
         let attached = |va: &VolumeAttachment| va.spec.node_name == node;
-        match api.list(&ListParams::default()).await {
-            Err(kube::Error::Api(status)) if status.code == 404 => {
+        match api.list(&ListParams::default()).await.map_err(Error::from) {
+            Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
                 tracing::info!("this API server has no VolumeAttachments; nothing to wait for");
                 return Ok(());
             }
             // Most drains have nothing attached: one list, no watch.
             Ok(list) if !list.items.iter().any(attached) => return Ok(()),
             Ok(_) => {}
-            Err(err) if transient(&err) => {
+            Err(err) if err.is_transient() => {
                 tracing::warn!(%err, "listing VolumeAttachments failed; watching instead")
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => return Err(err),
         }
         wait_until(
             api,
             watcher::Config::default(),
             deadline,
             "waiting for volumes to detach",
-            |vas| !vas.values().any(attached),
+            |vas| {
+                if vas.values().any(attached) {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(Ok(()))
+                }
+            },
         )
         .await
     }
 
-    async fn event(&self, node: &str, reason: &str, message: &str) -> Result<()> {
+    async fn event(&self, node: &str, reason: Reason, message: &str) -> Result<()> {
         let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
         let event: Event = serde_json::from_value(json!({
             "metadata": {"generateName": format!("{node}.quiesce-"), "namespace": "default"},
             "involvedObject": {"kind": "Node", "apiVersion": "v1", "name": node},
-            "reason": reason,
+            "reason": reason.as_str(),
             "message": message,
-            "type": if reason.starts_with("Drained") { "Normal" } else { "Warning" },
+            "type": reason.kind(),
             "source": {"component": "quiesce"},
             "reportingComponent": "quiesce",
             "firstTimestamp": now,
@@ -355,12 +434,8 @@ impl Cluster for KubeCluster {
 }
 
 impl KubeCluster {
-    async fn taints_without(
-        &self,
-        node: &str,
-        taint: &str,
-    ) -> Result<(Vec<serde_json::Value>, String)> {
-        let wanted = parse_taint(taint);
+    /// The Node and the resourceVersion to send as a write's precondition.
+    async fn node_and_version(&self, node: &str) -> Result<(Node, String)> {
         let current = Api::<Node>::all(self.client.clone()).get(node).await?;
         let version = current
             .metadata
@@ -370,6 +445,16 @@ impl KubeCluster {
                 what: format!("node {node}"),
                 field: "metadata.resourceVersion",
             })?;
+        Ok((current, version))
+    }
+
+    async fn taints_without(
+        &self,
+        node: &str,
+        taint: &str,
+    ) -> Result<(Vec<serde_json::Value>, String)> {
+        let wanted = parse_taint(taint);
+        let (current, version) = self.node_and_version(node).await?;
         let taints = current
             .spec
             .and_then(|s| s.taints)

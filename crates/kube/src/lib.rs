@@ -9,7 +9,9 @@ pub mod backoff;
 pub mod cluster;
 pub mod engine;
 mod error;
+pub mod events;
 pub mod kube_cluster;
+pub mod record;
 pub mod report;
 mod watch_set;
 

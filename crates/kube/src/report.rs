@@ -1,6 +1,6 @@
 //! The drain report: what the CLI prints and `--output json` serialises.
 
-use quiesce_core::{Action, Blocker, DrainPlan, Verdict};
+use quiesce_core::{Action, Blocker, DrainPlan, Ungated, Verdict, WorkloadRef};
 use serde::Serialize;
 
 /// How the drain ended.
@@ -13,29 +13,68 @@ pub enum Outcome {
     Planned,
     /// The plan found a blocker that cannot clear; nothing was changed.
     Blocked,
-    /// Started but did not finish (deadline or API error); see `error` and `blockers`.
+    /// Started but did not finish (deadline, a blocker found after the cordon, or an API
+    /// error); see `error` and `blockers`.
     Failed,
+}
+
+/// The phases of a drain, in the order they end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhaseName {
+    /// The node is unschedulable (and tainted, if asked).
+    Cordoned,
+    /// Surged Deployments have their replicas Available off the node.
+    Surged,
+    /// Every eviction of the last tier was accepted.
+    EvictionsAccepted,
+    /// Every pod the drain evicted or waited for is gone.
+    PodsGone,
+    /// Every gated workload is whole again elsewhere.
+    ReplacementsReady,
+    /// No volume is attached to the node any more.
+    VolumesDetached,
+}
+
+impl PhaseName {
+    /// The name as the report and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Cordoned => "cordoned",
+            PhaseName::Surged => "surged",
+            PhaseName::EvictionsAccepted => "evictions-accepted",
+            PhaseName::PodsGone => "pods-gone",
+            PhaseName::ReplacementsReady => "replacements-ready",
+            PhaseName::VolumesDetached => "volumes-detached",
+        }
+    }
+}
+
+impl std::fmt::Display for PhaseName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One finished phase and how long after the start it ended.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Phase {
-    /// `cordoned`, `surged`, `evictions-accepted`, `pods-gone`, `replacements-ready`,
-    /// `volumes-detached`.
-    pub name: &'static str,
+    /// Which phase.
+    pub name: PhaseName,
     /// Seconds since the drain started.
     pub seconds: f64,
 }
 
-/// Where one pod got to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// Where one pod got to, in the order a pod goes through them (a pod never moves back: the
+/// watch may see it gone before the eviction's answer arrives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Stage {
     /// Not started yet (or skipped).
     Pending,
     /// Eviction being requested (possibly retried).
     Evicting,
-    /// Eviction accepted; the pod runs its shutdown.
+    /// Eviction accepted, or found terminating; the pod runs its shutdown.
     Terminating,
     /// The pod object is gone.
     Gone,
@@ -58,6 +97,29 @@ pub struct PodReport {
     pub refusals: u32,
 }
 
+/// How one workload's gate ended (or stood when the drain stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GateReport {
+    /// The workload.
+    pub workload: WorkloadRef,
+    /// The pre-drain Available count the gate held it to (recorded by the first run).
+    pub available_before: i32,
+    /// `pending`, `whole`, or `deleted`.
+    pub state: GateEnd,
+}
+
+/// Where a gate got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GateEnd {
+    /// Not passed (yet).
+    Pending,
+    /// Whole again elsewhere.
+    Whole,
+    /// Deleted during the drain, which ended its gate.
+    Deleted,
+}
+
 /// The final report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DrainReport {
@@ -73,6 +135,12 @@ pub struct DrainReport {
     pub pods: Vec<PodReport>,
     /// What stood in the way (from the plan, and from the run).
     pub blockers: Vec<Blocker>,
+    /// The workloads the drain waited for.
+    pub gates: Vec<GateReport>,
+    /// Workloads whose pods left without a gate, and why.
+    pub ungated: Vec<Ungated>,
+    /// What the plan did that a reader might not expect.
+    pub notes: Vec<String>,
     /// Whether the node was uncordoned after a failure.
     pub uncordoned: bool,
     /// The error that ended a failed drain.
@@ -82,36 +150,69 @@ pub struct DrainReport {
 impl DrainReport {
     /// A report for a plan that is not (or not yet) carried out.
     pub fn from_plan(plan: &DrainPlan, outcome: Outcome) -> Self {
-        DrainReport {
+        let mut report = DrainReport {
             node: plan.node.clone(),
             outcome,
             verdict: plan.verdict,
             phases: Vec::new(),
-            pods: plan
-                .pods
-                .iter()
-                .map(|p| PodReport {
-                    pod: p.facts.key(),
-                    action: p.action,
-                    stage: if p.action == Action::Skip {
-                        Stage::Skipped
-                    } else {
-                        Stage::Pending
-                    },
-                    refusals: 0,
-                })
-                .collect(),
+            pods: Vec::new(),
             blockers: plan.blockers.clone(),
+            gates: Vec::new(),
+            ungated: Vec::new(),
+            notes: Vec::new(),
             uncordoned: false,
             error: None,
+        };
+        report.absorb(plan);
+        report
+    }
+
+    /// Adds what a later plan of the same drain found (pods that arrived, gates, notes)
+    /// without losing what is already reported.
+    pub fn absorb(&mut self, plan: &DrainPlan) {
+        for p in &plan.pods {
+            let key = p.facts.key();
+            if let Some(known) = self.pods.iter_mut().find(|r| r.pod == key) {
+                known.action = p.action;
+                continue;
+            }
+            self.pods.push(PodReport {
+                pod: key,
+                action: p.action,
+                stage: match p.action {
+                    Action::Skip => Stage::Skipped,
+                    Action::Wait => Stage::Terminating,
+                    Action::Evict | Action::Surge => Stage::Pending,
+                },
+                refusals: 0,
+            });
+        }
+        for gate in &plan.gates {
+            if !self.gates.iter().any(|g| g.workload == gate.workload) {
+                self.gates.push(GateReport {
+                    workload: gate.workload.clone(),
+                    available_before: gate.available_before,
+                    state: GateEnd::Pending,
+                });
+            }
+        }
+        for u in &plan.ungated {
+            if !self.ungated.contains(u) {
+                self.ungated.push(u.clone());
+            }
+        }
+        for note in &plan.notes {
+            if !self.notes.contains(note) {
+                self.notes.push(note.clone());
+            }
         }
     }
 
-    /// Seconds at which `phase` ended, if it did.
+    /// Seconds at which `phase` (as spelled in the report) ended, if it did.
     pub fn phase(&self, name: &str) -> Option<f64> {
         self.phases
             .iter()
-            .find(|p| p.name == name)
+            .find(|p| p.name.as_str() == name)
             .map(|p| p.seconds)
     }
 }

@@ -10,58 +10,23 @@ use kube::api::{ListParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use quiesce_core::{DrainOptions, Verdict};
-use quiesce_kube::cluster::Cordon;
-use quiesce_kube::engine::{DrainSpec, drain};
-use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::report::{DrainReport, Outcome, Stage};
+use quiesce_sandbox::Sandbox;
 use quiesce_sandbox::api::FaultKind;
 use quiesce_sandbox::scenario::Scenario;
-use quiesce_sandbox::time::TimeScale;
-use quiesce_sandbox::{Sandbox, SandboxOptions};
 use serde_json::json;
+use support::ready;
 
 async fn sandbox(scenario: Scenario) -> Sandbox {
-    Sandbox::start(SandboxOptions {
-        scenario,
-        time_scale: TimeScale::new(20.0).unwrap(),
-        ..Default::default()
-    })
-    .await
-    .expect("the sandbox starts")
+    support::sandbox(scenario, 20.0).await
 }
 
 async fn run(client: Client, node: &str, timeout: Duration) -> DrainReport {
-    let spec = DrainSpec {
-        node: node.into(),
-        options: DrainOptions::default(),
-        timeout,
-        dry_run: false,
-        uncordon_on_failure: false,
-        replacement_gate: true,
-        cordon: Cordon::default(),
-    };
-    drain(&KubeCluster::new(client), &spec, &|_, _| {})
-        .await
-        .expect("the cluster can be read")
-}
-
-/// Waits until `n` pods of `namespace` labelled `selector` are Ready and not terminating.
-async fn ready(client: &Client, namespace: &str, selector: &str, n: usize) {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    support::wait_for(
-        api,
-        watcher::Config::default().labels(selector),
-        selector,
-        |pods: &[Pod]| {
-            pods.iter()
-                .filter(|p| {
-                    quiesce_core::gate::is_ready(p) && p.metadata.deletion_timestamp.is_none()
-                })
-                .count()
-                == n
-        },
+    support::drain_with(
+        &client,
+        &support::spec(node, DrainOptions::default(), timeout),
     )
-    .await;
+    .await
 }
 
 /// Creates a Deployment `app=NAME` of `replicas` pods requesting `cpu` each, and waits until

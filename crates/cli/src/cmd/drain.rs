@@ -10,7 +10,7 @@ use quiesce_core::DrainOptions;
 use quiesce_kube::cluster::Cordon;
 use quiesce_kube::engine::{self, DrainSpec};
 use quiesce_kube::kube_cluster::KubeCluster;
-use quiesce_kube::report::{DrainReport, Outcome, Stage};
+use quiesce_kube::report::{DrainReport, GateEnd, Outcome, Stage};
 
 /// Output format of the final report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -140,8 +140,25 @@ fn print_text(report: &DrainReport) {
     for blocker in &report.blockers {
         println!("  blocker: {blocker}");
     }
+    for gate in &report.gates {
+        let state = match gate.state {
+            GateEnd::Pending => "not whole yet",
+            GateEnd::Whole => "whole again elsewhere",
+            GateEnd::Deleted => "deleted during the drain",
+        };
+        println!(
+            "  waits for {}: {} Available elsewhere ({state})",
+            gate.workload, gate.available_before
+        );
+    }
+    for ungated in &report.ungated {
+        println!("  ungated {}: {}", ungated.workload, ungated.reason);
+    }
+    for note in &report.notes {
+        println!("  note: {note}");
+    }
     for phase in &report.phases {
-        println!("  {:<20} {:>8.2}s", phase.name, phase.seconds);
+        println!("  {:<20} {:>8.2}s", phase.name.as_str(), phase.seconds);
     }
     if let Some(err) = &report.error {
         println!(

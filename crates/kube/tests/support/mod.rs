@@ -7,6 +7,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod late;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -150,21 +152,7 @@ impl Cluster {
 
     /// Waits until `n` pods labelled `app=APP` are Ready.
     pub async fn wait_ready(&self, app: &str, n: usize) {
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), "default");
-        wait_for(
-            api,
-            watcher::Config::default().labels(&format!("app={app}")),
-            "pods Ready",
-            |pods: &[Pod]| {
-                pods.iter()
-                    .filter(|p| {
-                        quiesce_core::gate::is_ready(p) && p.metadata.deletion_timestamp.is_none()
-                    })
-                    .count()
-                    == n
-            },
-        )
-        .await;
+        ready(&self.client, "default", &format!("app={app}"), n).await;
     }
 
     /// The pods labelled `app=APP`.
@@ -225,4 +213,86 @@ pub async fn wait_for<K>(
             return;
         }
     }
+}
+
+/// A sandbox running `scenario` `speed` times faster than real time.
+pub async fn sandbox(
+    scenario: quiesce_sandbox::scenario::Scenario,
+    speed: f64,
+) -> quiesce_sandbox::Sandbox {
+    quiesce_sandbox::Sandbox::start(quiesce_sandbox::SandboxOptions {
+        scenario,
+        time_scale: quiesce_sandbox::time::TimeScale::new(speed).unwrap(),
+        ..Default::default()
+    })
+    .await
+    .expect("the sandbox starts")
+}
+
+/// A sandbox of `nodes` empty nodes at `speed`, and its client.
+pub async fn sandbox_of(nodes: usize, speed: f64) -> (quiesce_sandbox::Sandbox, Client) {
+    let sb = sandbox(
+        quiesce_sandbox::scenario::Scenario::nodes_only(nodes),
+        speed,
+    )
+    .await;
+    let client = sb.client();
+    (sb, client)
+}
+
+/// A gated drain of `node` with the default options, failing at `timeout`.
+pub async fn run(
+    client: &Client,
+    node: &str,
+    timeout: Duration,
+) -> quiesce_kube::report::DrainReport {
+    drain_with(
+        client,
+        &spec(node, quiesce_core::DrainOptions::default(), timeout),
+    )
+    .await
+}
+
+/// A gated drain of `node` with `options`, failing at `timeout`, changing nothing else.
+pub fn spec(
+    node: &str,
+    options: quiesce_core::DrainOptions,
+    timeout: Duration,
+) -> quiesce_kube::engine::DrainSpec {
+    quiesce_kube::engine::DrainSpec {
+        node: node.into(),
+        options,
+        timeout,
+        dry_run: false,
+        uncordon_on_failure: false,
+        replacement_gate: true,
+        cordon: quiesce_kube::cluster::Cordon::default(),
+    }
+}
+
+/// Runs `spec` through `KubeCluster` over `client`.
+pub async fn drain_with(
+    client: &Client,
+    spec: &quiesce_kube::engine::DrainSpec,
+) -> quiesce_kube::report::DrainReport {
+    let cluster = quiesce_kube::kube_cluster::KubeCluster::new(client.clone());
+    quiesce_kube::engine::drain(&cluster, spec, &|_, _| {})
+        .await
+        .expect("the cluster can be read")
+}
+
+/// Waits until `n` pods of `namespace` matching `selector` are Ready and not terminating.
+pub async fn ready(client: &Client, namespace: &str, selector: &str, n: usize) {
+    wait_for(
+        Api::<Pod>::namespaced(client.clone(), namespace),
+        watcher::Config::default().labels(selector),
+        selector,
+        |pods: &[Pod]| pods.iter().filter(|p| live_ready(p)).count() == n,
+    )
+    .await;
+}
+
+/// Ready and not terminating: what the gate (and a user) counts as serving.
+pub fn live_ready(pod: &Pod) -> bool {
+    quiesce_core::gate::is_ready(pod) && pod.metadata.deletion_timestamp.is_none()
 }

@@ -19,6 +19,9 @@ pub const STARTUP_DELAY: &str = "sandbox.quiesce.io/startup-delay";
 pub const PRESTOP_DELAY: &str = "sandbox.quiesce.io/prestop-delay";
 /// Annotation: how long the app takes to exit after SIGTERM (`3s`).
 pub const SHUTDOWN_DELAY: &str = "sandbox.quiesce.io/shutdown-delay";
+/// Annotation (`"true"`): the image never pulls, so the pod stays Pending in ImagePullBackOff,
+/// as a kubelet reports it (phase Pending, container waiting with that reason).
+pub const IMAGE_PULL_FAILS: &str = "sandbox.quiesce.io/image-pull-fails";
 
 /// Keeps every node Ready with capacity, the status a kubelet posts.
 pub(super) fn nodes(pass: &mut Pass<'_>) {
@@ -136,6 +139,20 @@ fn complete(pod: &mut Value) {
     pod["status"]["containerStatuses"] = json!(statuses);
 }
 
+fn image_pull_back_off(pod: &Value) -> Value {
+    let statuses: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false,
+            "started": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff",
+            "message": format!("Back-off pulling image {}", c["image"])}}})
+        })
+        .collect();
+    json!(statuses)
+}
+
 /// Drives every bound pod through its lifecycle.
 pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
     let node_names: std::collections::HashSet<String> = pass
@@ -196,6 +213,15 @@ pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
                     });
                 } else {
                     pass.wake_at(ready_at);
+                }
+            }
+            _ if pod["metadata"]["annotations"][IMAGE_PULL_FAILS] == "true" => {
+                if pod["status"]["containerStatuses"].is_null() {
+                    pass.update(pods(), &pod, Part::Status, |p| {
+                        p["status"]["phase"] = json!("Pending");
+                        p["status"]["conditions"] = ready_condition(false);
+                        p["status"]["containerStatuses"] = image_pull_back_off(p);
+                    });
                 }
             }
             _ => {
