@@ -9,7 +9,7 @@
 //! without it kubectl falls back to the protobuf OpenAPI v2 document and fails. So each
 //! group-version document has that operation per resource and the schemas of its kinds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::LazyLock;
 
@@ -128,6 +128,33 @@ fn build(gv: &str) -> Value {
     }
     json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"},
            "paths": paths, "components": {"schemas": schemas}})
+}
+
+/// The JSON property names of every schema the served kinds reach, by schema name
+/// (`io.k8s.api.core.v1.Probe`). The protobuf decoder needs them: a Go struct embedded
+/// inline (`Probe`'s `ProbeHandler`, `Volume`'s `VolumeSource`) is a field of its own in
+/// protobuf but not in JSON, and a field missing from the JSON schema is what tells it apart.
+static PROPERTIES: LazyLock<HashMap<String, HashSet<String>>> = LazyLock::new(|| {
+    let mut generator = SchemaGenerator::new(SchemaSettings::openapi3());
+    for r in RESOURCES {
+        add_schema(&mut generator, r);
+    }
+    generator
+        .take_definitions(false)
+        .into_iter()
+        .map(|(name, schema)| {
+            let names = schema["properties"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            (name, names)
+        })
+        .collect()
+});
+
+/// The JSON property names of the schema `name`, if a served kind reaches it.
+pub fn properties(name: &str) -> Option<&'static HashSet<String>> {
+    PROPERTIES.get(name)
 }
 
 /// Every group-version's document, serialised once, with the hash the root lists (kubectl
