@@ -503,6 +503,40 @@ async fn can_i_get_all_and_explain() {
         "`all` holds workloads and services, not PDBs or ConfigMaps"
     );
 
+    k.ok(&["create", "service", "nodeport", "edge", "--tcp=443:8443"])
+        .await;
+    let services = k.ok(&["get", "services"]).await;
+    let header: Vec<&str> = services
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    let edge = row(&services, "edge");
+    assert_eq!((edge[1], edge[3]), ("NodePort", "<none>"));
+    let node_port: u16 = edge[4]
+        .strip_prefix("443:")
+        .and_then(|p| p.strip_suffix("/TCP"))
+        .unwrap_or_else(|| panic!("a node port allocated: {services}"))
+        .parse()
+        .unwrap();
+    assert!((30000..=32767).contains(&node_port), "{services}");
+    assert_eq!(
+        row(&k.ok(&["get", "namespaces"]).await, "default")[1],
+        "Active"
+    );
+
     let explained = k.ok(&["explain", "deployment.spec.strategy.type"]).await;
     assert!(
         explained.contains("FIELD: type <string>")
