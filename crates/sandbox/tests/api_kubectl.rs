@@ -552,3 +552,40 @@ async fn can_i_get_all_and_explain() {
     );
     server.shutdown().await;
 }
+
+/// kubectl's `--validate` becomes `fieldValidation`: Strict (its default) refuses an unknown
+/// field with upstream's "strict decoding error", Warn stores the object without it and
+/// kubectl prints the server's warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_refused_or_warned_and_never_stored() {
+    let server = server().await;
+    let k = Kubectl::new(&server);
+    let path = k._dir.path().join("typo.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  lables: {app: web}\ndata: {a: b}\n",
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    let strict = k.run(&["apply", "-f", path]).await;
+    assert!(!strict.status.success());
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert!(
+        stderr.contains(
+            r#"ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: unknown field "metadata.lables""#
+        ),
+        "{stderr}"
+    );
+    let warned = k.run(&["apply", "-f", path, "--validate=warn"]).await;
+    assert!(warned.status.success(), "{warned:?}");
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(
+        stderr.contains(r#"Warning: unknown field "metadata.lables""#),
+        "{stderr}"
+    );
+    let stored = k.ok(&["get", "configmap", "cfg", "-o", "json"]).await;
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert!(stored["metadata"].get("lables").is_none(), "{stored}");
+    assert_eq!(stored["data"], json!({"a": "b"}));
+    server.shutdown().await;
+}

@@ -70,7 +70,7 @@ pub fn message(msg: &DynamicMessage) -> Value {
                     Value::Null => {}
                     // A Go struct embedded inline: its fields are the parent's in JSON.
                     Value::Object(inner)
-                        if json_fields.is_some_and(|f| !f.contains(field.name())) =>
+                        if json_fields.is_some_and(|f| !f.contains_key(field.name())) =>
                     {
                         out.extend(inner);
                     }
