@@ -522,6 +522,19 @@ async fn everyday_commands_have_their_effects() {
         .await;
     assert_eq!(on_node, "", "drained");
     c.web_images_become("nginx:1.26", 4).await;
+    let endpoints = c
+        .until(
+            &[
+                "get",
+                "endpoints",
+                "web",
+                "-o",
+                "jsonpath={.subsets[0].addresses[*].ip} {.subsets[0].ports[0].port}",
+            ],
+            |e| e.split_whitespace().count() == 5,
+        )
+        .await;
+    assert!(endpoints.ends_with(" 8080"), "{endpoints}");
 
     c.kubectl(&["delete", "namespace", "play", "--timeout=60s"])
         .await;
