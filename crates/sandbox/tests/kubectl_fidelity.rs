@@ -347,7 +347,7 @@ impl Cluster {
 
 /// One scripted session of the commands people type on a fresh sandbox, each checked by its
 /// effect: typed creates (protobuf), expose, scale, autoscale, set image, rollout
-/// status/history/undo/restart, get all, describe, explain, auth can-i, wait, label,
+/// status/history/undo/restart, get all, describe, explain, logs, auth can-i, wait, label,
 /// annotate, cordon, drain, and delete namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everyday_commands_have_their_effects() {
@@ -505,6 +505,8 @@ async fn everyday_commands_have_their_effects() {
         "{}",
         stdout(&explained)
     );
+    let logs = c.play(&["logs", "deployment/web"]).await;
+    assert!(logs.contains("runs no containers"), "{logs}");
     let can = c.play(&["auth", "can-i", "create", "deployments"]).await;
     assert_eq!(can.trim(), "yes");
 

@@ -102,7 +102,7 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, Api
         || (rest.len() == 3
             && !matches!(
                 rest[2],
-                "status" | "eviction" | "binding" | "scale" | "finalize"
+                "status" | "eviction" | "binding" | "scale" | "finalize" | "log"
             ))
     {
         return Err(ApiError::no_such_resource());
@@ -353,6 +353,17 @@ async fn serve(
                 Ok(next)
             })?;
             Ok(json_response(201, &super::status::success()))
+        }
+        // Simulated pods run no containers: `kubectl logs` gets one line that says so (after
+        // the same 404 a real server gives for a pod that does not exist).
+        ("GET", Some(name), Some("log")) if r.plural == "pods" => {
+            let pod = store.get(r, &ns, name)?;
+            let line = format!(
+                "quiesce sandbox: pod {name} is simulated ({} on {}); it runs no containers and writes no logs\n",
+                pod["status"]["phase"].as_str().unwrap_or("Pending"),
+                pod["spec"]["nodeName"].as_str().unwrap_or("no node"),
+            );
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], line).into_response())
         }
         ("GET", Some(name), Some("scale")) if scale::scalable(r) => {
             Ok(json_response(200, &scale::get(store, r, &ns, name)?))
