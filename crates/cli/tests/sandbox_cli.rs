@@ -1,5 +1,5 @@
-//! `quiesce sandbox` as a user runs it: one ready line, a kubeconfig kubectl accepts, a clean
-//! exit on SIGTERM.
+//! `quiesce sandbox` as a user runs it: one ready line, a kubeconfig kubectl accepts (its typed
+//! creates included), a clean exit on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -62,6 +62,51 @@ fn prints_ready_serves_kubectl_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(ready_nodes, 3);
+
+    // A user's first commands: typed creates, which kubectl sends as protobuf.
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--request-timeout=20s")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    kubectl(&["create", "namespace", "play"]);
+    kubectl(&[
+        "-n",
+        "play",
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=2",
+    ]);
+    kubectl(&[
+        "-n",
+        "play",
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=30s",
+    ]);
+    let ready = kubectl(&[
+        "-n",
+        "play",
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.status.readyReplicas}",
+    ]);
+    assert_eq!(ready, "2");
 
     let pid = i32::try_from(child.id()).unwrap();
     assert!(

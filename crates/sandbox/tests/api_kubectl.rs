@@ -503,6 +503,40 @@ async fn can_i_get_all_and_explain() {
         "`all` holds workloads and services, not PDBs or ConfigMaps"
     );
 
+    k.ok(&["create", "service", "nodeport", "edge", "--tcp=443:8443"])
+        .await;
+    let services = k.ok(&["get", "services"]).await;
+    let header: Vec<&str> = services
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE"
+        ]
+    );
+    let edge = row(&services, "edge");
+    assert_eq!((edge[1], edge[3]), ("NodePort", "<none>"));
+    let node_port: u16 = edge[4]
+        .strip_prefix("443:")
+        .and_then(|p| p.strip_suffix("/TCP"))
+        .unwrap_or_else(|| panic!("a node port allocated: {services}"))
+        .parse()
+        .unwrap();
+    assert!((30000..=32767).contains(&node_port), "{services}");
+    assert_eq!(
+        row(&k.ok(&["get", "namespaces"]).await, "default")[1],
+        "Active"
+    );
+
     let explained = k.ok(&["explain", "deployment.spec.strategy.type"]).await;
     assert!(
         explained.contains("FIELD: type <string>")
@@ -516,5 +550,42 @@ async fn can_i_get_all_and_explain() {
         hpa.contains("maxReplicas") && hpa.contains("<integer> -required-"),
         "{hpa}"
     );
+    server.shutdown().await;
+}
+
+/// kubectl's `--validate` becomes `fieldValidation`: Strict (its default) refuses an unknown
+/// field with upstream's "strict decoding error", Warn stores the object without it and
+/// kubectl prints the server's warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_refused_or_warned_and_never_stored() {
+    let server = server().await;
+    let k = Kubectl::new(&server);
+    let path = k._dir.path().join("typo.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  lables: {app: web}\ndata: {a: b}\n",
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    let strict = k.run(&["apply", "-f", path]).await;
+    assert!(!strict.status.success());
+    let stderr = String::from_utf8_lossy(&strict.stderr);
+    assert!(
+        stderr.contains(
+            r#"ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: unknown field "metadata.lables""#
+        ),
+        "{stderr}"
+    );
+    let warned = k.run(&["apply", "-f", path, "--validate=warn"]).await;
+    assert!(warned.status.success(), "{warned:?}");
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(
+        stderr.contains(r#"Warning: unknown field "metadata.lables""#),
+        "{stderr}"
+    );
+    let stored = k.ok(&["get", "configmap", "cfg", "-o", "json"]).await;
+    let stored: serde_json::Value = serde_json::from_str(&stored).unwrap();
+    assert!(stored["metadata"].get("lables").is_none(), "{stored}");
+    assert_eq!(stored["data"], json!({"a": "b"}));
     server.shutdown().await;
 }

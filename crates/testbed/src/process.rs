@@ -113,7 +113,7 @@ impl ControlPlane {
             &bin.join("kube-controller-manager"),
             &[
                 kubeconfig_arg.clone(),
-                "--controllers=disruption,replicaset,deployment,statefulset,daemonset,endpoint,endpointslice,garbagecollector,podgc".into(),
+                "--controllers=disruption,replicaset,deployment,statefulset,daemonset,endpoint,endpointslice,garbagecollector,namespace,podgc".into(),
                 "--leader-elect=false".into(),
                 "--port=0".into(),
                 "--secure-port=0".into(),

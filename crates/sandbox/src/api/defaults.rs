@@ -87,6 +87,7 @@ pub fn on_create(r: &Resource, obj: &mut Value, uid: &str) -> Result<(), ApiErro
                 let n = rand::random::<u16>();
                 obj["spec"]["clusterIP"] = json!(format!("10.96.{}.{}", n >> 8, (n & 0xff).max(1)));
             }
+            node_ports(obj);
             obj["status"] = json!({"loadBalancer": {}});
         }
         ("apps", "deployments") => {
@@ -189,6 +190,22 @@ fn job_spec(job: &mut Value, field: &str) -> Result<(), ApiError> {
     }
     pod_spec(pod);
     Ok(())
+}
+
+/// NodePort and LoadBalancer services get a node port per port from upstream's default range
+/// (30000-32767) where none was asked for; 0 is Go's "unset", which protobuf bodies carry.
+fn node_ports(svc: &mut Value) {
+    if !matches!(
+        svc["spec"]["type"].as_str(),
+        Some("NodePort" | "LoadBalancer")
+    ) {
+        return;
+    }
+    for port in svc["spec"]["ports"].as_array_mut().into_iter().flatten() {
+        if port["nodePort"].as_i64().unwrap_or(0) == 0 {
+            port["nodePort"] = json!(30000 + rand::random::<u16>() % 2768);
+        }
+    }
 }
 
 fn workload(obj: &mut Value) {

@@ -28,6 +28,7 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::{Change, Part, index_of};
 use super::table;
+use super::validation::{self, FieldValidation};
 
 type Params = HashMap<String, String>;
 
@@ -101,7 +102,7 @@ fn parse_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, Api
         || (rest.len() == 3
             && !matches!(
                 rest[2],
-                "status" | "eviction" | "binding" | "scale" | "finalize"
+                "status" | "eviction" | "binding" | "scale" | "finalize" | "log"
             ))
     {
         return Err(ApiError::no_such_resource());
@@ -246,6 +247,22 @@ fn parse_body(body: &[u8], kind: &str, content_type: &str) -> Result<Value, ApiE
 /// How much of a malformed body an error message quotes.
 const MAX_BODY_SHOWN: usize = 70;
 
+fn field_validation(params: &Params) -> Result<FieldValidation, ApiError> {
+    FieldValidation::parse(params.get("fieldValidation").map(String::as_str))
+}
+
+/// Adds one `Warning` header per warning, in upstream's `299 - "<text>"` form, which kubectl
+/// prints as `Warning: <text>`.
+fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {
+    for warning in warnings {
+        let quoted = serde_json::to_string(warning).expect("a string serialises");
+        if let Ok(value) = format!("299 - {quoted}").parse() {
+            resp.headers_mut().append(header::WARNING, value);
+        }
+    }
+    resp
+}
+
 fn flag(params: &Params, key: &str) -> bool {
     params.get(key).is_some_and(|v| v == "true" || v == "1")
 }
@@ -306,8 +323,10 @@ async fn serve(
         }
         (_, _, _) if r.review => Err(ApiError::method_not_allowed(method.as_str(), r.plural)),
         ("POST", None, None) => {
-            let obj = parse_body(&body, r.kind, content_type)?;
-            Ok(json_response(201, &store.create(r, &ns, obj, dry_run)?))
+            let mut obj = parse_body(&body, r.kind, content_type)?;
+            let warnings = validation::check(r, &mut obj, field_validation(params)?)?;
+            let created = store.create(r, &ns, obj, dry_run)?;
+            Ok(with_warnings(json_response(201, &created), &warnings))
         }
         ("POST", Some(name), Some("eviction")) if r.plural == "pods" => {
             let eviction = parse_body(&body, "Eviction", content_type)?;
@@ -335,6 +354,17 @@ async fn serve(
             })?;
             Ok(json_response(201, &super::status::success()))
         }
+        // Simulated pods run no containers: `kubectl logs` gets one line that says so (after
+        // the same 404 a real server gives for a pod that does not exist).
+        ("GET", Some(name), Some("log")) if r.plural == "pods" => {
+            let pod = store.get(r, &ns, name)?;
+            let line = format!(
+                "quiesce sandbox: pod {name} is simulated ({} on {}); it runs no containers and writes no logs\n",
+                pod["status"]["phase"].as_str().unwrap_or("Pending"),
+                pod["spec"]["nodeName"].as_str().unwrap_or("no node"),
+            );
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], line).into_response())
+        }
         ("GET", Some(name), Some("scale")) if scale::scalable(r) => {
             Ok(json_response(200, &scale::get(store, r, &ns, name)?))
         }
@@ -359,11 +389,15 @@ async fn serve(
             Ok(json_response(200, &written))
         }
         ("PUT", Some(name), None | Some("status")) => {
-            let obj = parse_body(&body, r.kind, content_type)?;
-            Ok(json_response(200, &store.update(r, &ns, name, obj, part)?))
+            let mut obj = parse_body(&body, r.kind, content_type)?;
+            let warnings = validation::check(r, &mut obj, field_validation(params)?)?;
+            let updated = store.update(r, &ns, name, obj, part)?;
+            Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         ("PATCH", Some(name), None | Some("status")) => {
             let kind = PatchType::from_content_type(content_type)?;
+            let mode = field_validation(params)?;
+            let mut warnings = Vec::new();
             // Server-side apply creates what does not exist yet (upstream's patcher
             // `applyPatch` on a missing object).
             if kind == PatchType::Apply
@@ -374,7 +408,9 @@ async fn serve(
                 if obj["metadata"]["name"].is_null() {
                     obj["metadata"]["name"] = json!(name);
                 }
-                return Ok(json_response(201, &store.create(r, &ns, obj, dry_run)?));
+                let warnings = validation::check(r, &mut obj, mode)?;
+                let created = store.create(r, &ns, obj, dry_run)?;
+                return Ok(with_warnings(json_response(201, &created), &warnings));
             }
             let patched = store.modify(r, &ns, name, part, |current| {
                 let mut next = current.clone();
@@ -382,9 +418,10 @@ async fn serve(
                     m.remove("resourceVersion");
                 }
                 patch::apply(&mut next, kind, &body)?;
+                warnings = validation::check(r, &mut next, mode)?;
                 Ok(next)
             })?;
-            Ok(json_response(200, &patched))
+            Ok(with_warnings(json_response(200, &patched), &warnings))
         }
         ("DELETE", Some(name), None) => {
             let body_opts: Value = if body.is_empty() {

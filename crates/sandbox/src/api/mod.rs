@@ -20,6 +20,7 @@ pub mod selector;
 pub mod status;
 pub mod store;
 mod table;
+mod validation;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -130,6 +130,39 @@ fn build(gv: &str) -> Value {
            "paths": paths, "components": {"schemas": schemas}})
 }
 
+/// Schemas by name, and each served kind's (group, kind) → schema name.
+type Schemas = (
+    Map<String, Value>,
+    HashMap<(&'static str, &'static str), String>,
+);
+
+/// Every schema the served kinds reach, by name (`io.k8s.api.core.v1.Probe`), and each served
+/// kind's schema name. The protobuf decoder reads the property names (a Go struct embedded
+/// inline — `Probe`'s `ProbeHandler`, `Volume`'s `VolumeSource` — is a field of its own in
+/// protobuf but not in JSON, and a field missing from the JSON schema tells it apart); field
+/// validation walks the schemas.
+static SCHEMAS: LazyLock<Schemas> = LazyLock::new(|| {
+    let mut generator = SchemaGenerator::new(SchemaSettings::openapi3());
+    let mut kinds = HashMap::new();
+    for r in RESOURCES {
+        if let Some(name) = add_schema(&mut generator, r) {
+            kinds.insert((r.group, r.kind), name);
+        }
+    }
+    (generator.take_definitions(true), kinds)
+});
+
+/// The JSON properties of the schema `name`, if a served kind reaches it.
+pub fn properties(name: &str) -> Option<&'static Map<String, Value>> {
+    SCHEMAS.0.get(name)?["properties"].as_object()
+}
+
+/// The schema of a served kind, and the lookup for the `$ref`s inside it.
+pub fn kind_schema(r: &Resource) -> Option<(&'static Value, &'static Map<String, Value>)> {
+    let name = SCHEMAS.1.get(&(r.group, r.kind))?;
+    Some((SCHEMAS.0.get(name)?, &SCHEMAS.0))
+}
+
 /// Every group-version's document, serialised once, with the hash the root lists (kubectl
 /// caches documents by that URL, so a changed document must get a new one).
 static DOCUMENTS: LazyLock<HashMap<String, (String, u64)>> = LazyLock::new(|| {

@@ -361,6 +361,10 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
                 json!({"name": "pods/binding", "singularName": "", "namespaced": true,
                 "kind": "Binding", "verbs": ["create"]}),
             );
+            resources.push(
+                json!({"name": "pods/log", "singularName": "", "namespaced": true,
+                "kind": "Pod", "verbs": ["get"]}),
+            );
         }
     }
     if resources.is_empty() {

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use super::expectations::Expectations;
-use super::ownership::{controlled_by, controller_ref, key};
+use super::ownership::{key, owned_pods, pod_from_template};
 use super::pod_state::{is_active, is_ready, phase};
 use super::watches::Watches;
 use super::writes;
@@ -83,16 +83,7 @@ impl Controller {
             return Some(wait);
         }
         let spec = job.spec.as_ref()?;
-        let uid = job.uid();
-        let owned: Vec<_> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(&namespace)
-                    && controlled_by(&p.metadata, uid.as_deref())
-            })
-            .collect();
+        let owned = owned_pods(&self.pods, job);
         let count = |f: &dyn Fn(&Pod) -> bool| {
             i32::try_from(owned.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
         };
@@ -126,7 +117,7 @@ impl Controller {
         } else {
             let want = parallelism.min(completions - succeeded);
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-            let template = pod_from_template(job);
+            let template = pod_from_template(job, job.spec.as_ref().map(|s| s.template.clone()));
             for _ in active..want {
                 if let Some(created) = writes::create(&pods, &template).await {
                     tracing::debug!(job = %owner, pod = %created.name_any(), "created pod");
@@ -149,28 +140,5 @@ impl Controller {
             .await;
         }
         None
-    }
-}
-
-/// A new pod from the Job's template: generateName `<job>-`, the template's labels (which the
-/// registry gave the Job's uid and name) and the Job as its controller.
-fn pod_from_template(job: &Job) -> Pod {
-    let template = job
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    let meta = template.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", job.name_any())),
-            namespace: job.namespace(),
-            labels: meta.labels,
-            annotations: meta.annotations,
-            owner_references: Some(vec![controller_ref(job)]),
-            ..ObjectMeta::default()
-        },
-        spec: template.spec,
-        status: None,
     }
 }

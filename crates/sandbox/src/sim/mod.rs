@@ -4,6 +4,7 @@
 pub mod deployment;
 mod deployment_status;
 pub mod disruption;
+pub mod endpoints;
 pub mod endpointslice;
 mod expectations;
 pub mod gc;

@@ -1,5 +1,6 @@
 //! Owner references and label selectors, the links between controllers and what they own.
 
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use std::sync::Arc;
 
@@ -67,4 +68,36 @@ where
     store
         .get(&ObjectRef::new(&reference.name).within(namespace))
         .filter(|o| o.uid().as_deref() == Some(&reference.uid))
+}
+
+/// The cached pods in `owner`'s namespace whose controller is `owner`.
+pub(crate) fn owned_pods<K: Resource>(pods: &Store<Pod>, owner: &K) -> Vec<Arc<Pod>> {
+    let namespace = owner.meta().namespace.clone();
+    let uid = owner.meta().uid.clone();
+    pods.state()
+        .into_iter()
+        .filter(|p| p.metadata.namespace == namespace && controlled_by(&p.metadata, uid.as_deref()))
+        .collect()
+}
+
+/// A new pod from `owner`'s pod template: generateName `<owner>-`, the template's labels and
+/// annotations, and `owner` as its controller (upstream's `GetPodFromTemplate`).
+pub(crate) fn pod_from_template<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    template: Option<PodTemplateSpec>,
+) -> Pod {
+    let template = template.unwrap_or_default();
+    let meta = template.metadata.unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", owner.name_any())),
+            namespace: owner.meta().namespace.clone(),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            owner_references: Some(vec![controller_ref(owner)]),
+            ..ObjectMeta::default()
+        },
+        spec: template.spec,
+        status: None,
+    }
 }

@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::SelectorExt;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use super::expectations::Expectations;
-use super::ownership::{controlled_by, controller_ref, key};
+use super::ownership::{key, owned_pods, pod_from_template};
 use super::pod_state::{availability, deletion_order, is_active, is_ready};
 use super::watches::{Watches, earliest};
 use super::writes;
@@ -62,16 +61,7 @@ impl Controller {
             return Some(wait);
         }
         let spec = rs.spec.as_ref()?;
-        let uid = rs.uid();
-        let owned: Vec<_> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(&namespace)
-                    && controlled_by(&p.metadata, uid.as_deref())
-            })
-            .collect();
+        let owned = owned_pods(&self.pods, rs);
         let mut active: Vec<&Pod> = owned
             .iter()
             .map(|p| p.as_ref())
@@ -80,7 +70,7 @@ impl Controller {
         let want = usize::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         if active.len() < want {
-            let template = pod_from_template(rs);
+            let template = pod_from_template(rs, rs.spec.as_ref().and_then(|s| s.template.clone()));
             for _ in active.len()..want {
                 if let Some(created) = writes::create(&pods, &template).await {
                     tracing::debug!(replicaset = %owner, pod = %created.name_any(), "created pod");
@@ -138,28 +128,5 @@ impl Controller {
             terminating_replicas: None,
         };
         (status, wake)
-    }
-}
-
-/// A new pod from the ReplicaSet's template: generateName `<rs>-`, the template's labels and
-/// annotations, and the ReplicaSet as its controller.
-fn pod_from_template(rs: &ReplicaSet) -> Pod {
-    let template = rs
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.clone())
-        .unwrap_or_default();
-    let meta = template.metadata.unwrap_or_default();
-    Pod {
-        metadata: ObjectMeta {
-            generate_name: Some(format!("{}-", rs.name_any())),
-            namespace: rs.namespace(),
-            labels: meta.labels,
-            annotations: meta.annotations,
-            owner_references: Some(vec![controller_ref(rs)]),
-            ..ObjectMeta::default()
-        },
-        spec: template.spec,
-        status: None,
     }
 }

@@ -1,5 +1,6 @@
 //! Starts the workload controllers of kube-controller-manager — ReplicaSet, Deployment,
-//! StatefulSet, disruption (PDB status), EndpointSlice, Job, HorizontalPodAutoscaler, namespace, garbage collector — as kube-rs
+//! StatefulSet, disruption (PDB status), EndpointSlice, Endpoints, Job,
+//! HorizontalPodAutoscaler, namespace, garbage collector — as kube-rs
 //! clients of any API server: the sandbox's, or a real one with its own controllers off.
 
 use kube::Client;
@@ -22,6 +23,7 @@ impl WorkloadControllers {
         tasks.spawn(super::statefulset::run(client.clone(), scale));
         tasks.spawn(super::disruption::run(client.clone(), scale));
         tasks.spawn(super::endpointslice::run(client.clone(), scale));
+        tasks.spawn(super::endpoints::run(client.clone(), scale));
         tasks.spawn(super::job::run(client.clone(), scale));
         tasks.spawn(super::hpa::run(client.clone(), scale));
         tasks.spawn(super::namespace::run(client.clone(), scale));

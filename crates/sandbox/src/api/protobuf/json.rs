@@ -3,7 +3,8 @@
 //! Field names in the Kubernetes protos are the JSON names. The differences from a plain
 //! proto-to-JSON mapping are the types with a custom JSON form in upstream Go
 //! (`IntOrString`, `Quantity`, `Time`, `MicroTime`, `Duration`, the raw-JSON holders, the
-//! string-list wrappers), and Go's `omitempty`: gogo-protobuf writes every non-pointer field,
+//! string-list wrappers), Go's inlined embedded structs (found through the OpenAPI schema of
+//! the enclosing type, [`crate::api::openapi::properties`]), and Go's `omitempty`: gogo-protobuf writes every non-pointer field,
 //! so an empty singular string or an empty `Time` is the Go zero value and is left out, as the
 //! JSON encoder would leave it out.
 
@@ -53,6 +54,7 @@ pub fn message(msg: &DynamicMessage) -> Value {
             .map_or_else(|| json!([]), |v| value(&v)),
         _ => {
             let mut out = Map::new();
+            let json_fields = crate::api::openapi::properties(&format!("io.k8s.{name}"));
             for (field, v) in msg.fields() {
                 if matches!(v, Pb::String(s) if s.is_empty()) {
                     continue;
@@ -64,8 +66,17 @@ pub fn message(msg: &DynamicMessage) -> Value {
                     continue;
                 }
                 let converted = value(v);
-                if !converted.is_null() {
-                    out.insert(field.name().to_string(), converted);
+                match converted {
+                    Value::Null => {}
+                    // A Go struct embedded inline: its fields are the parent's in JSON.
+                    Value::Object(inner)
+                        if json_fields.is_some_and(|f| !f.contains_key(field.name())) =>
+                    {
+                        out.extend(inner);
+                    }
+                    converted => {
+                        out.insert(field.name().to_string(), converted);
+                    }
                 }
             }
             Value::Object(out)

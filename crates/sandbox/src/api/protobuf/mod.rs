@@ -245,6 +245,47 @@ mod tests {
     }
 
     #[test]
+    fn embedded_structs_are_inlined_as_in_go_json() {
+        let http_get = sub(
+            "api.core.v1.HTTPGetAction",
+            &[("path", Pb::String("/ready".into()))],
+        );
+        let handler = sub("api.core.v1.ProbeHandler", &[("httpGet", http_get)]);
+        let probe = sub(
+            "api.core.v1.Probe",
+            &[("handler", handler), ("periodSeconds", Pb::I32(5))],
+        );
+        let config_map = sub(
+            "api.core.v1.ConfigMapVolumeSource",
+            &[("defaultMode", Pb::I32(420))],
+        );
+        let source = sub("api.core.v1.VolumeSource", &[("configMap", config_map)]);
+        let volume = sub(
+            "api.core.v1.Volume",
+            &[("name", Pb::String("cfg".into())), ("volumeSource", source)],
+        );
+        let selector = sub("apimachinery.pkg.apis.meta.v1.LabelSelector", &[]);
+        let spread = sub(
+            "api.core.v1.TopologySpreadConstraint",
+            &[("labelSelector", selector), ("maxSkew", Pb::I32(1))],
+        );
+        let as_json = |v: Pb| super::json::message(v.as_message().unwrap());
+        assert_eq!(
+            as_json(probe),
+            json!({"httpGet": {"path": "/ready"}, "periodSeconds": 5})
+        );
+        assert_eq!(
+            as_json(volume),
+            json!({"name": "cfg", "configMap": {"defaultMode": 420}})
+        );
+        assert_eq!(
+            as_json(spread),
+            json!({"labelSelector": {}, "maxSkew": 1}),
+            "a field named like its type is not embedded"
+        );
+    }
+
+    #[test]
     fn bad_bodies_are_named() {
         assert!(matches!(decode(b"{}"), Err(super::DecodeError::NoPrefix)));
         assert!(matches!(

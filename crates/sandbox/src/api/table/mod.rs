@@ -1,6 +1,9 @@
 //! Server-side printing: `kubectl get` asks for `meta.k8s.io/v1 Table`, and the columns are the
 //! ones upstream's `pkg/printers/internalversion/printers.go` defines for nodes, pods and
-//! deployments (a Name/Age table for everything else).
+//! deployments here and for the other everyday kinds in [`everyday`] (a Name/Age table for the
+//! rest).
+
+mod everyday;
 
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
@@ -53,7 +56,8 @@ fn columns(r: &Resource) -> Vec<Value> {
             col("Available", "integer", 0),
             col("Age", "string", 0),
         ],
-        _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
+        plural => everyday::columns(plural)
+            .unwrap_or_else(|| vec![col("Name", "string", 0), col("Age", "string", 0)]),
     }
 }
 
@@ -208,7 +212,7 @@ fn cells(r: &Resource, obj: &Value) -> Vec<Value> {
                 json!(age(obj)),
             ]
         }
-        _ => vec![name, json!(age(obj))],
+        plural => everyday::cells(plural, obj).unwrap_or_else(|| vec![name, json!(age(obj))]),
     }
 }
 
