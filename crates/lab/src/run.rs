@@ -311,7 +311,9 @@ pub async fn run(
         );
         targets.push((service.to_string(), balancer));
     }
-    let mut proxier = None;
+    // The kernel data plane's proxier, and the endpoint views it programs from (they watch the
+    // sandbox, so they go before it does).
+    let mut proxier: Option<(Proxier, Vec<Balancer>)> = None;
     let targets: Vec<(String, Route)> = match opts.dataplane {
         Dataplane::Userspace => targets
             .into_iter()
@@ -342,7 +344,7 @@ pub async fn run(
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
-            proxier = Some(p);
+            proxier = Some((p, targets.into_iter().map(|(_, b)| b).collect()));
             vips.into_iter()
                 .map(|(name, vip)| (name, Route::Vip(vip)))
                 .collect()
@@ -423,7 +425,11 @@ pub async fn run(
     let requests = traffic.stop().await;
     mark("traffic-cooldown", &mut since);
     let kernel = match proxier {
-        Some(p) => Some(p.finish().await),
+        Some((p, views)) => {
+            let report = p.finish().await;
+            drop(views);
+            Some(report)
+        }
         None => None,
     };
     stop.send_replace(true);
