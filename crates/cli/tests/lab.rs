@@ -239,3 +239,57 @@ fn sigint_mid_run_leaves_no_namespace_and_no_process_behind() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `quiesce lab` as an unprivileged user: as root, dropped to `nobody` with setpriv.
+fn unprivileged_lab(args: &[&str]) -> Command {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0");
+    let mut command = if root {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_quiesce"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_quiesce"))
+    };
+    command.arg("lab").args(args);
+    command
+}
+
+#[test]
+fn without_root_the_first_line_says_the_lab_falls_back_to_userspace() {
+    let mut child = unprivileged_lab(&["--output", "json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("quiesce runs");
+    let first = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    // Only the first line is under test: the run itself is the userspace tests' job.
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        first.starts_with("dataplane: userspace, because the kernel data plane is not available")
+            && first.contains("not running as root"),
+        "{first}"
+    );
+
+    let out = unprivileged_lab(&["--dataplane", "kernel"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--dataplane kernel: the kernel data plane is not available: not running as root"
+        ),
+        "asked for, it is an error that says why: {stderr}"
+    );
+}
