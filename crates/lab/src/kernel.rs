@@ -206,6 +206,19 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// Port 80, named `http`, of the Service `default/{name}` at the `n`-th virtual IP
+    /// ([`service_vip`]): how the lab's demo Services are declared.
+    pub fn http(name: &str, n: u8, target_port: u16) -> ServicePort {
+        ServicePort {
+            namespace: "default".into(),
+            name: name.into(),
+            port_name: "http".into(),
+            vip: service_vip(n),
+            port: 80,
+            target_port,
+        }
+    }
+
     /// Where clients connect.
     pub fn vip_addr(&self) -> SocketAddr {
         SocketAddr::from((self.vip, self.port))
@@ -779,14 +792,7 @@ mod tests {
     use super::*;
 
     fn web() -> ServicePort {
-        ServicePort {
-            namespace: "default".into(),
-            name: "web".into(),
-            port_name: "http".into(),
-            vip: service_vip(0),
-            port: 80,
-            target_port: 8080,
-        }
+        ServicePort::http("web", 0, 8080)
     }
 
     fn ep(host: u8) -> SocketAddrV4 {
@@ -817,21 +823,14 @@ mod tests {
         let (a, b) = (svc.sep_chain(ep(1)), svc.sep_chain(ep(2)));
         assert!(a.starts_with("KUBE-SEP-") && a.len() == 25, "{a}");
         assert_ne!(a, b, "one chain per endpoint");
-        let api = ServicePort {
-            name: "api".into(),
-            ..web()
-        };
+        let api = ServicePort::http("api", 0, 8080);
         assert_ne!(api.svc_chain(), svc_chain);
         assert_ne!(api.sep_chain(ep(1)), a, "the Service is part of the name");
     }
 
     #[test]
     fn a_sync_splits_new_connections_evenly_and_rejects_a_service_without_endpoints() {
-        let api = ServicePort {
-            name: "api".into(),
-            vip: service_vip(1),
-            ..web()
-        };
+        let api = ServicePort::http("api", 1, 8080);
         let desired = vec![(web(), vec![ep(1), ep(2), ep(3)]), (api, vec![])];
         let text = render_sync(&desired, &BTreeSet::new());
         let svc = web().svc_chain();

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::asg::{Group, GroupOptions, Replacement};
 use crate::dataplane::{App, AppBehaviour, Balancer, Listen, PodServers, Registry};
-use crate::kernel::{KernelReport, PrivateNetns, Proxier, ServicePort, service_vip};
+use crate::kernel::{KernelReport, PrivateNetns, Proxier, ServicePort};
 use crate::timeline::{Timeline, watch_cluster};
 use crate::traffic::{Route, Traffic, TrafficOptions, TrafficStats};
 
@@ -324,15 +324,7 @@ pub async fn run(
                 .iter()
                 .zip(0u8..)
                 .map(|((name, balancer), n)| {
-                    let port = ServicePort {
-                        namespace: "default".into(),
-                        name: name.clone(),
-                        port_name: "http".into(),
-                        vip: service_vip(n),
-                        port: 80,
-                        target_port: POD_PORT,
-                    };
-                    (port, balancer.subscribe())
+                    (ServicePort::http(name, n, POD_PORT), balancer.subscribe())
                 })
                 .collect();
             let p = Proxier::start(netns, ports, timeline.clone()).await?;

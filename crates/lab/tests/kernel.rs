@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quiesce_lab::kernel::{Proxier, ServicePort, enter_private_netns, service_vip};
+use quiesce_lab::kernel::{Proxier, ServicePort, enter_private_netns};
 use quiesce_lab::timeline::{Timeline, kind};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -117,14 +117,7 @@ fn the_kernel_balances_counts_and_keeps_established_connections() {
     runtime.block_on(async move {
         let _one = backend("127.0.1.1:8080", "one").await;
         let _two = backend("127.0.1.2:8080", "two").await;
-        let svc = ServicePort {
-            namespace: "default".into(),
-            name: "web".into(),
-            port_name: "http".into(),
-            vip: service_vip(0),
-            port: 80,
-            target_port: 8080,
-        };
+        let svc = ServicePort::http("web", 0, 8080);
         let vip = svc.vip_addr();
         let (endpoints, rx) = watch::channel(Arc::new(vec![
             "10.244.0.1".to_string(),
