@@ -483,10 +483,11 @@ pub struct EndpointRule {
     pub bytes: u64,
     /// Seconds into the run when the rule was programmed.
     pub programmed_at: f64,
-    /// Seconds into the run when the Service's chain stopped jumping to it.
+    /// Seconds into the run when the Service's chain stopped jumping to it (the last time, if
+    /// the endpoint came back in between).
     pub removed_at: Option<f64>,
-    /// ESTABLISHED connections conntrack still kept on the pod right after that: they stay on
-    /// the pod whatever the rules say, until one side closes them.
+    /// ESTABLISHED connections conntrack still kept on the pod right after that (summed over
+    /// removals): they stay on the pod whatever the rules say, until one side closes them.
     pub kept_by_conntrack: Option<u64>,
 }
 
@@ -513,8 +514,22 @@ struct State {
     rules: BTreeMap<String, EndpointRule>,
     /// Each Service's endpoints as last programmed.
     programmed: BTreeMap<String, Vec<SocketAddrV4>>,
+    /// Counts of earlier lives of a chain: an endpoint that left and came back gets a new
+    /// chain of the same name, whose kernel counter starts again at zero.
+    carried: BTreeMap<String, (u64, u64)>,
     syncs: u64,
     errors: Vec<String>,
+}
+
+impl State {
+    /// Takes the kernel's counter of a chain's current life into its record.
+    fn count(&mut self, chain: &str, (packets, bytes): (u64, u64)) {
+        let (p0, b0) = self.carried.get(chain).copied().unwrap_or_default();
+        if let Some(rule) = self.rules.get_mut(chain) {
+            rule.packets = p0 + packets;
+            rule.bytes = b0 + bytes;
+        }
+    }
 }
 
 /// kube-proxy for the lab's Services: each time a Service's (already propagation-delayed)
@@ -554,6 +569,7 @@ impl Proxier {
         let state = Arc::new(Mutex::new(State {
             rules: BTreeMap::new(),
             programmed: BTreeMap::new(),
+            carried: BTreeMap::new(),
             syncs: 0,
             errors: Vec::new(),
         }));
@@ -616,10 +632,13 @@ impl Proxier {
         let mut state = self.state.lock().await;
         match sep_counters().await {
             Ok(counters) => {
-                for (chain, rule) in &mut state.rules {
-                    if let Some(&(p, b)) = counters.get(chain) {
-                        rule.packets = p;
-                        rule.bytes = b;
+                for (chain, &counts) in &counters {
+                    let live = state
+                        .rules
+                        .get(chain)
+                        .is_some_and(|r| r.removed_at.is_none());
+                    if live {
+                        state.count(chain, counts);
                     }
                 }
             }
@@ -705,6 +724,14 @@ async fn sync(
         for ep in eps {
             let chain = svc.sep_chain(*ep);
             wanted.insert(chain.clone());
+            if let Some(rule) = state.rules.get_mut(&chain)
+                && rule.removed_at.is_some()
+            {
+                // Back after it left: a new chain, counted from zero on top of the old.
+                rule.removed_at = None;
+                let counts = (rule.packets, rule.bytes);
+                state.carried.insert(chain.clone(), counts);
+            }
             state
                 .rules
                 .entry(chain.clone())
@@ -744,7 +771,7 @@ async fn sync(
             .push(json!({"pod_ip": rule.pod_ip, "kept_by_conntrack": kept}));
         if let Some(rule) = state.rules.get_mut(chain) {
             rule.removed_at = Some(now);
-            rule.kept_by_conntrack = Some(kept);
+            rule.kept_by_conntrack = Some(rule.kept_by_conntrack.unwrap_or(0) + kept);
         }
     }
     // Chains nothing jumps to any more: endpoint chains just dropped, and the Service chain of
@@ -762,9 +789,8 @@ async fn sync(
     if !stale.is_empty() {
         let counters = sep_counters().await?;
         for chain in &removed {
-            if let (Some(rule), Some(&(p, b))) = (state.rules.get_mut(chain), counters.get(chain)) {
-                rule.packets = p;
-                rule.bytes = b;
+            if let Some(&counts) = counters.get(chain) {
+                state.count(chain, counts);
             }
         }
         restore(&render_delete(&stale)).await?;

@@ -67,17 +67,18 @@ impl Client {
     }
 }
 
-/// Waits until the proxier has programmed `endpoints` (DNAT destinations) for the Service.
+/// Waits until the proxier's latest sync programmed `endpoints` (DNAT destinations).
 async fn programmed(timeline: &Timeline, endpoints: &[&str]) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let done = timeline.events().iter().rev().any(|e| {
-            e.kind == kind::RULES
-                && e.detail["endpoints"].as_array().is_some_and(|a| {
-                    a.iter()
-                        .map(|v| v.as_str())
-                        .eq(endpoints.iter().map(|s| Some(*s)))
-                })
+        let events = timeline.events();
+        let last = events.iter().rev().find(|e| e.kind == kind::RULES);
+        let done = last.is_some_and(|e| {
+            e.detail["endpoints"].as_array().is_some_and(|a| {
+                a.iter()
+                    .map(|v| v.as_str())
+                    .eq(endpoints.iter().map(|s| Some(*s)))
+            })
         });
         if done {
             return;
@@ -180,6 +181,17 @@ fn the_kernel_balances_counts_and_keeps_established_connections() {
             *landed.entry(who).or_default() += 1;
         }
 
+        // Back in the list: a new chain of the same name, its count added to the old one's.
+        endpoints.send_replace(Arc::new(vec![
+            "10.244.0.1".to_string(),
+            "10.244.0.2".to_string(),
+        ]));
+        programmed(&timeline, &["127.0.1.1:8080", "127.0.1.2:8080"]).await;
+        for _ in 0..20 {
+            let mut c = Client::connect(vip).await.unwrap();
+            *landed.entry(c.ask().await).or_default() += 1;
+        }
+
         // No endpoints: kube-proxy's REJECT, a refused connection.
         endpoints.send_replace(Arc::new(vec![]));
         programmed(&timeline, &[]).await;
@@ -202,13 +214,10 @@ fn the_kernel_balances_counts_and_keeps_established_connections() {
         assert_eq!(report.sep_packets, landed.values().sum::<u64>());
         assert_eq!(one.chain, one_chain);
         assert_eq!(one.pod_ip, "10.244.0.1");
-        assert_eq!(
-            one.kept_by_conntrack,
-            Some(1),
-            "the pinned connection: {report:#?}"
-        );
+        // The pinned connection, kept at both of one's removals.
+        assert_eq!(one.kept_by_conntrack, Some(2), "{report:#?}");
         assert_eq!(two.kept_by_conntrack, Some(0), "{report:#?}");
-        assert_eq!(report.conntrack_kept, 1);
-        assert_eq!(report.syncs, 3, "{report:#?}");
+        assert_eq!(report.conntrack_kept, 2);
+        assert_eq!(report.syncs, 4, "{report:#?}");
     });
 }
