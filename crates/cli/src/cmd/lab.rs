@@ -182,7 +182,8 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
     if let Some(kernel) = &report.kernel {
         writeln!(
             out,
-            "KUBE-SEP rules: {} over {} connections opened; conntrack kept {} on removed pods",
+            "KUBE-SEP rules took {} connection attempts ({} connections opened); conntrack \
+             kept {} on pods whose rule was removed",
             kernel.sep_packets, report.requests.connections, kernel.conntrack_kept
         )?;
     }
