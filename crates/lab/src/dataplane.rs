@@ -20,7 +20,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -56,6 +56,8 @@ pub struct App {
     pub behaviour: AppBehaviour,
     /// Time each request takes to serve, so that requests are in flight when pods stop.
     pub work: Duration,
+    /// Where the pod's server listens.
+    pub listen: Listen,
 }
 
 impl From<AppBehaviour> for App {
@@ -63,8 +65,21 @@ impl From<AppBehaviour> for App {
         App {
             behaviour,
             work: Duration::ZERO,
+            listen: Listen::Ephemeral,
         }
     }
+}
+
+/// Where a pod's server listens: what the data plane dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// Any free port on 127.0.0.1: the userspace [`Balancer`] dials it through the [`Registry`],
+    /// and lab runs on one host never collide.
+    Ephemeral,
+    /// The pod's own address in the lab's private network namespace
+    /// ([`crate::kernel::pod_address`]) and this port: where the kernel data plane's DNAT
+    /// rules send connections, as a cluster's rules send them to the pod IP.
+    PodAddress(u16),
 }
 
 /// Pod IP → the loopback address of the server that plays that pod. Shared by the
@@ -338,9 +353,22 @@ async fn pod_life(
             return;
         }
     };
-    let Ok(server) = Server::start(&name, app.work).await else {
-        tracing::warn!(pod = %name, "could not bind a loopback port for the pod's server");
+    let bind = match app.listen {
+        Listen::Ephemeral => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        Listen::PodAddress(port) => {
+            crate::kernel::pod_address(&ip).map(|a| SocketAddr::from((a, port)))
+        }
+    };
+    let Some(bind) = bind else {
+        tracing::warn!(pod = %name, %ip, "the pod IP has no address in the lab's namespace");
         return;
+    };
+    let server = match Server::start(&name, app.work, bind).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::warn!(pod = %name, %bind, error = %e, "could not bind the pod's server");
+            return;
+        }
     };
     registry.insert(ip.clone(), server.addr);
     let _unregister = Unregister(registry, ip);
@@ -429,8 +457,8 @@ impl Drop for Server {
 }
 
 impl Server {
-    async fn start(pod: &str, work: Duration) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    async fn start(pod: &str, work: Duration, bind: SocketAddr) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let (phase, rx) = watch::channel(Phase::Serving);
         let body = Bytes::from(format!("served by {pod}\n"));
@@ -561,9 +589,9 @@ impl Drop for BalancerInner {
     }
 }
 
-/// A Service's client-side view, as one node's kube-proxy has it: the ready endpoints of the
-/// Service's EndpointSlices, each change applied only after the propagation delay. Cheap to
-/// clone; the watches stop when the last clone is dropped.
+/// A Service's client-side view, as one node's kube-proxy has it: the usable endpoints
+/// ([`usable_endpoints`]) of the Service's EndpointSlices, each change applied only after the
+/// propagation delay. Cheap to clone; the watches stop when the last clone is dropped.
 #[derive(Clone)]
 pub struct Balancer(Arc<BalancerInner>);
 
@@ -614,7 +642,7 @@ impl Balancer {
         &self.0.service
     }
 
-    /// The applied (propagated) ready endpoint IPs, sorted.
+    /// The applied (propagated) usable endpoint IPs, sorted.
     pub fn endpoints(&self) -> Vec<String> {
         self.0.applied.borrow().as_ref().clone()
     }
@@ -634,6 +662,11 @@ impl Balancer {
         }
     }
 
+    /// The applied list as it changes: what the kernel data plane programs from.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Vec<String>>> {
+        self.0.applied.clone()
+    }
+
     /// Waits until `pred` holds for the applied endpoint list, up to `timeout`; false when it
     /// never did.
     pub async fn wait_until(
@@ -648,13 +681,31 @@ impl Balancer {
     }
 }
 
-fn ready_ips(slice: &EndpointSlice) -> Vec<String> {
-    slice
-        .endpoints
-        .iter()
-        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-        .flat_map(|e| e.addresses.iter().cloned())
-        .collect()
+/// The endpoint IPs kube-proxy sends new connections to, over all of a Service's slices: the
+/// Ready ones; when none is Ready, the ones that are serving and terminating, so that a
+/// Service whose every pod is shutting down still reaches the pods that can answer (KEP-1669;
+/// upstream `CategorizeEndpoints` in pkg/proxy/topology.go, kube-proxy ≥ 1.28). Sorted, once
+/// each.
+pub fn usable_endpoints<'a>(endpoints: impl IntoIterator<Item = &'a Endpoint>) -> Vec<String> {
+    let endpoints: Vec<&Endpoint> = endpoints.into_iter().collect();
+    let condition = |e: &Endpoint, f: fn(&EndpointConditions) -> Option<bool>| {
+        e.conditions.as_ref().and_then(f) == Some(true)
+    };
+    let pick = |keep: &dyn Fn(&Endpoint) -> bool| -> Vec<String> {
+        let mut ips: Vec<String> = endpoints
+            .iter()
+            .filter(|e| keep(e))
+            .flat_map(|e| e.addresses.iter().cloned())
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
+    };
+    let ready = pick(&|e| condition(e, |c| c.ready));
+    if !ready.is_empty() {
+        return ready;
+    }
+    pick(&|e| condition(e, |c| c.serving) && condition(e, |c| c.terminating))
 }
 
 async fn watch_slices(
@@ -663,8 +714,8 @@ async fn watch_slices(
     delay: Duration,
     changes: mpsc::UnboundedSender<(Instant, Vec<String>)>,
 ) {
-    let mut slices: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut init: Option<BTreeMap<String, Vec<String>>> = None;
+    let mut slices: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+    let mut init: Option<BTreeMap<String, Vec<Endpoint>>> = None;
     let mut last: Option<Vec<String>> = None;
     let mut stream = watcher(api, config).default_backoff().boxed();
     while let Some(event) = stream.next().await {
@@ -676,21 +727,19 @@ async fn watch_slices(
             }
             watcher::Event::InitApply(slice) => {
                 if let Some(init) = &mut init {
-                    init.insert(slice.name_any(), ready_ips(&slice));
+                    init.insert(slice.name_any(), slice.endpoints.clone());
                 }
                 continue;
             }
             watcher::Event::InitDone => slices = init.take().unwrap_or_default(),
             watcher::Event::Apply(slice) => {
-                slices.insert(slice.name_any(), ready_ips(&slice));
+                slices.insert(slice.name_any(), slice.endpoints.clone());
             }
             watcher::Event::Delete(slice) => {
                 slices.remove(&slice.name_any());
             }
         }
-        let mut list: Vec<String> = slices.values().flatten().cloned().collect();
-        list.sort();
-        list.dedup();
+        let list = usable_endpoints(slices.values().flatten());
         if last.as_ref() != Some(&list) {
             last = Some(list.clone());
             if changes.send((Instant::now() + delay, list)).is_err() {
@@ -724,5 +773,46 @@ async fn apply_changes(
                 json!({"ready": count, "endpoints": list}),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(ip: &str, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            addresses: vec![ip.to_string()],
+            conditions: Some(EndpointConditions {
+                ready: Some(ready),
+                serving: Some(serving),
+                terminating: Some(terminating),
+            }),
+            ..Endpoint::default()
+        }
+    }
+
+    #[test]
+    fn ready_endpoints_win_over_terminating_ones() {
+        let eps = [
+            endpoint("10.244.0.2", true, true, false),
+            endpoint("10.244.0.1", false, true, true),
+            endpoint("10.244.0.3", false, false, false),
+        ];
+        assert_eq!(usable_endpoints(&eps), ["10.244.0.2"]);
+    }
+
+    #[test]
+    fn with_none_ready_serving_terminating_endpoints_take_the_traffic() {
+        let eps = [
+            endpoint("10.244.0.2", false, true, true),
+            endpoint("10.244.0.1", false, true, true),
+            // Terminating and no longer serving: never.
+            endpoint("10.244.0.3", false, false, true),
+            // Not ready and not terminating (starting up): never.
+            endpoint("10.244.0.4", false, true, false),
+        ];
+        assert_eq!(usable_endpoints(&eps), ["10.244.0.1", "10.244.0.2"]);
+        assert!(usable_endpoints(&eps[2..]).is_empty());
     }
 }

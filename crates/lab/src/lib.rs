@@ -2,6 +2,8 @@
 //!
 //! - [`dataplane`]: every pod of the demo Services is a real HTTP server on a loopback port,
 //!   and the client balances over EndpointSlices the way kube-proxy does (late, and pinned);
+//! - [`kernel`]: the same Services through the kernel — a private network namespace, virtual
+//!   IPs, and iptables rules as kube-proxy writes them;
 //! - [`traffic`]: the bounded request loop and what each failure was;
 //! - [`timeline`]: what happened when, for the report;
 //! - [`report`]: the self-contained HTML timeline;
@@ -10,6 +12,7 @@
 
 pub mod asg;
 pub mod dataplane;
+pub mod kernel;
 pub mod report;
 pub mod run;
 pub mod timeline;

@@ -7,8 +7,9 @@
 use serde_json::{Value, json};
 
 /// Renders the page from [`crate::timeline::Timeline::to_json`] and the run's summary (the
-/// `--output json` object: `mode`, `nodes`, `nodes_replaced`, `requests {sent, ok, failed,
-/// by_cause, by_service}`, `phases [{name, seconds}]`; missing keys are left out of the page).
+/// `--output json` object: `mode`, `dataplane`, `nodes`, `nodes_replaced`, `requests {sent, ok,
+/// failed, by_cause, by_service}`, `phases [{name, seconds}]`, `kernel {sep_packets,
+/// conntrack_kept}`; missing keys are left out of the page).
 ///
 /// When the inline script has drawn the chart it sets `data-rendered="true"` and
 /// `data-marks="<marks drawn>"` on `<svg id="timeline">`, which is how a headless browser
@@ -87,12 +88,14 @@ const PAGE_TAIL: &str = r###"</script>
   // ---- header ----
   var req = sum.requests || {};
   var mode = sum.mode || "";
-  document.getElementById("title").textContent = "quiesce lab" + (mode ? " \u2014 mode " + mode : "");
+  var plane = sum.dataplane ? ", " + sum.dataplane + " data plane" : "";
+  document.getElementById("title").textContent = "quiesce lab" + (mode ? " \u2014 mode " + mode + plane : "");
   document.title = document.getElementById("title").textContent;
   var verdict = document.getElementById("verdict");
   var parts = [];
   if (sum.nodes_replaced !== undefined) parts.push(sum.nodes_replaced + (sum.nodes !== undefined ? " of " + sum.nodes : "") + " nodes replaced");
   if (req.sent !== undefined) parts.push(req.sent + " requests sent");
+  if (sum.kernel) parts.push(sum.kernel.sep_packets + " connections through KUBE-SEP rules, " + sum.kernel.conntrack_kept + " kept by conntrack");
   verdict.appendChild(document.createTextNode(parts.join(" \u00b7 ") + (parts.length ? " \u00b7 " : "")));
   if (req.failed !== undefined) {
     var f = document.createElement("b");

@@ -21,9 +21,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::asg::{Group, GroupOptions, Replacement};
-use crate::dataplane::{App, AppBehaviour, Balancer, PodServers, Registry};
+use crate::dataplane::{App, AppBehaviour, Balancer, Listen, PodServers, Registry};
+use crate::kernel::{KernelReport, PrivateNetns, Proxier, ServicePort};
 use crate::timeline::{Timeline, watch_cluster};
-use crate::traffic::{Traffic, TrafficOptions, TrafficStats};
+use crate::traffic::{Route, Traffic, TrafficOptions, TrafficStats};
 
 /// Which world the lab plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,6 +34,26 @@ pub enum Mode {
     Quiesce,
     /// What most clusters do today: kubectl-drain semantics, apps that stop on SIGTERM.
     Naive,
+}
+
+/// Which data plane carries the traffic.
+#[derive(Debug, Clone, Copy)]
+pub enum Dataplane {
+    /// Virtual IPs and kube-proxy's iptables rules in the lab's private network namespace
+    /// (entered before the run: [`crate::kernel::enter_private_netns`]).
+    Kernel(PrivateNetns),
+    /// The in-process balancer that models kube-proxy (no root needed).
+    Userspace,
+}
+
+impl Dataplane {
+    /// `kernel` or `userspace`, as the report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataplane::Kernel(_) => "kernel",
+            Dataplane::Userspace => "userspace",
+        }
+    }
 }
 
 /// Everything a run can be told.
@@ -54,6 +75,8 @@ pub struct LabOptions {
     pub heartbeat_timeout: Duration,
     /// Traffic before the refresh starts and after it ends.
     pub settle: Duration,
+    /// What carries the traffic.
+    pub dataplane: Dataplane,
 }
 
 impl Default for LabOptions {
@@ -67,6 +90,7 @@ impl Default for LabOptions {
             boot: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(30),
             settle: Duration::from_secs(2),
+            dataplane: Dataplane::Userspace,
         }
     }
 }
@@ -76,6 +100,11 @@ impl Default for LabOptions {
 pub struct LabReport {
     /// The mode.
     pub mode: Mode,
+    /// `kernel` or `userspace`.
+    pub dataplane: &'static str,
+    /// What the kernel data plane did (its rules' packet counters, what conntrack kept); null
+    /// on the userspace one.
+    pub kernel: Option<KernelReport>,
     /// Nodes at the start.
     pub nodes: usize,
     /// Old nodes terminated after their drain.
@@ -98,6 +127,12 @@ pub struct PhaseTime {
     /// How long it took.
     pub seconds: f64,
 }
+
+/// The Services the traffic goes to.
+const SERVICES: [&str; 2] = ["web", "api"];
+
+/// The apps' containerPort (the Services' targetPort `http`).
+const POD_PORT: u16 = 8080;
 
 /// The demo workloads: web (3 replicas, PDB, Service), api (1 replica, no PDB, Service), db
 /// (StatefulSet), and a log agent DaemonSet.
@@ -243,11 +278,15 @@ pub async fn run(
     let app = App {
         behaviour,
         work: Duration::from_millis(2),
+        listen: match opts.dataplane {
+            Dataplane::Kernel(_) => Listen::PodAddress(POD_PORT),
+            Dataplane::Userspace => Listen::Ephemeral,
+        },
     };
     let registry = Registry::default();
     let mut servers = Vec::new();
     let mut targets = Vec::new();
-    for service in ["web", "api"] {
+    for service in SERVICES {
         servers.push(PodServers::start_with_registry(
             client.clone(),
             "default",
@@ -272,6 +311,37 @@ pub async fn run(
         );
         targets.push((service.to_string(), balancer));
     }
+    // The kernel data plane's proxier, and the endpoint views it programs from (they watch the
+    // sandbox, so they go before it does).
+    let mut proxier: Option<(Proxier, Vec<Balancer>)> = None;
+    let targets: Vec<(String, Route)> = match opts.dataplane {
+        Dataplane::Userspace => targets
+            .into_iter()
+            .map(|(name, b)| (name, Route::Balancer(b)))
+            .collect(),
+        Dataplane::Kernel(netns) => {
+            let ports = targets
+                .iter()
+                .zip(0u8..)
+                .map(|((name, balancer), n)| {
+                    (ServicePort::http(name, n, POD_PORT), balancer.subscribe())
+                })
+                .collect();
+            let p = Proxier::start(netns, ports, timeline.clone()).await?;
+            let vips = p.vips();
+            progress(&format!(
+                "kernel data plane: {}",
+                vips.iter()
+                    .map(|(s, a)| format!("{s} at {a}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            proxier = Some((p, targets.into_iter().map(|(_, b)| b).collect()));
+            vips.into_iter()
+                .map(|(name, vip)| (name, Route::Vip(vip)))
+                .collect()
+        }
+    };
     anyhow::ensure!(
         registry
             .wait_until(Duration::from_secs(30), |m| m.len() >= 4)
@@ -346,6 +416,14 @@ pub async fn run(
     tokio::time::sleep(opts.settle).await;
     let requests = traffic.stop().await;
     mark("traffic-cooldown", &mut since);
+    let kernel = match proxier {
+        Some((p, views)) => {
+            let report = p.finish().await;
+            drop(views);
+            Some(report)
+        }
+        None => None,
+    };
     stop.send_replace(true);
     let _ = worker.await;
     index.abort();
@@ -364,6 +442,8 @@ pub async fn run(
     Ok((
         LabReport {
             mode: opts.mode,
+            dataplane: opts.dataplane.name(),
+            kernel,
             nodes: opts.nodes,
             nodes_replaced,
             requests,

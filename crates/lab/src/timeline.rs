@@ -39,6 +39,9 @@ pub mod kind {
     pub const EVICTION: &str = "eviction";
     /// A Service's applied endpoint list changed (detail: `ready`, the count).
     pub const ENDPOINTS: &str = "endpoints";
+    /// The kernel data plane rewrote a Service's iptables rules (detail: `chain`, `endpoints`,
+    /// and for each endpoint whose rule went, the connections conntrack kept on it).
+    pub const RULES: &str = "rules";
     /// A pod's app got SIGTERM (after its preStop).
     pub const APP_SIGTERM: &str = "app-sigterm";
     /// A pod's app stopped accepting connections.

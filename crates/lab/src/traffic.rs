@@ -4,6 +4,7 @@
 //! with the one exception every HTTP client makes (see [`send`]).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -109,6 +110,8 @@ impl ServiceStats {
 pub struct TrafficStats {
     /// Requests attempted.
     pub sent: u64,
+    /// TCP connections opened (each one a connect the data plane balanced).
+    pub connections: u64,
     /// Requests answered below 500.
     pub ok: u64,
     /// Requests that failed.
@@ -136,6 +139,28 @@ impl TrafficStats {
     }
 }
 
+/// How a client reaches a Service.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Dial the pod the userspace balancer picks.
+    Balancer(Balancer),
+    /// Dial the Service's virtual IP; the kernel's rules pick the pod.
+    Vip(SocketAddr),
+}
+
+impl Route {
+    /// Where a new connection goes; `None` when the balancer has nowhere to send it (refused).
+    fn destination(&self) -> Option<SocketAddr> {
+        match self {
+            Route::Balancer(b) => match b.pick() {
+                Pick::Endpoint { addr, .. } => Some(addr),
+                Pick::NoEndpoints | Pick::NoServer { .. } => None,
+            },
+            Route::Vip(addr) => Some(*addr),
+        }
+    }
+}
+
 /// Running traffic; [`Traffic::stop`] ends it and returns the counts.
 #[derive(Debug)]
 pub struct Traffic {
@@ -145,12 +170,12 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Starts `opts.concurrency` workers spread over the targets (Service name, its balancer),
+    /// Starts `opts.concurrency` workers spread over the targets (Service name, its route),
     /// each sending at its share of `opts.rps` on its own keep-alive connection. A worker's
     /// pace is a fixed schedule; a slow request delays only that worker, whose missed slots are
     /// skipped, as a client with a fixed pool would.
     pub fn start(
-        targets: Vec<(String, Balancer)>,
+        targets: Vec<(String, Route)>,
         opts: TrafficOptions,
         timeline: Timeline,
     ) -> Traffic {
@@ -164,14 +189,14 @@ impl Traffic {
         let cap = (rps_per_worker * opts.max_duration.as_secs_f64()).ceil() as u64 + 1;
         let start = Instant::now();
         let total = n_targets * per_target;
-        for (t, (service, balancer)) in targets.into_iter().enumerate() {
+        for (t, (service, route)) in targets.into_iter().enumerate() {
             for w in 0..per_target {
                 // Stagger the workers over one period, so the load is even, not in bursts.
                 let slot = (t * per_target + w) as f64 / total as f64;
                 let first = start + period.mul_f64(slot);
                 workers.spawn(worker(Worker {
                     service: service.clone(),
-                    balancer: balancer.clone(),
+                    route: route.clone(),
                     first,
                     period,
                     cap,
@@ -207,7 +232,7 @@ impl Traffic {
 
 struct Worker {
     service: String,
-    balancer: Balancer,
+    route: Route,
     first: Instant,
     period: Duration,
     cap: u64,
@@ -274,13 +299,15 @@ fn get(service: &str) -> Request<Empty<Bytes>> {
         .expect("static request")
 }
 
-/// A new connection to the endpoint the balancer picks: the only moment a pod is chosen.
-async fn dial(balancer: &Balancer) -> Result<Conn, Cause> {
-    let addr = match balancer.pick() {
-        Pick::Endpoint { addr, .. } => addr,
-        Pick::NoEndpoints | Pick::NoServer { .. } => return Err(Cause::Refused),
-    };
+/// A new connection to the endpoint the balancer (or the kernel) picks: the only moment a pod
+/// is chosen.
+async fn dial(w: &Worker) -> Result<Conn, Cause> {
+    let addr = w.route.destination().ok_or(Cause::Refused)?;
     let stream = TcpStream::connect(addr).await.map_err(|e| io_cause(&e))?;
+    w.stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .connections += 1;
     let _ = stream.set_nodelay(true);
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -334,7 +361,7 @@ async fn send(
 ) -> Result<Response<hyper::body::Incoming>, Cause> {
     let reused = conn.is_some();
     if conn.is_none() {
-        *conn = Some(dial(&w.balancer).await?);
+        *conn = Some(dial(w).await?);
     }
     let c = conn.as_mut().expect("dialed above");
     let first = match c.sender.ready().await {
@@ -364,7 +391,7 @@ async fn send_fresh(
     conn: &mut Option<Conn>,
     w: &Worker,
 ) -> Result<Response<hyper::body::Incoming>, Cause> {
-    let c = conn.insert(dial(&w.balancer).await?);
+    let c = conn.insert(dial(w).await?);
     c.sender.ready().await.map_err(|e| hyper_cause(&e))?;
     c.sender
         .send_request(get(&w.service))

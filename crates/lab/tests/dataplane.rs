@@ -7,9 +7,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
-use quiesce_lab::dataplane::{App, AppBehaviour, Balancer, PodServers};
+use quiesce_lab::dataplane::{App, AppBehaviour, Balancer, Listen, PodServers};
 use quiesce_lab::timeline::{Timeline, kind, watch_cluster};
-use quiesce_lab::traffic::{Traffic, TrafficOptions, TrafficStats};
+use quiesce_lab::traffic::{Route, Traffic, TrafficOptions, TrafficStats};
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::{Sandbox, SandboxOptions};
 
@@ -78,6 +78,7 @@ async fn delete_one_pod_under_traffic(behaviour: AppBehaviour) -> (TrafficStats,
         App {
             behaviour,
             work: Duration::from_millis(5),
+            listen: Listen::Ephemeral,
         },
         timeline.clone(),
     );
@@ -100,7 +101,7 @@ async fn delete_one_pod_under_traffic(behaviour: AppBehaviour) -> (TrafficStats,
     );
 
     let traffic = Traffic::start(
-        vec![("web".into(), balancer.clone())],
+        vec![("web".into(), Route::Balancer(balancer.clone()))],
         TrafficOptions {
             rps: 200.0,
             concurrency: 6,

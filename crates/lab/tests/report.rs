@@ -63,7 +63,8 @@ fn synthetic_timeline() -> Value {
 
 fn summary() -> Value {
     json!({
-        "mode": "naive", "nodes": 2, "nodes_replaced": 1,
+        "mode": "naive", "dataplane": "kernel", "nodes": 2, "nodes_replaced": 1,
+        "kernel": {"sep_packets": 61, "conntrack_kept": 2},
         "requests": {"sent": 1446, "ok": 1440, "failed": 6, "by_cause": {"refused": 5, "reset": 1},
             "by_service": {"web": {"sent": 1446, "ok": 1440, "failed": 6, "by_cause": {"refused": 5, "reset": 1}}}},
         "phases": {"launch": 3.5, "drain": 2.9}
@@ -107,7 +108,8 @@ fn the_report_renders_in_headless_chromium() {
         "node-1",
         "node-3",
         "ready endpoints",
-        "quiesce lab \u{2014} mode naive",
+        "quiesce lab \u{2014} mode naive, kernel data plane",
+        "61 connections through KUBE-SEP rules, 2 kept by conntrack",
         "6 failed",
         "refused: 5",
     ] {

@@ -7,14 +7,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use quiesce_lab::run::{LabOptions, LabReport, Mode};
+use quiesce_lab::run::{Dataplane, LabOptions, LabReport, Mode};
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
     /// Per-node and per-phase timings, then the request count.
     Text,
-    /// `nodes_replaced`, `requests` (sent, failed, by cause and Service), `phases` (seconds).
+    /// `dataplane`, `nodes_replaced`, `requests` (sent, connections, failed, by cause and
+    /// Service), `phases` (seconds), `kernel` (KUBE-SEP packet counters, conntrack-kept).
     Json,
 }
 
@@ -25,6 +26,16 @@ pub enum ModeArg {
     Quiesce,
     /// kubectl-drain semantics; apps that stop at SIGTERM.
     Naive,
+}
+
+/// What carries the lab's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataplaneArg {
+    /// Service virtual IPs and kube-proxy's iptables rules in a private network namespace
+    /// (root, iptables, conntrack and iproute2 needed).
+    Kernel,
+    /// The in-process balancer that models kube-proxy.
+    Userspace,
 }
 
 /// Arguments of `quiesce lab`.
@@ -45,6 +56,10 @@ pub struct Args {
     /// quiesce-init's drain delay in quiesce mode.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
+    /// The data plane [default: kernel when running as root with iptables and conntrack
+    /// installed, else userspace, and the first line says why].
+    #[arg(long, value_enum)]
+    pub dataplane: Option<DataplaneArg>,
     /// Report format on stdout.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -61,6 +76,32 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "--rps {}: expected a rate above 0 and at most 5000",
         args.rps
     );
+    // Before the async runtime starts: its threads inherit the namespace (see
+    // enter_private_netns), and the kernel removes it when this process ends, however it ends.
+    let dataplane = match args.dataplane {
+        Some(DataplaneArg::Userspace) => {
+            eprintln!("dataplane: userspace (--dataplane userspace)");
+            Dataplane::Userspace
+        }
+        Some(DataplaneArg::Kernel) => {
+            let netns = quiesce_lab::kernel::enter_private_netns()
+                .context("--dataplane kernel: the kernel data plane is not available")?;
+            eprintln!("dataplane: kernel (private network namespace, iptables as kube-proxy)");
+            Dataplane::Kernel(netns)
+        }
+        None => match quiesce_lab::kernel::enter_private_netns() {
+            Ok(netns) => {
+                eprintln!("dataplane: kernel (private network namespace, iptables as kube-proxy)");
+                Dataplane::Kernel(netns)
+            }
+            Err(why) => {
+                eprintln!(
+                    "dataplane: userspace, because the kernel data plane is not available: {why}"
+                );
+                Dataplane::Userspace
+            }
+        },
+    };
     let opts = LabOptions {
         nodes: args.nodes.into(),
         mode: match args.mode {
@@ -70,6 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         rps: args.rps,
         propagation_delay: args.propagation_delay,
         drain_delay: args.drain_delay,
+        dataplane,
         ..LabOptions::default()
     };
     if opts.mode == Mode::Quiesce && opts.drain_delay <= opts.propagation_delay {
@@ -135,6 +177,15 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
     )?;
     for (cause, n) in &report.requests.by_cause {
         writeln!(out, "failed by cause: {cause} {n}")?;
+    }
+    writeln!(out, "dataplane: {}", report.dataplane)?;
+    if let Some(kernel) = &report.kernel {
+        writeln!(
+            out,
+            "KUBE-SEP rules took {} connection attempts ({} connections opened); conntrack \
+             kept {} on pods whose rule was removed",
+            kernel.sep_packets, report.requests.connections, kernel.conntrack_kept
+        )?;
     }
     writeln!(
         out,
