@@ -74,13 +74,19 @@ pub async fn run<Q, H>(
 {
     let mut tasks = JoinSet::new();
     let mut failures = 0u32;
+    let live = handler.liveness().clone();
+    // A round takes at most one long poll, bounded by the queue client's own timeout.
+    let promise = settings.wait + RECEIVE_SLACK;
     while !*stop.borrow() {
+        live.beat("queue", promise);
         while tasks.try_join_next().is_some() {}
         let free = settings.max_concurrent.saturating_sub(tasks.len());
         if free == 0 {
             tokio::select! {
                 _ = tasks.join_next() => {}
                 _ = stop.changed() => {}
+                // Come round anyway, so a long drain does not look like a stuck loop.
+                _ = tokio::time::sleep(settings.wait) => {}
             }
             continue;
         }
@@ -115,6 +121,7 @@ pub async fn run<Q, H>(
                 failures = (failures + 1).min(6);
                 let pause = Duration::from_secs(1 << failures);
                 tracing::warn!(%err, ?pause, "receiving from the queue failed");
+                live.beat("queue", pause + promise);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => {}
@@ -122,8 +129,13 @@ pub async fn run<Q, H>(
             }
         }
     }
+    live.forget("queue");
     while tasks.join_next().await.is_some() {}
 }
+
+/// How long past its long-poll wait a receive may take before the loop counts as stuck: the
+/// SQS client's own timeout for the call ([`quiesce_aws::queue`]) plus a margin.
+const RECEIVE_SLACK: Duration = Duration::from_secs(60);
 
 /// Handles one message, keeping it hidden meanwhile, and settles it with the queue.
 pub async fn process<Q: Queue, H: LifecycleHooks>(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use quiesce_drainer::lease::LeaseLock;
+use quiesce_drainer::lease::{LeaseLock, LeaseTiming};
 use quiesce_sandbox::{Sandbox, SandboxOptions};
 use tokio::time::Instant;
 
@@ -12,30 +12,35 @@ use tokio::time::Instant;
 async fn one_holder_at_a_time_and_takeover_after_expiry() {
     let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
     let duration = Duration::from_secs(2);
+    let timing = LeaseTiming::for_duration(duration).unwrap();
     let lock = |id: &str| {
         LeaseLock::new(
             sandbox.client(),
             "kube-system",
             "quiesce-drainer",
             id,
-            duration,
+            timing,
         )
     };
+    let call = Duration::from_secs(5);
     let (a, b) = (lock("drainer-a"), lock("drainer-b"));
 
     assert!(
-        a.try_acquire().await.unwrap(),
+        a.try_acquire(call).await.unwrap(),
         "the first candidate creates the lease"
     );
-    assert!(!b.try_acquire().await.unwrap(), "a held lease is not taken");
-    assert!(a.try_acquire().await.unwrap(), "the holder renews");
-    assert!(!b.try_acquire().await.unwrap());
+    assert!(
+        !b.try_acquire(call).await.unwrap(),
+        "a held lease is not taken"
+    );
+    assert!(a.try_acquire(call).await.unwrap(), "the holder renews");
+    assert!(!b.try_acquire(call).await.unwrap());
 
     // a stops renewing (its process died); b takes over once the lease has expired.
     let deadline = Instant::now() + duration * 5;
     let took_over_after = Instant::now();
     loop {
-        if b.try_acquire().await.unwrap() {
+        if b.try_acquire(call).await.unwrap() {
             break;
         }
         assert!(Instant::now() < deadline, "b never took the expired lease");
@@ -45,7 +50,10 @@ async fn one_holder_at_a_time_and_takeover_after_expiry() {
         took_over_after.elapsed() >= duration - Duration::from_millis(500),
         "not before the lease expired"
     );
-    assert!(!a.try_acquire().await.unwrap(), "the old holder lost it");
+    assert!(
+        !a.try_acquire(call).await.unwrap(),
+        "the old holder lost it"
+    );
     let lease: k8s_openapi::api::coordination::v1::Lease =
         kube::Api::namespaced(sandbox.client(), "kube-system")
             .get("quiesce-drainer")

@@ -226,6 +226,8 @@ impl Bed {
         Settings {
             drain_margin: Duration::from_secs(5),
             replacement_startup: Duration::from_secs(2),
+            // A drainer killed mid-drain is taken over after this.
+            claim_hold: Duration::from_secs(3),
             ..Settings::default()
         }
     }
@@ -397,6 +399,42 @@ impl Bed {
             .iter()
             .filter_map(|m| m.body().map(str::to_string))
             .collect()
+    }
+
+    /// The body of the queued lifecycle message for `instance` (left visible), once it
+    /// arrived.
+    pub async fn message_for(&self, instance: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(body) = self
+                .visible_bodies()
+                .await
+                .into_iter()
+                .find(|b| b.contains(instance) && b.contains("LifecycleActionToken"))
+            {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no lifecycle message for {instance} arrived\n--- moto log\n{}",
+                self.moto.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Puts `record` (any JSON) on the node as the lifecycle record, as another drainer would.
+    pub async fn put_record(&self, node: &str, record: &Value) {
+        Api::<Node>::all(self.sandbox.client())
+            .patch(
+                node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"metadata": {"annotations": {ANNOTATION: record.to_string()}}}),
+                ),
+            )
+            .await
+            .unwrap();
     }
 
     /// Polls `cond` until it holds; panics with `what` at the deadline.
