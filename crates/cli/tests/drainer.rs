@@ -129,3 +129,27 @@ fn nix_kill(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn settings_that_cannot_work_are_refused_naming_the_flag() {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_quiesce"))
+            .args(["drainer", "--queue-url", "http://127.0.0.1:9/q"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--max-concurrent", "0"]);
+    assert!(
+        err.contains("--max-concurrent") && err.contains("at least 1"),
+        "{err}"
+    );
+    let err = run(&["--lease-duration", "500ms"]);
+    assert!(
+        err.contains("--lease-duration") && err.contains("under 1s"),
+        "{err}"
+    );
+}

@@ -88,15 +88,7 @@ impl NodeIndex {
     /// `--unknown-instance continue` complete the hook of a live node.
     pub async fn find(&self, instance: &str) -> Result<Option<Node>> {
         let doing = || format!("looking up the node of {instance}");
-        let name = match &self.store {
-            Some(store) => store
-                .state()
-                .iter()
-                .find(|n| provider_instance(n) == Some(instance))
-                .map(|n| n.name_any()),
-            None => None,
-        };
-        if let Some(name) = name {
+        if let Some(name) = self.cached(instance) {
             return self
                 .api
                 .get_opt(&name)
@@ -134,6 +126,17 @@ impl NodeIndex {
                                 && a.address == dns
                         }))
         }))
+    }
+
+    /// The name of the node whose providerID names `instance`, as the watched index knows it
+    /// (`None` for a listed index, or when the index has not seen it).
+    pub fn cached(&self, instance: &str) -> Option<String> {
+        self.store
+            .as_ref()?
+            .state()
+            .iter()
+            .find(|n| provider_instance(n) == Some(instance))
+            .map(|n| n.name_any())
     }
 
     /// The node by name, fresh.

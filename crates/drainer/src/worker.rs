@@ -48,6 +48,9 @@ pub struct WorkerSettings {
     pub retry_after: Duration,
     /// See [`BadMessage`].
     pub bad_message: BadMessage,
+    /// How long past its long-poll wait a receive may take before the loop counts as stuck
+    /// and `/healthz` fails; the SQS client's own timeout for the call is shorter.
+    pub receive_slack: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -58,6 +61,7 @@ impl Default for WorkerSettings {
             wait: Duration::from_secs(20),
             retry_after: Duration::from_secs(10),
             bad_message: BadMessage::Delete,
+            receive_slack: Duration::from_secs(60),
         }
     }
 }
@@ -76,7 +80,7 @@ pub async fn run<Q, H>(
     let mut failures = 0u32;
     let live = handler.liveness().clone();
     // A round takes at most one long poll, bounded by the queue client's own timeout.
-    let promise = settings.wait + RECEIVE_SLACK;
+    let promise = settings.wait + settings.receive_slack;
     while !*stop.borrow() {
         live.beat("queue", promise);
         while tasks.try_join_next().is_some() {}
@@ -132,10 +136,6 @@ pub async fn run<Q, H>(
     live.forget("queue");
     while tasks.join_next().await.is_some() {}
 }
-
-/// How long past its long-poll wait a receive may take before the loop counts as stuck: the
-/// SQS client's own timeout for the call ([`quiesce_aws::queue`]) plus a margin.
-const RECEIVE_SLACK: Duration = Duration::from_secs(60);
 
 /// Handles one message, keeping it hidden meanwhile, and settles it with the queue.
 pub async fn process<Q: Queue, H: LifecycleHooks>(

@@ -56,6 +56,27 @@ objects:
           containers: [{name: agent, image: agent:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
 "#;
 
+/// A budget that allows nothing while its pods are not Ready (startup of an hour) and that
+/// can allow later: the drain waits, heartbeating, until the workload-derived deadline.
+pub const BLOCKER: &str = r#"
+objects:
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: warming, namespace: default}
+    spec:
+      replicas: 3
+      selector: {matchLabels: {app: warming}}
+      template:
+        metadata: {labels: {app: warming}, annotations: {sandbox.quiesce.io/startup-delay: 1h}}
+        spec:
+          terminationGracePeriodSeconds: 2
+          containers: [{name: w, image: w:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
+  - apiVersion: policy/v1
+    kind: PodDisruptionBudget
+    metadata: {name: warming, namespace: default}
+    spec: {minAvailable: 2, selector: {matchLabels: {app: warming}}}
+"#;
+
 pub struct Bed {
     pub moto: Moto,
     pub sandbox: Sandbox,
@@ -435,6 +456,30 @@ impl Bed {
             )
             .await
             .unwrap();
+    }
+
+    /// The node running a pod of [`BLOCKER`]'s budget (once one is scheduled), and its
+    /// instance: draining it blocks on the budget.
+    pub async fn blocked_instance(&self) -> (String, String) {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(self.sandbox.client());
+        let node_of_a_warming_pod = || async {
+            pods.list(&kube::api::ListParams::default().labels("app=warming"))
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .find_map(|p| p.spec.as_ref()?.node_name.clone())
+        };
+        self.wait_for(
+            "a warming pod scheduled",
+            Duration::from_secs(20),
+            || async { node_of_a_warming_pod().await.is_some() },
+        )
+        .await;
+        let node = node_of_a_warming_pod().await.unwrap();
+        let index: usize = node.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+        let instance = self.instances[index].clone();
+        (node, instance)
     }
 
     /// Polls `cond` until it holds; panics with `what` at the deadline.
