@@ -27,6 +27,15 @@ pub enum Error {
     /// The EC2 lookup of a node without providerID failed.
     #[error(transparent)]
     Ec2(#[from] quiesce_aws::ec2::Ec2Error),
+    /// The drain stopped short of its deadline on an error it reported (an API call that kept
+    /// failing, a watch that would not come back): worth another slice.
+    #[error("drain of {node} not finished yet: {why}")]
+    Unfinished {
+        /// The node.
+        node: String,
+        /// The engine's report.
+        why: String,
+    },
     /// An Auto Scaling call failed.
     #[error(transparent)]
     Hook(#[from] HookError),
@@ -93,7 +102,7 @@ impl Error {
             },
             // Auto Scaling answers throttling and service errors that pass; a validation error
             // (no such hook) does not, but it is rare enough that a retry costs nothing.
-            Error::Hook(_) | Error::Ec2(_) => true,
+            Error::Hook(_) | Error::Ec2(_) | Error::Unfinished { .. } => true,
             Error::Record(_) | Error::Deadline { .. } | Error::NewerSchema { .. } => false,
             // Someone else holds it now; retrying in place would only race them.
             Error::Held { .. } | Error::LostClaim { .. } => false,

@@ -70,6 +70,7 @@ pub struct Handler<H> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) claims: Claims,
     liveness: Arc<Liveness>,
+    drains: tokio::sync::Semaphore,
     active: Mutex<HashSet<String>>,
     pub(crate) launches: Mutex<HashMap<String, Instant>>,
 }
@@ -111,6 +112,7 @@ impl<H: LifecycleHooks> Handler<H> {
     ) -> Self {
         let identity = settings.identity.clone().unwrap_or_else(unique_identity);
         Handler {
+            drains: tokio::sync::Semaphore::new(settings.max_drains.max(1)),
             cluster: KubeCluster::new(client.clone()),
             claims: Claims::new(client.clone(), identity, settings.claim_hold),
             client,
@@ -172,7 +174,7 @@ impl<H: LifecycleHooks> Handler<H> {
         let span = tracing::info_span!("lifecycle", instance = %action.instance_id, group = %action.group, transition = ?action.transition);
         let result = async {
             match action.transition {
-                Transition::Terminating => self.terminate(&action, slice_end).await,
+                Transition::Terminating => self.terminate_retrying(&action, slice_end).await,
                 Transition::Launching => self.launch(&action, slice_end).await,
             }
         }
@@ -197,9 +199,60 @@ impl<H: LifecycleHooks> Handler<H> {
         (named != ours).then_some(named)
     }
 
+    /// The terminate flow, heartbeated from receipt, with every transient failure retried in
+    /// place (backing off up to [`Settings::max_retry_pause`]) until it succeeds, fails for
+    /// good, or the slice ends: the message stays hidden meanwhile, so an API server outage
+    /// does not burn its receives towards the dead-letter queue.
+    async fn terminate_retrying(
+        &self,
+        action: &LifecycleAction,
+        slice_end: Option<Instant>,
+    ) -> Result<Disposition> {
+        let timing = self
+            .retrying(slice_end, || async { Ok(self.hooks.timing(action).await?) })
+            .await?;
+        self.heartbeating(
+            action,
+            timing,
+            // Boxed: the drain's future is large enough to overflow a worker thread's stack
+            // when held inline through the retry and heartbeat layers.
+            self.retrying(slice_end, || {
+                Box::pin(self.terminate(action, timing, slice_end))
+            }),
+        )
+        .await
+    }
+
+    /// Runs `step` until it succeeds or fails for good; a transient failure is tried again
+    /// after a pause doubling from 1 s, unless the pause would end past `slice_end`.
+    async fn retrying<T, F, Fut>(&self, slice_end: Option<Instant>, mut step: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut pause = Duration::from_secs(1);
+        let mut tries = 0u32;
+        loop {
+            match step().await {
+                Err(err) if err.is_transient() => {
+                    tries += 1;
+                    if slice_end.is_some_and(|end| Instant::now() + pause >= end) {
+                        return Err(err);
+                    }
+                    tracing::warn!(%err, tries, ?pause, "transient failure; retrying in place");
+                    self.metrics.retry();
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.settings.max_retry_pause);
+                }
+                other => return other,
+            }
+        }
+    }
+
     async fn terminate(
         &self,
         action: &LifecycleAction,
+        timing: HookTiming,
         slice_end: Option<Instant>,
     ) -> Result<Disposition> {
         let node = self.nodes.find(&action.instance_id).await?;
@@ -207,7 +260,6 @@ impl<H: LifecycleHooks> Handler<H> {
             return self.unknown(action).await;
         };
         let name = node.name_any();
-        let timing = self.hooks.timing(action).await?;
         let mut record = match self.claims.take(&node, action).await? {
             Taken::Final(record) => {
                 tracing::info!(node = %name, phase = ?record.phase, "duplicate message: the hook was completed before");
@@ -251,11 +303,19 @@ impl<H: LifecycleHooks> Handler<H> {
                     tracing::info!(node = %name, deadline = %record.deadline, "draining for the terminate hook");
                     self.claims.write(name, record).await?;
                 }
+                Phase::Draining if !self.cordoned(name).await? => {
+                    // At once, before waiting for a drain slot: no new pod lands on a node
+                    // that is going, however many actions arrived together.
+                    self.cluster
+                        .cordon(name, &self.settings.cordon)
+                        .await
+                        .map_err(|source| Error::Drain {
+                            node: name.to_string(),
+                            source,
+                        })?;
+                }
                 Phase::Draining => {
-                    match self
-                        .drain_slice(action, name, record, timing, slice_end)
-                        .await?
-                    {
+                    match self.drain_slice(name, record, slice_end).await? {
                         SliceEnd::Drained => record.phase = Phase::Completing,
                         SliceEnd::GiveUp(reason) => {
                             record.phase = Phase::Abandoning;
@@ -316,6 +376,19 @@ impl<H: LifecycleHooks> Handler<H> {
         Ok(())
     }
 
+    /// Whether the node is unschedulable now.
+    async fn cordoned(&self, node: &str) -> Result<bool> {
+        let found = self
+            .nodes
+            .get(node)
+            .await
+            .map_err(|e| Error::kube(format!("reading node {node}"), e))?;
+        Ok(found
+            .and_then(|n| n.spec)
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false))
+    }
+
     /// The drain's deadline from the node's workload, as an RFC 3339 time.
     async fn deadline(&self, node: &str, timing: HookTiming) -> Result<String> {
         let snapshot = self
@@ -344,10 +417,8 @@ impl<H: LifecycleHooks> Handler<H> {
 
     async fn drain_slice(
         &self,
-        action: &LifecycleAction,
         node: &str,
         record: &InFlight,
-        timing: HookTiming,
         slice_end: Option<Instant>,
     ) -> Result<SliceEnd> {
         let deadline = Instant::now() + remaining(&record.deadline)?;
@@ -372,12 +443,10 @@ impl<H: LifecycleHooks> Handler<H> {
             replacement_gate: self.settings.replacement_gate,
         };
         let report = self
-            .holding(
-                action,
-                timing,
-                Some((node, record)),
-                drain(&self.cluster, &spec, &|_, _| {}),
-            )
+            .renewing(node, record, async {
+                let _slot = self.drains.acquire().await;
+                Box::pin(drain(&self.cluster, &spec, &|_, _| {})).await
+            })
             .await?
             .map_err(|source| Error::Drain {
                 node: node.to_string(),
@@ -401,28 +470,31 @@ impl<H: LifecycleHooks> Handler<H> {
                     report.error.unwrap_or_default()
                 ))
             }
-            Outcome::Failed => {
+            Outcome::Failed if slice_end.is_some_and(|end| Instant::now() >= end) => {
                 self.metrics.drain("paused", Some(&report));
                 SliceEnd::Paused(format!(
-                    "drain of {node} not finished yet: {}",
+                    "drain of {node} not finished in this slice: {}",
                     report.error.unwrap_or_default()
                 ))
+            }
+            Outcome::Failed => {
+                self.metrics.drain("paused", Some(&report));
+                return Err(Error::Unfinished {
+                    node: node.to_string(),
+                    why: report.error.unwrap_or_default(),
+                });
             }
         })
     }
 
-    /// Runs `work` while holding the action: heartbeating the hook at a third of its timeout
-    /// (the first at once, which also restarts the clock after a drainer restart) and, given
-    /// the node's record, renewing the claim on it. The work is dropped as soon as the claim
-    /// is lost, or could not be renewed for the whole hold time (the renew deadline: another
-    /// actor may take over from then on).
-    pub(crate) async fn holding<F: Future>(
+    /// Runs `work` while heartbeating the hook at a third of its timeout (the first at once,
+    /// which also restarts the clock after a drainer restart).
+    pub(crate) async fn heartbeating<F: Future>(
         &self,
         action: &LifecycleAction,
         timing: HookTiming,
-        claim: Option<(&str, &InFlight)>,
         work: F,
-    ) -> Result<F::Output> {
+    ) -> F::Output {
         let beats = async {
             let mut tick =
                 tokio::time::interval(timing.heartbeat_every().max(Duration::from_secs(1)));
@@ -438,10 +510,23 @@ impl<H: LifecycleHooks> Handler<H> {
                 }
             }
         };
+        tokio::select! {
+            out = work => out,
+            () = beats => unreachable!("the heartbeat loop never ends"),
+        }
+    }
+
+    /// Runs `work` while renewing our claim on `node`'s action. The work is dropped as soon
+    /// as the claim is lost ([`Error::LostClaim`]), or could not be renewed for the whole
+    /// hold time (the renew deadline: another actor may take over from then on; a transient
+    /// error, so the action is tried again, claim first).
+    async fn renewing<F: Future>(
+        &self,
+        node: &str,
+        record: &InFlight,
+        work: F,
+    ) -> Result<F::Output> {
         let renewals = async {
-            let Some((node, record)) = claim else {
-                return std::future::pending().await;
-            };
             let mut record = record.clone();
             let mut renewed = Instant::now();
             let mut tick =
@@ -452,22 +537,18 @@ impl<H: LifecycleHooks> Handler<H> {
                 tick.tick().await;
                 match self.claims.write(node, &mut record).await {
                     Ok(()) => renewed = Instant::now(),
-                    Err(err @ Error::LostClaim { .. }) => return err,
-                    Err(err) => {
+                    Err(err) if err.is_transient() => {
                         tracing::warn!(%err, "renewing the claim failed");
                         if renewed.elapsed() >= self.claims.hold() {
-                            return Error::LostClaim {
-                                node: node.to_string(),
-                                why: format!("not renewed within {:?}: {err}", self.claims.hold()),
-                            };
+                            return err;
                         }
                     }
+                    Err(err) => return err,
                 }
             }
         };
         tokio::select! {
             out = work => Ok(out),
-            () = beats => unreachable!("the heartbeat loop never ends"),
             err = renewals => Err(err),
         }
     }

@@ -29,7 +29,7 @@ impl<H: LifecycleHooks> Handler<H> {
         let give_up = first + self.settings.launch_timeout;
         let stop = slice_end.map_or(give_up, |s| s.min(give_up));
         let ready = self
-            .holding(action, timing, None, async {
+            .heartbeating(action, timing, async {
                 loop {
                     match self.launched(action).await {
                         Ok(true) => return true,
@@ -42,7 +42,7 @@ impl<H: LifecycleHooks> Handler<H> {
                     tokio::time::sleep(Duration::from_secs(1).min(stop - Instant::now())).await;
                 }
             })
-            .await?;
+            .await;
         if ready {
             self.complete(action, HookResult::Continue).await?;
             lock(&self.launches).remove(&action.token);

@@ -60,6 +60,13 @@ pub struct Settings {
     /// How long a claim on a node's action stands without renewal: how soon another actor
     /// takes over from one that died mid-drain.
     pub claim_hold: Duration,
+    /// Drains in progress at once. Every received action is claimed, cordoned and
+    /// heartbeated at once however many arrive; only the evictions wait for a slot.
+    pub max_drains: usize,
+    /// The longest pause between two tries of a step that failed transiently (an API server
+    /// outage): the step is retried in place, the message kept hidden and the hook
+    /// heartbeated, instead of returning the message and burning one of its receives.
+    pub max_retry_pause: Duration,
 }
 
 impl Default for Settings {
@@ -79,6 +86,8 @@ impl Default for Settings {
             replacement_gate: true,
             identity: None,
             claim_hold: Duration::from_secs(60),
+            max_drains: 4,
+            max_retry_pause: Duration::from_secs(30),
         }
     }
 }

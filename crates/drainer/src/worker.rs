@@ -38,8 +38,10 @@ impl FromStr for BadMessage {
 /// How the loop reads the queue.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    /// Messages handled at once.
-    pub max_concurrent: usize,
+    /// Messages in hand at once. Each is claimed, cordoned and heartbeated as soon as it is
+    /// received; [`crate::Settings::max_drains`] bounds the drains among them. Generous: a
+    /// message left in the queue is heartbeated by nobody.
+    pub max_in_hand: usize,
     /// Visibility while a message is worked on; extended every half of it.
     pub visibility: Duration,
     /// Long-poll wait.
@@ -56,7 +58,7 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
-            max_concurrent: 4,
+            max_in_hand: 200,
             visibility: Duration::from_secs(60),
             wait: Duration::from_secs(20),
             retry_after: Duration::from_secs(10),
@@ -84,7 +86,7 @@ pub async fn run<Q, H>(
     while !*stop.borrow() {
         live.beat("queue", promise);
         while tasks.try_join_next().is_some() {}
-        let free = settings.max_concurrent.saturating_sub(tasks.len());
+        let free = settings.max_in_hand.saturating_sub(tasks.len());
         if free == 0 {
             tokio::select! {
                 _ = tasks.join_next() => {}
@@ -145,6 +147,11 @@ pub async fn process<Q: Queue, H: LifecycleHooks>(
     message: Received,
 ) {
     let metrics = handler.metrics().clone();
+    if message.receive_count > 1 {
+        // Each receive brings the redrive policy's maxReceiveCount closer.
+        tracing::info!(message = %message.id, receives = message.receive_count, "received again");
+        metrics.redelivery();
+    }
     let keep_hidden = async {
         let mut tick = tokio::time::interval(settings.visibility / 2);
         tick.tick().await;

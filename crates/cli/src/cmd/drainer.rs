@@ -72,7 +72,8 @@ pub struct Args {
     /// How long a launching instance may take to become a Ready node before ABANDON.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub launch_timeout: Duration,
-    /// Lifecycle actions handled at once (at least 1).
+    /// Drains in progress at once (at least 1). Every received action is recorded, cordoned
+    /// and heartbeated at once however many arrive; only the evictions wait for a slot.
     #[arg(long, default_value = "4", value_parser = parse_concurrency)]
     pub max_concurrent: usize,
     /// Evict pods without a controller and ignore do-not-disrupt (otherwise they block the
@@ -161,6 +162,7 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
         },
         replacement_gate: true,
         identity: Some(identity.clone()),
+        max_drains: args.max_concurrent,
         ..Settings::default()
     };
     let handler = Arc::new(Handler::new(
@@ -173,7 +175,6 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
     let queue = Arc::new(Sqs::new(&aws, &args.queue_url));
     let lock = LeaseLock::new(client, &args.namespace, &args.lease_name, &identity, timing);
     let workers = WorkerSettings {
-        max_concurrent: args.max_concurrent,
         bad_message: args.bad_message,
         ..WorkerSettings::default()
     };
