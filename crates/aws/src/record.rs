@@ -142,6 +142,7 @@ mod tests {
             instance_id: "i-0abc".into(),
             token: token.into(),
             metadata: None,
+            time: None,
         }
     }
 

@@ -36,6 +36,13 @@ pub enum Error {
         /// The engine's report.
         why: String,
     },
+    /// Auto Scaling no longer holds the action (completed elsewhere, or its hook timed out):
+    /// the work stops.
+    #[error("the lifecycle action for {instance} is no longer active")]
+    HookGone {
+        /// The instance.
+        instance: String,
+    },
     /// An Auto Scaling call failed.
     #[error(transparent)]
     Hook(#[from] HookError),
@@ -105,7 +112,7 @@ impl Error {
             Error::Hook(_) | Error::Ec2(_) | Error::Unfinished { .. } => true,
             Error::Record(_) | Error::Deadline { .. } | Error::NewerSchema { .. } => false,
             // Someone else holds it now; retrying in place would only race them.
-            Error::Held { .. } | Error::LostClaim { .. } => false,
+            Error::Held { .. } | Error::LostClaim { .. } | Error::HookGone { .. } => false,
         }
     }
 }

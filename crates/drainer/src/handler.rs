@@ -14,7 +14,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Client, ResourceExt};
 use quiesce_aws::event::{self, EventError, LifecycleAction, Message, Transition};
 use quiesce_aws::hook::{HookTiming, drain_deadline};
-use quiesce_aws::hooks::{Completion, HookResult, LifecycleHooks};
+use quiesce_aws::hooks::{Completion, HookResult, InstanceCheck, LifecycleHooks};
 use quiesce_aws::record::{InFlight, Phase};
 use quiesce_kube::cluster::Cluster;
 use quiesce_kube::engine::{DrainSpec, drain};
@@ -44,6 +44,9 @@ pub enum Done {
     Duplicate,
     /// Not a node of ours and the policy is `continue`.
     UnknownContinued,
+    /// The hook was no longer active (it timed out, or was completed elsewhere): the work
+    /// stopped, and the node was uncordoned only if its instance stays.
+    Expired,
 }
 
 /// What the queue should do with the message.
@@ -211,16 +214,88 @@ impl<H: LifecycleHooks> Handler<H> {
         let timing = self
             .retrying(slice_end, || async { Ok(self.hooks.timing(action).await?) })
             .await?;
-        self.heartbeating(
-            action,
-            timing,
-            // Boxed: the drain's future is large enough to overflow a worker thread's stack
-            // when held inline through the retry and heartbeat layers.
-            self.retrying(slice_end, || {
-                Box::pin(self.terminate(action, timing, slice_end))
-            }),
-        )
-        .await
+        let result = self
+            .heartbeating(
+                action,
+                timing,
+                // Boxed: the drain's future is large enough to overflow a worker thread's
+                // stack when held inline through the retry and heartbeat layers.
+                self.retrying(slice_end, || {
+                    Box::pin(self.terminate(action, timing, slice_end))
+                }),
+            )
+            .await;
+        match result {
+            Err(Error::HookGone { .. }) | Ok(Err(Error::HookGone { .. })) => {
+                self.retrying(slice_end, || Box::pin(self.after_hook_gone(action)))
+                    .await
+            }
+            Err(err) => Err(err),
+            Ok(done) => done,
+        }
+    }
+
+    /// The heartbeat said the action is gone: look at the instance and finish the record.
+    async fn after_hook_gone(&self, action: &LifecycleAction) -> Result<Disposition> {
+        let check = self.hooks.check(action).await?;
+        match self.nodes.find(&action.instance_id).await? {
+            Some(node) => self.expired(action, &node, check).await,
+            None => {
+                self.metrics.drain("expired", None);
+                Ok(Disposition::Done(Done::Expired))
+            }
+        }
+    }
+
+    /// The hook is over without us: stop, and record why. An action of ours in flight on the
+    /// node is finished: the node is uncordoned only if the instance stays (pods must not be
+    /// invited onto a dying node) and only if the drainer cordoned it.
+    async fn expired(
+        &self,
+        action: &LifecycleAction,
+        node: &k8s_openapi::api::core::v1::Node,
+        check: InstanceCheck,
+    ) -> Result<Disposition> {
+        let name = node.name_any();
+        self.metrics.drain("expired", None);
+        let in_flight =
+            crate::nodes::record_of(node).is_some_and(|r| r.is_same(action) && !r.phase.is_final());
+        if !in_flight {
+            tracing::info!(node = %name, ?check, "the instance is not waiting for this hook: not acting on a stale or duplicate message");
+            return Ok(Disposition::Done(Done::Expired));
+        }
+        let mut record = match self.claims.take(node, action).await? {
+            Taken::Final(_) => return Ok(Disposition::Done(Done::Duplicate)),
+            Taken::Resumed(record) | Taken::Fresh(record) => record,
+        };
+        let restore = check.instance_stays() && !record.found_cordoned;
+        if restore {
+            self.cluster
+                .uncordon(&name, &self.settings.cordon)
+                .await
+                .map_err(|source| Error::Drain {
+                    node: name.clone(),
+                    source,
+                })?;
+        }
+        let reason = format!(
+            "the lifecycle hook is no longer active (instance: {check:?}); the node {}",
+            if restore {
+                "is uncordoned: the instance stays"
+            } else if record.found_cordoned {
+                "stays cordoned as it was found"
+            } else {
+                "stays cordoned: the instance is going"
+            }
+        );
+        tracing::warn!(node = %name, %reason, "stopped");
+        if let Err(err) = self.cluster.event(&name, "LifecycleExpired", &reason).await {
+            tracing::warn!(%err, "could not record the event");
+        }
+        record.phase = Phase::Abandoned;
+        record.reason = Some(reason);
+        self.finish(&name, &mut record).await;
+        Ok(Disposition::Done(Done::Expired))
     }
 
     /// Runs `step` until it succeeds or fails for good; a transient failure is tried again
@@ -260,6 +335,10 @@ impl<H: LifecycleHooks> Handler<H> {
             return self.unknown(action).await;
         };
         let name = node.name_any();
+        let check = self.hooks.check(action).await?;
+        if !matches!(check, InstanceCheck::Waiting | InstanceCheck::Unverified) {
+            return self.expired(action, &node, check).await;
+        }
         let mut record = match self.claims.take(&node, action).await? {
             Taken::Final(record) => {
                 tracing::info!(node = %name, phase = ?record.phase, "duplicate message: the hook was completed before");
@@ -298,7 +377,7 @@ impl<H: LifecycleHooks> Handler<H> {
         loop {
             match record.phase {
                 Phase::Received => {
-                    record.deadline = self.deadline(name, timing).await?;
+                    record.deadline = self.deadline(action, name, timing).await?;
                     record.phase = Phase::Draining;
                     tracing::info!(node = %name, deadline = %record.deadline, "draining for the terminate hook");
                     self.claims.write(name, record).await?;
@@ -390,7 +469,14 @@ impl<H: LifecycleHooks> Handler<H> {
     }
 
     /// The drain's deadline from the node's workload, as an RFC 3339 time.
-    async fn deadline(&self, node: &str, timing: HookTiming) -> Result<String> {
+    /// It counts from when the instance entered the wait state (the event's time), not from
+    /// when the message was read: after an outage the hook has less time left.
+    async fn deadline(
+        &self,
+        action: &LifecycleAction,
+        node: &str,
+        timing: HookTiming,
+    ) -> Result<String> {
         let snapshot = self
             .cluster
             .snapshot()
@@ -404,7 +490,13 @@ impl<H: LifecycleHooks> Handler<H> {
         tracing::info!(%node, ?needs, "deadline from the workload");
         let allowed = SignedDuration::try_from(allowed).unwrap_or(SignedDuration::MAX);
         let now = Timestamp::now();
-        Ok(now.checked_add(allowed).unwrap_or(now).to_string())
+        let since = action
+            .time
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .filter(|t| *t <= now)
+            .unwrap_or(now);
+        Ok(since.checked_add(allowed).unwrap_or(now).to_string())
     }
 
     /// After completion the instance may already be going: failing to mark the record final
@@ -494,7 +586,7 @@ impl<H: LifecycleHooks> Handler<H> {
         action: &LifecycleAction,
         timing: HookTiming,
         work: F,
-    ) -> F::Output {
+    ) -> Result<F::Output> {
         let beats = async {
             let mut tick =
                 tokio::time::interval(timing.heartbeat_every().max(Duration::from_secs(1)));
@@ -503,6 +595,12 @@ impl<H: LifecycleHooks> Handler<H> {
                 tick.tick().await;
                 match self.hooks.heartbeat(action).await {
                     Ok(()) => self.metrics.heartbeat("ok"),
+                    Err(err) if err.is_not_active() => {
+                        self.metrics.heartbeat("not-active");
+                        return Error::HookGone {
+                            instance: action.instance_id.clone(),
+                        };
+                    }
                     Err(err) => {
                         tracing::warn!(%err, "heartbeat failed");
                         self.metrics.heartbeat("error");
@@ -511,8 +609,8 @@ impl<H: LifecycleHooks> Handler<H> {
             }
         };
         tokio::select! {
-            out = work => out,
-            () = beats => unreachable!("the heartbeat loop never ends"),
+            out = work => Ok(out),
+            err = beats => Err(err),
         }
     }
 

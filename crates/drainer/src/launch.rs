@@ -42,7 +42,7 @@ impl<H: LifecycleHooks> Handler<H> {
                     tokio::time::sleep(Duration::from_secs(1).min(stop - Instant::now())).await;
                 }
             })
-            .await;
+            .await?;
         if ready {
             self.complete(action, HookResult::Continue).await?;
             lock(&self.launches).remove(&action.token);

@@ -518,10 +518,14 @@ async fn a_hard_blocker_abandons_at_once_and_leaves_the_node_schedulable() {
         "the stale message settled",
         Duration::from_secs(15),
         || async {
+            // Whichever answers first: the completion ("not active") or the first heartbeat
+            // (the hook is gone, so nothing is done).
+            let text = continuing.metrics().encode();
             metric(
-                &continuing.metrics().encode(),
+                &text,
                 "quiesce_lifecycle_completions_total{result=\"not-active\"}",
-            ) == 1
+            ) + metric(&text, "quiesce_drains_total{result=\"expired\"}")
+                == 1
         },
     )
     .await;
