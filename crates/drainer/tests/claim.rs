@@ -8,13 +8,7 @@ mod support;
 use quiesce_aws::record::{Phase, SCHEMA};
 use quiesce_drainer::{Disposition, Done};
 use serde_json::{Value, json};
-use support::bed;
-
-fn metric(text: &str, name_and_labels: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0)
-}
+use support::{bed, metric};
 
 fn token_of(body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap();

@@ -3,6 +3,8 @@
 //! is not mistaken for a hang, throttling and cut watches are survived, and a loop that stops
 //! coming round fails `/healthz`.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,21 +221,6 @@ impl Queue for Stuck {
     }
 }
 
-/// `GET path` on loopback; the status code.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    text.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_queue_loop_fails_healthz() {
     let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
@@ -258,7 +245,8 @@ async fn a_stuck_queue_loop_fails_healthz() {
         handler.clone(),
         stopped.clone(),
     ));
-    let status = || tokio::task::block_in_place(|| http_status(port, "/healthz"));
+    let status =
+        || tokio::task::block_in_place(|| support::http_get(port, "/healthz").map(|(s, _)| s));
     let deadline = Instant::now() + Duration::from_secs(10);
     while status() != Some(200) {
         assert!(Instant::now() < deadline, "/healthz never answered 200");

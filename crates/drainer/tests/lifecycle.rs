@@ -9,13 +9,7 @@ use std::time::Duration;
 
 use quiesce_aws::record::Phase;
 use quiesce_drainer::UnknownInstance;
-use support::{GROUP, bed, ready_pods};
-
-fn metric(text: &str, name_and_labels: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0)
-}
+use support::{GROUP, bed, metric, ready_pods};
 
 fn count(value: &serde_json::Value) -> u64 {
     value.as_u64().unwrap_or(0)

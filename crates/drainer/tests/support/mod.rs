@@ -231,6 +231,30 @@ pub fn notification(instance: &str, token: &Value) -> String {
     .to_string()
 }
 
+/// The value of a Prometheus sample `name{labels}` in `text` (0 when absent).
+pub fn metric(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `GET path` on a loopback port (the drainer's HTTP endpoints): the status and the whole
+/// response. Plain std I/O: no HTTP client crate for a test's probe.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
 pub async fn ready_pods(sandbox: &Sandbox, selector: &str) -> usize {
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(sandbox.client());
     pods.list(&kube::api::ListParams::default().labels(selector))
