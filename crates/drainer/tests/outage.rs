@@ -128,3 +128,32 @@ async fn an_api_outage_mid_drain_ends_in_one_continue_and_an_empty_dead_letter_q
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqs_and_auto_scaling_throttling_is_survived() {
+    let bed = bed(3, 0, 30, "").await;
+    let handler = bed.handler(bed.settings());
+    // More failures in a row than the SDK's three attempts per call, on every call the
+    // drainer makes of each service (the heartbeat: one call's attempts, since the next
+    // heartbeat may not be due before the drain ends; its failure is survived by the next).
+    bed.inject_aws("ReceiveMessage", 4, 400, "ThrottlingException");
+    bed.inject_aws("ChangeMessageVisibility", 4, 400, "ThrottlingException");
+    bed.inject_aws("RecordLifecycleActionHeartbeat", 3, 400, "Throttling");
+    bed.inject_aws("DescribeAutoScalingInstances", 4, 400, "Throttling");
+    bed.inject_aws("CompleteLifecycleAction", 4, 400, "Throttling");
+    let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(4));
+    let victim = bed.instances[0].clone();
+    bed.terminate(&victim).await;
+    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(90))
+        .await;
+    let action = bed.action_for(&victim).await.unwrap();
+    assert_eq!(action["completions"], 1, "{action}");
+    let left: Vec<_> = bed
+        .aws_faults_left()
+        .into_iter()
+        .filter(|f| f["action"] != "ChangeMessageVisibility")
+        .collect();
+    assert!(left.is_empty(), "every injected fault was hit: {left:?}");
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

@@ -339,6 +339,40 @@ impl Bed {
         );
     }
 
+    /// Arms moto's fault injector: the next `count` calls of the AWS API `action` fail with
+    /// `status` and error `code` (tests/moto/quiesce_moto.py, `/_quiesce/faults`).
+    pub fn inject_aws(&self, action: &str, count: u32, status: u16, code: &str) {
+        let body = json!({"action": action, "count": count, "status": status, "code": code});
+        let answer = self.moto_http("POST", "/_quiesce/faults", &body.to_string());
+        assert!(answer.contains(" 200 "), "arming {action}: {answer}");
+    }
+
+    /// The faults still armed in moto.
+    pub fn aws_faults_left(&self) -> Vec<Value> {
+        let answer = self.moto_http("GET", "/_quiesce/faults", "");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("[]");
+        serde_json::from_str(body).unwrap()
+    }
+
+    fn moto_http(&self, method: &str, path: &str, body: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.moto.url().trim_start_matches("http://").to_string();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
     fn events_call(&self, target: &str, body: Value) {
         use std::io::{Read, Write};
         let addr = self.moto.url().trim_start_matches("http://").to_string();
