@@ -22,7 +22,12 @@ Behaviour follows the Amazon EC2 Auto Scaling User Guide and API Reference:
     https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_RecordLifecycleActionHeartbeat.html
     https://docs.aws.amazon.com/autoscaling/ec2/APIReference/API_CompleteLifecycleAction.html
 
-Tests can see every lifecycle action ever started at `GET /_quiesce/lifecycle-actions`.
+Tests can see every lifecycle action ever started at `GET /_quiesce/lifecycle-actions`, and
+inject errors into SQS and Auto Scaling calls at `/_quiesce/faults`: `POST` a JSON object
+`{"action": "ReceiveMessage", "count": 3, "status": 400, "code": "ThrottlingException"}` makes
+the next `count` calls of that API action fail with that status and error code, in the
+protocol's own error shape (SQS's JSON protocol, Auto Scaling's query XML); `GET` lists what is
+still armed; `DELETE` disarms everything.
 
 Known simplifications: scale-in picks the first InService
 unprotected instance instead of the default termination policy; SNS targets get the same JSON;
@@ -32,6 +37,7 @@ warm pools, Standby, detach and EC2 TerminateInstances bypass the hooks.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -40,6 +46,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import parse_qs
 
 import moto
 
@@ -511,13 +518,91 @@ as_responses.AutoScalingResponse.call_action = _locked_call_action
 # --- the server ----------------------------------------------------------------------------------
 
 
+# Armed faults, oldest first: {"action", "count", "status", "code"}.
+FAULTS: list[dict[str, Any]] = []
+FAULTS_LOCK = threading.Lock()
+
+
+def _api_action(environ) -> tuple[str | None, bool]:
+    """The API action a request calls and whether it speaks the JSON protocol. The body is
+    read and put back, so moto still sees it."""
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return target.rsplit(".", 1)[-1], True
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    query = environ.get("QUERY_STRING", "") + "&" + body.decode("utf-8", "replace")
+    action = parse_qs(query).get("Action", [None])[0]
+    return action, False
+
+
+def _injected(environ, start_response):
+    """The armed fault this request hits, answered; None when it hits none."""
+    action, json_protocol = _api_action(environ)
+    with FAULTS_LOCK:
+        fault = next((f for f in FAULTS if f["action"] == action and f["count"] > 0), None)
+        if fault is None:
+            return None
+        fault["count"] -= 1
+        if fault["count"] == 0:
+            FAULTS.remove(fault)
+    code, status = fault["code"], int(fault["status"])
+    message = fault.get("message", "injected by quiesce_moto")
+    _log(f"injected {status} {code} into {action}")
+    if json_protocol:
+        # The AWS JSON protocol's error shape; SQS also names the query-compatible code.
+        body = json.dumps({"__type": code, "message": message}).encode()
+        headers = [
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("x-amzn-query-error", f"{code};Sender"),
+        ]
+    else:
+        body = (
+            "<ErrorResponse><Error><Type>Sender</Type>"
+            f"<Code>{code}</Code><Message>{message}</Message></Error>"
+            f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+        ).encode()
+        headers = [("Content-Type", "text/xml")]
+    headers.append(("Content-Length", str(len(body))))
+    start_response(f"{status} Injected", headers)
+    return [body]
+
+
+def _faults_endpoint(environ, start_response):
+    method = environ.get("REQUEST_METHOD")
+    with FAULTS_LOCK:
+        if method == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            fault = json.loads(environ["wsgi.input"].read(length) or b"{}")
+            missing = [k for k in ("action", "count", "status", "code") if k not in fault]
+            if missing:
+                body = json.dumps({"error": f"fault needs {missing}"}).encode()
+                start_response("400 Bad Request", [("Content-Type", "application/json")])
+                return [body]
+            FAULTS.append(fault)
+        elif method == "DELETE":
+            FAULTS.clear()
+        body = json.dumps(FAULTS).encode()
+    start_response(
+        "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
 class Introspection:
-    """WSGI middleware: `/_quiesce/lifecycle-actions` here, everything else to moto."""
+    """WSGI middleware: `/_quiesce/…` here, injected faults, everything else to moto."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/_quiesce/faults":
+            return _faults_endpoint(environ, start_response)
+        if FAULTS:
+            answered = _injected(environ, start_response)
+            if answered is not None:
+                return answered
         if environ.get("PATH_INFO") == "/_quiesce/lifecycle-actions":
             with LOCK:
                 body = json.dumps([a.to_json() for a in ACTIONS]).encode()

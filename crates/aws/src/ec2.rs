@@ -34,6 +34,9 @@ pub struct Ec2 {
 impl Ec2 {
     /// A client with `config`'s credentials, region and endpoint override.
     pub fn new(config: &aws_config::SdkConfig) -> Result<Ec2, Ec2Error> {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(crate::sdk::CONNECT_TIMEOUT));
+        http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(rustls::crypto::ring::default_provider())
             .map_err(|e| Ec2Error {
@@ -42,15 +45,26 @@ impl Ec2 {
             })?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         Ok(Ec2 {
             config: config.clone(),
             http: Client::builder(TokioExecutor::new()).build(https),
         })
     }
 
-    /// The instance's PrivateDnsName; `None` if EC2 does not know the instance.
+    /// The instance's PrivateDnsName; `None` if EC2 does not know the instance. Bounded by
+    /// the SDK's operation timeout, as every other AWS call.
     pub async fn private_dns_name(&self, instance: &str) -> Result<Option<String>, Ec2Error> {
+        match tokio::time::timeout(crate::sdk::OPERATION_TIMEOUT, self.describe(instance)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(Ec2Error {
+                instance: instance.to_string(),
+                message: format!("no answer within {:?}", crate::sdk::OPERATION_TIMEOUT),
+            }),
+        }
+    }
+
+    async fn describe(&self, instance: &str) -> Result<Option<String>, Ec2Error> {
         let fail = |message: String| Ec2Error {
             instance: instance.to_string(),
             message,

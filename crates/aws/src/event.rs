@@ -36,6 +36,10 @@ pub struct LifecycleAction {
     pub token: String,
     /// The hook's NotificationMetadata, if any.
     pub metadata: Option<String>,
+    /// When the instance entered the wait state (the event's `time`, the notification's
+    /// `Time`, RFC 3339): the drain's deadline counts from here, not from when the message
+    /// was read.
+    pub time: Option<String>,
 }
 
 /// What a message turned out to be.
@@ -88,6 +92,7 @@ struct Fields {
     lifecycle_action_token: Option<String>,
     notification_metadata: Option<String>,
     event: Option<String>,
+    time: Option<String>,
 }
 
 /// Parses a message body (an SQS message's body, or a Lambda's event).
@@ -97,8 +102,16 @@ pub fn parse(body: &str) -> Result<Message, EventError> {
     parse_value(&value)
 }
 
-/// Parses an already-decoded message.
+/// Parses an already-decoded message. An SNS notification envelope (an SNS topic between the
+/// hook and the queue, subscribed without raw message delivery) is unwrapped: its `Message`
+/// is the lifecycle message as a JSON string.
 pub fn parse_value(value: &Value) -> Result<Message, EventError> {
+    if value["Type"] == "Notification"
+        && let Some(inner) = value["Message"].as_str()
+        && value["TopicArn"].is_string()
+    {
+        return parse(inner);
+    }
     // A field of the wrong type makes the whole message unusable: the "missing" errors
     // below then name the first field we needed.
     let fields_of = |v: &Value| -> Fields { serde_json::from_value(v.clone()).unwrap_or_default() };
@@ -107,7 +120,9 @@ pub fn parse_value(value: &Value) -> Result<Message, EventError> {
         if !detail_type.ends_with("Lifecycle Action") {
             return Err(EventError::OtherEvent(detail_type.to_string()));
         }
-        fields_of(&value["detail"])
+        let mut fields = fields_of(&value["detail"]);
+        fields.time = value["time"].as_str().map(str::to_string);
+        fields
     } else if value["Service"] == "AWS Auto Scaling" || value["LifecycleTransition"].is_string() {
         fields_of(value)
     } else {
@@ -138,5 +153,6 @@ pub fn parse_value(value: &Value) -> Result<Message, EventError> {
         instance_id: need(fields.ec2_instance_id, "EC2InstanceId")?,
         token: need(fields.lifecycle_action_token, "LifecycleActionToken")?,
         metadata: fields.notification_metadata,
+        time: fields.time,
     }))
 }

@@ -40,6 +40,30 @@ pub enum Completion {
     NotActive,
 }
 
+/// What Auto Scaling says about an action's instance (`DescribeAutoScalingInstances`), checked
+/// before acting: a forged, stale or duplicate message names an instance that is not waiting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceCheck {
+    /// In the message's group, in the wait state of its transition: act.
+    Waiting,
+    /// In the message's group, in another state (the hook is over): the state, e.g.
+    /// `Terminating:Proceed`, `InService`, `Terminating:Retained`.
+    Moved(String),
+    /// No instance of the message's group (terminated already, another group, forged).
+    NotInGroup,
+    /// This implementation cannot tell (the lab's simulated group): act on the message.
+    Unverified,
+}
+
+impl InstanceCheck {
+    /// Whether the instance stays (it is not going away), so that an uncordon does not
+    /// invite pods onto a dying node.
+    pub fn instance_stays(&self) -> bool {
+        matches!(self, InstanceCheck::Moved(state)
+            if state == "InService" || state == "Standby" || state.starts_with("Terminating:Retained"))
+    }
+}
+
 /// An Auto Scaling call that failed; says which call and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{call} for {instance} failed: {message}")]
@@ -52,8 +76,25 @@ pub struct HookError {
     pub message: String,
 }
 
-/// The three lifecycle-hook calls the drainer makes.
+impl HookError {
+    /// Whether Auto Scaling no longer holds the action (completed, or its hook timed out):
+    /// work for it must stop.
+    pub fn is_not_active(&self) -> bool {
+        self.message.contains("No active Lifecycle Action")
+    }
+}
+
+/// The lifecycle-hook calls the drainer makes.
 pub trait LifecycleHooks: Send + Sync {
+    /// Where the action's instance stands (`DescribeAutoScalingInstances`). The default
+    /// cannot tell; the real client asks.
+    fn check(
+        &self,
+        action: &LifecycleAction,
+    ) -> impl Future<Output = Result<InstanceCheck, HookError>> + Send {
+        let _ = action;
+        std::future::ready(Ok(InstanceCheck::Unverified))
+    }
     /// The hook's heartbeat timeout (`DescribeLifecycleHooks`).
     fn timing(
         &self,
@@ -106,6 +147,33 @@ where
 }
 
 impl LifecycleHooks for AutoScaling {
+    async fn check(&self, action: &LifecycleAction) -> Result<InstanceCheck, HookError> {
+        let out = self
+            .client
+            .describe_auto_scaling_instances()
+            .instance_ids(&action.instance_id)
+            .send()
+            .await
+            .map_err(|e| error("DescribeAutoScalingInstances", action, e))?;
+        let Some(found) = out
+            .auto_scaling_instances()
+            .iter()
+            .find(|i| i.auto_scaling_group_name() == Some(action.group.as_str()))
+        else {
+            return Ok(InstanceCheck::NotInGroup);
+        };
+        let state = found.lifecycle_state().unwrap_or_default();
+        let waiting = match action.transition {
+            crate::event::Transition::Terminating => "Terminating:Wait",
+            crate::event::Transition::Launching => "Pending:Wait",
+        };
+        Ok(if state == waiting {
+            InstanceCheck::Waiting
+        } else {
+            InstanceCheck::Moved(state.to_string())
+        })
+    }
+
     async fn timing(&self, action: &LifecycleAction) -> Result<HookTiming, HookError> {
         let out = self
             .client

@@ -81,6 +81,17 @@ fn secs(d: Duration, max: u64) -> i32 {
     d.as_secs().min(max) as i32
 }
 
+/// A long poll answers after up to `wait` with nothing to say: its attempts may take that long
+/// on top of the usual timeout, and no longer.
+fn long_poll_timeouts(wait: Duration) -> aws_config::timeout::TimeoutConfig {
+    let wait = Duration::from_secs(wait.as_secs().min(20));
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(crate::sdk::CONNECT_TIMEOUT)
+        .operation_attempt_timeout(crate::sdk::ATTEMPT_TIMEOUT + wait)
+        .operation_timeout(crate::sdk::OPERATION_TIMEOUT + wait * 3)
+        .build()
+}
+
 impl Queue for Sqs {
     async fn receive(
         &self,
@@ -96,6 +107,10 @@ impl Queue for Sqs {
             .wait_time_seconds(secs(wait, 20))
             .visibility_timeout(secs(visibility, 43_200))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default().timeout_config(long_poll_timeouts(wait)),
+            )
             .send()
             .await
             .map_err(|e| error("ReceiveMessage", e))?;

@@ -1,5 +1,12 @@
 //! The lifecycle action in flight, recorded on the Node as an annotation so that a restarted
 //! drainer resumes it and a duplicate message is recognised instead of run twice.
+//!
+//! The record is also the lock on the node's action: it names the actor holding it
+//! ([`InFlight::holder`]) until when ([`InFlight::held_until`]), and every write of it is
+//! conditional on the Node's resourceVersion, so two drainers (an old and a new leader, two
+//! Lambda invocations, the Lambda and the Deployment) cannot both act on one node. The record
+//! carries its schema version ([`InFlight::version`]): a drainer leaves alone a record written
+//! by a newer schema it does not understand, instead of overwriting what it cannot read.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,6 +14,15 @@ use crate::event::{LifecycleAction, Transition};
 
 /// The Node annotation that holds an [`InFlight`] record as JSON.
 pub const ANNOTATION: &str = "quiesce.io/lifecycle-action";
+
+/// The schema this code writes. 1: the first record (no version field, no holder: written by
+/// unconditional patches); 2: holder and hold time, written with resourceVersion
+/// preconditions.
+pub const SCHEMA: u32 = 2;
+
+fn legacy_schema() -> u32 {
+    1
+}
 
 /// Where the action stands; a restarted drainer picks up from here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +53,9 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InFlight {
+    /// The schema version that wrote the record (absent in version 1).
+    #[serde(rename = "v", default = "legacy_schema")]
+    pub version: u32,
     /// The instance.
     pub instance_id: String,
     /// Its Auto Scaling group.
@@ -54,12 +73,29 @@ pub struct InFlight {
     /// Why it is abandoning or abandoned, for the person who finds the node still there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The actor (drainer replica, Lambda invocation) that holds the action; `None` once
+    /// released or final. Another actor takes over only after [`InFlight::held_until`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// Until when the holder's claim stands unless it renews it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_until: Option<String>,
+    /// Whether the node was already unschedulable before the drainer cordoned it (an
+    /// operator's cordon), so that an uncordon restores what the drainer found.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub found_cordoned: bool,
 }
+
+/// Why an annotation value is no lifecycle record.
+#[derive(Debug, thiserror::Error)]
+#[error("annotation {ANNOTATION} is not a lifecycle record: {0}")]
+pub struct RecordError(#[from] serde_json::Error);
 
 impl InFlight {
     /// A fresh record for `action`, due at `deadline`.
     pub fn new(action: &LifecycleAction, deadline: String) -> InFlight {
         InFlight {
+            version: SCHEMA,
             instance_id: action.instance_id.clone(),
             group: action.group.clone(),
             hook: action.hook.clone(),
@@ -72,6 +108,9 @@ impl InFlight {
             phase: Phase::Received,
             deadline,
             reason: None,
+            holder: None,
+            held_until: None,
+            found_cordoned: false,
         }
     }
 
@@ -86,9 +125,8 @@ impl InFlight {
     }
 
     /// Reads an annotation value; a corrupt one is an error naming the annotation.
-    pub fn from_annotation(value: &str) -> Result<InFlight, String> {
-        serde_json::from_str(value)
-            .map_err(|e| format!("annotation {ANNOTATION} is not a lifecycle record: {e}"))
+    pub fn from_annotation(value: &str) -> Result<InFlight, RecordError> {
+        Ok(serde_json::from_str(value)?)
     }
 }
 
@@ -104,6 +142,7 @@ mod tests {
             instance_id: "i-0abc".into(),
             token: token.into(),
             metadata: None,
+            time: None,
         }
     }
 
@@ -117,7 +156,17 @@ mod tests {
         assert_eq!(back, record);
         assert!(back.is_same(&action("t-1")));
         assert!(!back.is_same(&action("t-2")), "a new token is a new action");
-        let err = InFlight::from_annotation("{oops").unwrap_err();
+        let err = InFlight::from_annotation("{oops").unwrap_err().to_string();
         assert!(err.contains(ANNOTATION), "{err}");
+    }
+
+    #[test]
+    fn a_record_without_a_version_is_schema_1() {
+        let legacy = r#"{"instanceId":"i-0abc","group":"g","hook":"h","token":"t-1","transition":"terminating","phase":"draining","deadline":"2026-11-23T08:30:00Z"}"#;
+        let record = InFlight::from_annotation(legacy).unwrap();
+        assert_eq!(record.version, 1);
+        assert_eq!(record.holder, None);
+        let fresh = InFlight::new(&action("t-1"), String::new()).to_annotation();
+        assert!(fresh.contains(&format!("\"v\":{SCHEMA}")), "{fresh}");
     }
 }

@@ -20,6 +20,7 @@ fn terminate() -> LifecycleAction {
         instance_id: "i-0abc123def4567890".into(),
         token: "87654321-4321-4321-4321-210987654321".into(),
         metadata: None,
+        time: Some("2026-11-23T07:00:00.000Z".into()),
     }
 }
 
@@ -28,6 +29,8 @@ fn eventbridge_and_direct_notifications_parse_to_the_same_action() {
     let via_eventbridge = parse(&fixture("eventbridge-terminate.json")).unwrap();
     let expected = LifecycleAction {
         metadata: Some("cluster=prod".into()),
+        // EventBridge's envelope time, when the instance entered Terminating:Wait.
+        time: Some("2026-11-23T07:00:00Z".into()),
         ..terminate()
     };
     assert_eq!(via_eventbridge, Message::Action(expected));
@@ -79,4 +82,21 @@ fn malformed_and_foreign_messages_are_named() {
     let odd = fixture("sqs-direct-terminate.json")
         .replace("EC2_INSTANCE_TERMINATING", "EC2_INSTANCE_REBOOTING");
     assert!(matches!(parse(&odd), Err(EventError::Transition(t)) if t.ends_with("REBOOTING")));
+}
+
+#[test]
+fn an_sns_wrapped_notification_is_unwrapped() {
+    let inner = fixture("sqs-direct-terminate.json");
+    // The envelope SNS delivers to an SQS subscription without raw message delivery.
+    let envelope = serde_json::json!({
+        "Type": "Notification",
+        "MessageId": "a1b2c3",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:lifecycle",
+        "Subject": "Auto Scaling:  Lifecycle action 'TERMINATING' for instance i-0abc123def4567890",
+        "Message": inner,
+        "Timestamp": "2026-11-23T07:00:00.100Z",
+        "SignatureVersion": "1",
+    })
+    .to_string();
+    assert_eq!(parse(&envelope).unwrap(), Message::Action(terminate()));
 }

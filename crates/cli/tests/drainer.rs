@@ -5,24 +5,9 @@
 #[path = "../../drainer/tests/support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, text))
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -67,19 +52,19 @@ async fn the_binary_leads_serves_metrics_and_completes_a_terminate_hook() {
             .unwrap(),
     );
     bed.wait_for("/readyz 200", Duration::from_secs(20), || async {
-        tokio::task::spawn_blocking(move || get(port, "/readyz"))
+        tokio::task::spawn_blocking(move || support::http_get(port, "/readyz"))
             .await
             .unwrap()
             .is_some_and(|(s, _)| s == 200)
     })
     .await;
-    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+    assert_eq!(support::http_get(port, "/healthz").unwrap().0, 200);
 
     let victim = bed.instances[0].clone();
     bed.terminate(&victim).await;
     bed.wait_result(&victim, "CONTINUE", Duration::from_secs(60))
         .await;
-    let (status, metrics) = get(port, "/metrics").unwrap();
+    let (status, metrics) = support::http_get(port, "/metrics").unwrap();
     assert_eq!(status, 200);
     assert!(
         metrics.contains("quiesce_lifecycle_completions_total{result=\"continue\"} 1"),
@@ -128,4 +113,28 @@ fn nix_kill(pid: u32) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_naming_the_flag() {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_quiesce"))
+            .args(["drainer", "--queue-url", "http://127.0.0.1:9/q"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["--max-concurrent", "0"]);
+    assert!(
+        err.contains("--max-concurrent") && err.contains("at least 1"),
+        "{err}"
+    );
+    let err = run(&["--lease-duration", "500ms"]);
+    assert!(
+        err.contains("--lease-duration") && err.contains("under 1s"),
+        "{err}"
+    );
 }

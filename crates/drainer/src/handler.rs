@@ -1,99 +1,36 @@
-//! One lifecycle message, start to finish: find the node, record the action on it, drain while
-//! heartbeating the hook, complete with CONTINUE or ABANDON, and say what to do with the
-//! message. The same code runs in the long-lived drainer and in the Lambda, which gives it a
-//! time slice and resumes from the record next time.
+//! One lifecycle message, start to finish: find the node, claim the action on it (the record
+//! is the lock, see [`crate::claim`]), drain while heartbeating the hook, complete with
+//! CONTINUE or ABANDON, and say what to do with the message. The same code runs in the
+//! long-lived drainer and in the Lambda, which gives it a time slice and resumes from the
+//! record next time. The launch hook's flow is in [`crate::launch`].
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use quiesce_aws::event::{self, EventError, LifecycleAction, Message, Transition};
 use quiesce_aws::hook::{HookTiming, drain_deadline};
-use quiesce_aws::hooks::{Completion, HookResult, LifecycleHooks};
+use quiesce_aws::hooks::{Completion, HookResult, InstanceCheck, LifecycleHooks};
 use quiesce_aws::record::{InFlight, Phase};
-use quiesce_core::DrainOptions;
-use quiesce_kube::cluster::{Cluster, Cordon};
+use quiesce_kube::cluster::Cluster;
 use quiesce_kube::engine::{DrainSpec, drain};
+use quiesce_kube::events::Reason;
 use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::report::Outcome;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::claim::{Claims, Taken};
+use crate::error::{Error, Result};
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::needs;
-use crate::nodes::{self, NodeIndex};
-
-/// What to do with an instance that is not a node of this cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UnknownInstance {
-    /// Leave the message for the drainer of another cluster reading the same queue.
-    #[default]
-    Ignore,
-    /// Complete the hook with CONTINUE: nothing of ours runs there.
-    Continue,
-}
-
-impl FromStr for UnknownInstance {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "ignore" => Ok(UnknownInstance::Ignore),
-            "continue" => Ok(UnknownInstance::Continue),
-            other => Err(format!(
-                "unknown-instance policy {other:?}: expected ignore or continue"
-            )),
-        }
-    }
-}
-
-/// How the drainer drains. Defaults suit a node that is about to be terminated.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Only act on hooks whose NotificationMetadata names this cluster (plain, or JSON
-    /// `{"cluster": …}`); others are left for their own drainer. Hooks without metadata are
-    /// always ours.
-    pub cluster: Option<String>,
-    /// See [`UnknownInstance`].
-    pub unknown_instance: UnknownInstance,
-    /// Added to the workload-derived drain deadline.
-    pub drain_margin: Duration,
-    /// How long a replacement pod takes to become Ready, for the deadline.
-    pub replacement_startup: Duration,
-    /// How long a launching instance may take to become a Ready node before ABANDON.
-    pub launch_timeout: Duration,
-    /// The drain engine's switches.
-    pub drain: DrainOptions,
-    /// How the node is fenced.
-    pub cordon: Cordon,
-    /// Wait for replacements to be Ready before CONTINUE (see
-    /// [`DrainSpec::replacement_gate`]); off only for the lab's kubectl-drain baseline.
-    pub replacement_gate: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            cluster: None,
-            unknown_instance: UnknownInstance::Ignore,
-            drain_margin: Duration::from_secs(120),
-            replacement_startup: Duration::from_secs(60),
-            launch_timeout: Duration::from_secs(600),
-            drain: DrainOptions {
-                // The node's disks go with the instance: emptyDir data is lost either way.
-                delete_emptydir_data: true,
-                ..DrainOptions::default()
-            },
-            cordon: Cordon::default(),
-            replacement_gate: true,
-        }
-    }
-}
+use crate::nodes::NodeIndex;
+use crate::settings::{Settings, UnknownInstance};
 
 /// How a handled action ended, for logs, metrics and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +45,9 @@ pub enum Done {
     Duplicate,
     /// Not a node of ours and the policy is `continue`.
     UnknownContinued,
+    /// The hook was no longer active (it timed out, or was completed elsewhere): the work
+    /// stopped, and the node was uncordoned only if its instance stays.
+    Expired,
 }
 
 /// What the queue should do with the message.
@@ -115,8 +55,8 @@ pub enum Done {
 pub enum Disposition {
     /// The hook is completed (or there was nothing to do): delete the message.
     Done(Done),
-    /// Work remains (the slice ended, a transient error): keep the message; it comes back and
-    /// the record on the node resumes the action.
+    /// Work remains (the slice ended, a transient error, another actor holds the node): keep
+    /// the message; it comes back and the record on the node resumes the action.
     Later(String),
     /// Not ours: leave it for the drainer it belongs to.
     Leave(String),
@@ -126,14 +66,17 @@ pub enum Disposition {
 
 /// The message handler. One per process; cheap to share behind an `Arc`.
 pub struct Handler<H> {
-    cluster: KubeCluster,
-    client: Client,
-    nodes: NodeIndex,
-    hooks: H,
-    settings: Settings,
-    metrics: Arc<Metrics>,
+    pub(crate) cluster: KubeCluster,
+    pub(crate) client: Client,
+    pub(crate) nodes: NodeIndex,
+    pub(crate) hooks: H,
+    pub(crate) settings: Settings,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) claims: Claims,
+    liveness: Arc<Liveness>,
+    drains: tokio::sync::Semaphore,
     active: Mutex<HashSet<String>>,
-    launches: Mutex<HashMap<String, Instant>>,
+    pub(crate) launches: Mutex<HashMap<String, Instant>>,
 }
 
 /// Removes a token from the active set when its work ends, however it ends.
@@ -145,11 +88,22 @@ impl Drop for Active<'_> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-type Step<T> = Result<T, String>;
+/// A name no other handler has: host, process and a per-process count.
+fn unique_identity() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "drainer".into());
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 impl<H: LifecycleHooks> Handler<H> {
     /// A handler talking to `client` and `hooks`.
@@ -160,13 +114,17 @@ impl<H: LifecycleHooks> Handler<H> {
         settings: Settings,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let identity = settings.identity.clone().unwrap_or_else(unique_identity);
         Handler {
+            drains: tokio::sync::Semaphore::new(settings.max_drains.max(1)),
             cluster: KubeCluster::new(client.clone()),
+            claims: Claims::new(client.clone(), identity, settings.claim_hold),
             client,
             nodes,
             hooks,
             settings,
             metrics,
+            liveness: Arc::default(),
             active: Mutex::default(),
             launches: Mutex::default(),
         }
@@ -177,9 +135,19 @@ impl<H: LifecycleHooks> Handler<H> {
         &self.metrics
     }
 
+    /// The loops serving this handler, for `/healthz`.
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
+    }
+
     /// Whether the node index is ready for lookups.
     pub fn ready(&self) -> bool {
         self.nodes.ready()
+    }
+
+    /// This handler's name in the records it claims.
+    pub fn identity(&self) -> &str {
+        self.claims.identity()
     }
 
     /// Handles one message body. Work stops at `slice_end` (the Lambda's deadline) with
@@ -210,13 +178,16 @@ impl<H: LifecycleHooks> Handler<H> {
         let span = tracing::info_span!("lifecycle", instance = %action.instance_id, group = %action.group, transition = ?action.transition);
         let result = async {
             match action.transition {
-                Transition::Terminating => self.terminate(&action, slice_end).await,
+                Transition::Terminating => self.terminate_retrying(&action, slice_end).await,
                 Transition::Launching => self.launch(&action, slice_end).await,
             }
         }
         .instrument(span)
         .await;
-        result.unwrap_or_else(Disposition::Later)
+        result.unwrap_or_else(|err| {
+            tracing::info!(%err, transient = err.is_transient(), "stopped short");
+            Disposition::Later(err.to_string())
+        })
     }
 
     fn other_cluster(&self, action: &LifecycleAction) -> Option<String> {
@@ -232,39 +203,203 @@ impl<H: LifecycleHooks> Handler<H> {
         (named != ours).then_some(named)
     }
 
-    async fn terminate(
+    /// The terminate flow, heartbeated from receipt, with every transient failure retried in
+    /// place (backing off up to [`Settings::max_retry_pause`]) until it succeeds, fails for
+    /// good, or the slice ends: the message stays hidden meanwhile, so an API server outage
+    /// does not burn its receives towards the dead-letter queue.
+    async fn terminate_retrying(
         &self,
         action: &LifecycleAction,
         slice_end: Option<Instant>,
-    ) -> Step<Disposition> {
-        let node = self
-            .nodes
-            .find(&action.instance_id)
+    ) -> Result<Disposition> {
+        let timing = self
+            .retrying(slice_end, || async { Ok(self.hooks.timing(action).await?) })
+            .await?;
+        let result = self
+            .heartbeating(
+                action,
+                timing,
+                // Boxed: the drain's future is large enough to overflow a worker thread's
+                // stack when held inline through the retry and heartbeat layers.
+                self.retrying(slice_end, || {
+                    Box::pin(self.terminate(action, timing, slice_end))
+                }),
+            )
+            .await;
+        match result {
+            Err(Error::HookGone { .. }) | Ok(Err(Error::HookGone { .. })) => {
+                self.retrying(slice_end, || Box::pin(self.after_hook_gone(action)))
+                    .await
+            }
+            Err(err) => Err(err),
+            Ok(done) => done,
+        }
+    }
+
+    /// The heartbeat said the action is gone: look at the instance and finish the record.
+    async fn after_hook_gone(&self, action: &LifecycleAction) -> Result<Disposition> {
+        let check = self.hooks.check(action).await?;
+        match self.nodes.find(&action.instance_id).await? {
+            Some(node) => self.expired(action, &node, check).await,
+            None => {
+                self.metrics.drain("expired", None);
+                Ok(Disposition::Done(Done::Expired))
+            }
+        }
+    }
+
+    /// The hook is over without us: stop, and record why. An action of ours in flight on the
+    /// node is finished: the node is uncordoned only if the instance stays (pods must not be
+    /// invited onto a dying node) and only if the drainer cordoned it.
+    async fn expired(
+        &self,
+        action: &LifecycleAction,
+        node: &k8s_openapi::api::core::v1::Node,
+        check: InstanceCheck,
+    ) -> Result<Disposition> {
+        let name = node.name_any();
+        self.metrics.drain("expired", None);
+        let in_flight =
+            crate::nodes::record_of(node).is_some_and(|r| r.is_same(action) && !r.phase.is_final());
+        if !in_flight {
+            tracing::info!(node = %name, ?check, "the instance is not waiting for this hook: not acting on a stale or duplicate message");
+            return Ok(Disposition::Done(Done::Expired));
+        }
+        let mut record = match self.claims.take(node, action).await? {
+            Taken::Final(_) => return Ok(Disposition::Done(Done::Duplicate)),
+            Taken::Resumed(record) | Taken::Fresh(record) => record,
+        };
+        let restore = check.instance_stays() && !record.found_cordoned;
+        if restore {
+            self.cluster
+                .uncordon(&name, &self.settings.cordon)
+                .await
+                .map_err(|source| Error::Drain {
+                    node: name.clone(),
+                    source,
+                })?;
+        }
+        let reason = format!(
+            "the lifecycle hook is no longer active (instance: {check:?}); the node {}",
+            if restore {
+                "is uncordoned: the instance stays"
+            } else if record.found_cordoned {
+                "stays cordoned as it was found"
+            } else {
+                "stays cordoned: the instance is going"
+            }
+        );
+        tracing::warn!(node = %name, %reason, "stopped");
+        if let Err(err) = self
+            .cluster
+            .event(&name, Reason::LifecycleExpired, &reason)
             .await
-            .map_err(|e| format!("looking up the node of {}: {e}", action.instance_id))?;
+        {
+            tracing::warn!(%err, "could not record the event");
+        }
+        record.phase = Phase::Abandoned;
+        record.reason = Some(reason);
+        self.finish(&name, &mut record).await;
+        Ok(Disposition::Done(Done::Expired))
+    }
+
+    /// Runs `step` until it succeeds or fails for good; a transient failure is tried again
+    /// after a pause doubling from 1 s, unless the pause would end past `slice_end`.
+    async fn retrying<T, F, Fut>(&self, slice_end: Option<Instant>, mut step: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut pause = Duration::from_secs(1);
+        let mut tries = 0u32;
+        loop {
+            match step().await {
+                Err(err) if err.is_transient() => {
+                    tries += 1;
+                    if slice_end.is_some_and(|end| Instant::now() + pause >= end) {
+                        return Err(err);
+                    }
+                    tracing::warn!(%err, tries, ?pause, "transient failure; retrying in place");
+                    self.metrics.retry();
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.settings.max_retry_pause);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn terminate(
+        &self,
+        action: &LifecycleAction,
+        timing: HookTiming,
+        slice_end: Option<Instant>,
+    ) -> Result<Disposition> {
+        let node = self.nodes.find(&action.instance_id).await?;
         let Some(node) = node else {
             return self.unknown(action).await;
         };
         let name = node.name_any();
-        let timing = self.timing(action).await?;
-        let mut record = match nodes::record_of(&node) {
-            Some(record) if record.is_same(action) => {
-                if record.phase.is_final() {
-                    tracing::info!(node = %name, phase = ?record.phase, "duplicate message: the hook was completed before");
-                    return Ok(Disposition::Done(Done::Duplicate));
-                }
+        let check = self.hooks.check(action).await?;
+        if !matches!(check, InstanceCheck::Waiting | InstanceCheck::Unverified) {
+            return self.expired(action, &node, check).await;
+        }
+        let mut record = match self.claims.take(&node, action).await? {
+            Taken::Final(record) => {
+                tracing::info!(node = %name, phase = ?record.phase, "duplicate message: the hook was completed before");
+                return Ok(Disposition::Done(Done::Duplicate));
+            }
+            Taken::Resumed(record) => {
                 tracing::info!(node = %name, phase = ?record.phase, "resuming the action recorded on the node");
                 record
             }
-            _ => self.start(action, &name, timing).await?,
+            Taken::Fresh(record) => record,
         };
+        let result = self
+            .run_phases(action, &name, &mut record, timing, slice_end)
+            .await;
+        if !matches!(
+            result,
+            Ok(Disposition::Done(_)) | Err(Error::LostClaim { .. })
+        ) {
+            // Whoever gets the message next need not wait for the claim to lapse.
+            if let Err(err) = self.claims.release(&name, &mut record).await {
+                tracing::info!(node = %name, %err, "could not release the claim; it lapses");
+            }
+        }
+        result
+    }
+
+    /// Runs the action from the phase its record is in until it is final or must pause.
+    async fn run_phases(
+        &self,
+        action: &LifecycleAction,
+        name: &str,
+        record: &mut InFlight,
+        timing: HookTiming,
+        slice_end: Option<Instant>,
+    ) -> Result<Disposition> {
         loop {
             match record.phase {
-                Phase::Received | Phase::Draining => {
-                    match self
-                        .drain_slice(action, &name, &record, timing, slice_end)
-                        .await?
-                    {
+                Phase::Received => {
+                    record.deadline = self.deadline(action, name, timing).await?;
+                    record.phase = Phase::Draining;
+                    tracing::info!(node = %name, deadline = %record.deadline, "draining for the terminate hook");
+                    self.claims.write(name, record).await?;
+                }
+                Phase::Draining if !self.cordoned(name).await? => {
+                    // At once, before waiting for a drain slot: no new pod lands on a node
+                    // that is going, however many actions arrived together.
+                    self.cluster
+                        .cordon(name, &self.settings.cordon)
+                        .await
+                        .map_err(|source| Error::Drain {
+                            node: name.to_string(),
+                            source,
+                        })?;
+                }
+                Phase::Draining => {
+                    match self.drain_slice(name, record, slice_end).await? {
                         SliceEnd::Drained => record.phase = Phase::Completing,
                         SliceEnd::GiveUp(reason) => {
                             record.phase = Phase::Abandoning;
@@ -272,34 +407,16 @@ impl<H: LifecycleHooks> Handler<H> {
                         }
                         SliceEnd::Paused(why) => return Ok(Disposition::Later(why)),
                     }
-                    self.save(&name, &record).await?;
+                    self.claims.write(name, record).await?;
                 }
                 Phase::Completing => {
                     self.complete(action, HookResult::Continue).await?;
                     record.phase = Phase::Continued;
-                    self.save_after_completion(&name, &record).await;
+                    self.finish(name, record).await;
                     return Ok(Disposition::Done(Done::Continued));
                 }
                 Phase::Abandoning => {
-                    self.cluster
-                        .uncordon(&name, &self.settings.cordon)
-                        .await
-                        .map_err(|e| format!("uncordoning {name} before ABANDON: {e}"))?;
-                    let reason = record.reason.clone().unwrap_or_default();
-                    if let Err(err) = self
-                        .cluster
-                        .event(
-                            &name,
-                            quiesce_kube::events::Reason::LifecycleAbandoned,
-                            &format!("node uncordoned and the terminate hook abandoned: {reason}"),
-                        )
-                        .await
-                    {
-                        tracing::warn!(%err, "could not record the event");
-                    }
-                    self.complete(action, HookResult::Abandon).await?;
-                    record.phase = Phase::Abandoned;
-                    self.save_after_completion(&name, &record).await;
+                    self.abandon(action, name, record).await?;
                     return Ok(Disposition::Done(Done::Abandoned));
                 }
                 Phase::Continued | Phase::Abandoned => {
@@ -309,56 +426,98 @@ impl<H: LifecycleHooks> Handler<H> {
         }
     }
 
-    async fn timing(&self, action: &LifecycleAction) -> Step<HookTiming> {
-        self.hooks.timing(action).await.map_err(|e| e.to_string())
+    /// Uncordons (unless an operator had cordoned the node before the hook), says why on the
+    /// node, and sends ABANDON.
+    async fn abandon(
+        &self,
+        action: &LifecycleAction,
+        name: &str,
+        record: &mut InFlight,
+    ) -> Result<()> {
+        let reason = record.reason.clone().unwrap_or_default();
+        let message = if record.found_cordoned {
+            format!("terminate hook abandoned (the node stays cordoned as it was found): {reason}")
+        } else {
+            self.cluster
+                .uncordon(name, &self.settings.cordon)
+                .await
+                .map_err(|source| Error::Drain {
+                    node: name.to_string(),
+                    source,
+                })?;
+            format!("node uncordoned and the terminate hook abandoned: {reason}")
+        };
+        if let Err(err) = self
+            .cluster
+            .event(name, Reason::LifecycleAbandoned, &message)
+            .await
+        {
+            tracing::warn!(%err, "could not record the event");
+        }
+        self.complete(action, HookResult::Abandon).await?;
+        record.phase = Phase::Abandoned;
+        self.finish(name, record).await;
+        Ok(())
     }
 
-    /// A new action: work out its deadline and record it before anything changes.
-    async fn start(
+    /// Whether the node is unschedulable now.
+    async fn cordoned(&self, node: &str) -> Result<bool> {
+        let found = self
+            .nodes
+            .get(node)
+            .await
+            .map_err(|e| Error::kube(format!("reading node {node}"), e))?;
+        Ok(found
+            .and_then(|n| n.spec)
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false))
+    }
+
+    /// The drain's deadline from the node's workload, as an RFC 3339 time.
+    /// It counts from when the instance entered the wait state (the event's time), not from
+    /// when the message was read: after an outage the hook has less time left.
+    async fn deadline(
         &self,
         action: &LifecycleAction,
         node: &str,
         timing: HookTiming,
-    ) -> Step<InFlight> {
+    ) -> Result<String> {
         let snapshot = self
             .cluster
             .snapshot()
             .await
-            .map_err(|e| format!("reading the cluster: {e}"))?;
+            .map_err(|source| Error::Drain {
+                node: node.to_string(),
+                source,
+            })?;
         let needs = needs::of(&snapshot, node, self.settings.replacement_startup);
         let allowed = drain_deadline(needs, timing, self.settings.drain_margin);
-        let deadline = Timestamp::now()
-            .checked_add(SignedDuration::from_secs(allowed.as_secs() as i64))
-            .map_err(|e| e.to_string())?;
-        let mut record = InFlight::new(action, deadline.to_string());
-        record.phase = Phase::Draining;
-        tracing::info!(%node, deadline = %record.deadline, ?needs, "draining for the terminate hook");
-        self.save(node, &record).await?;
-        Ok(record)
+        tracing::info!(%node, ?needs, "deadline from the workload");
+        let allowed = SignedDuration::try_from(allowed).unwrap_or(SignedDuration::MAX);
+        let now = Timestamp::now();
+        let since = action
+            .time
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .filter(|t| *t <= now)
+            .unwrap_or(now);
+        Ok(since.checked_add(allowed).unwrap_or(now).to_string())
     }
 
-    async fn save(&self, node: &str, record: &InFlight) -> Step<()> {
-        self.nodes
-            .write_record(node, record)
-            .await
-            .map_err(|e| format!("recording the action on {node}: {e}"))
-    }
-
-    /// After completion the instance may already be going: a missing node is fine.
-    async fn save_after_completion(&self, node: &str, record: &InFlight) {
-        if let Err(err) = self.nodes.write_record(node, record).await {
-            tracing::info!(%node, %err, "could not mark the record final (the node may be gone)");
+    /// After completion the instance may already be going: failing to mark the record final
+    /// is logged, not an error (the hook answers a repeat with "not active").
+    async fn finish(&self, node: &str, record: &mut InFlight) {
+        if let Err(err) = self.claims.release(node, record).await {
+            tracing::info!(%node, %err, "could not mark the record final");
         }
     }
 
     async fn drain_slice(
         &self,
-        action: &LifecycleAction,
         node: &str,
         record: &InFlight,
-        timing: HookTiming,
         slice_end: Option<Instant>,
-    ) -> Step<SliceEnd> {
+    ) -> Result<SliceEnd> {
         let deadline = Instant::now() + remaining(&record.deadline)?;
         let stop = slice_end.map_or(deadline, |s| s.min(deadline));
         let now = Instant::now();
@@ -381,9 +540,15 @@ impl<H: LifecycleHooks> Handler<H> {
             replacement_gate: self.settings.replacement_gate,
         };
         let report = self
-            .heartbeating(action, timing, drain(&self.cluster, &spec, &|_, _| {}))
-            .await
-            .map_err(|e| format!("draining {node}: {e}"))?;
+            .renewing(node, record, async {
+                let _slot = self.drains.acquire().await;
+                Box::pin(drain(&self.cluster, &spec, &|_, _| {})).await
+            })
+            .await?
+            .map_err(|source| Error::Drain {
+                node: node.to_string(),
+                source,
+            })?;
         Ok(match report.outcome {
             Outcome::Drained => {
                 self.metrics.drain("drained", Some(&report));
@@ -402,24 +567,31 @@ impl<H: LifecycleHooks> Handler<H> {
                     report.error.unwrap_or_default()
                 ))
             }
-            Outcome::Failed => {
+            Outcome::Failed if slice_end.is_some_and(|end| Instant::now() >= end) => {
                 self.metrics.drain("paused", Some(&report));
                 SliceEnd::Paused(format!(
-                    "drain of {node} not finished yet: {}",
+                    "drain of {node} not finished in this slice: {}",
                     report.error.unwrap_or_default()
                 ))
+            }
+            Outcome::Failed => {
+                self.metrics.drain("paused", Some(&report));
+                return Err(Error::Unfinished {
+                    node: node.to_string(),
+                    why: report.error.unwrap_or_default(),
+                });
             }
         })
     }
 
-    /// Runs `work`, heartbeating the hook at a third of its timeout (the first at once, which
-    /// also restarts the clock after a drainer restart).
-    async fn heartbeating<F: Future>(
+    /// Runs `work` while heartbeating the hook at a third of its timeout (the first at once,
+    /// which also restarts the clock after a drainer restart).
+    pub(crate) async fn heartbeating<F: Future>(
         &self,
         action: &LifecycleAction,
         timing: HookTiming,
         work: F,
-    ) -> F::Output {
+    ) -> Result<F::Output> {
         let beats = async {
             let mut tick =
                 tokio::time::interval(timing.heartbeat_every().max(Duration::from_secs(1)));
@@ -428,6 +600,12 @@ impl<H: LifecycleHooks> Handler<H> {
                 tick.tick().await;
                 match self.hooks.heartbeat(action).await {
                     Ok(()) => self.metrics.heartbeat("ok"),
+                    Err(err) if err.is_not_active() => {
+                        self.metrics.heartbeat("not-active");
+                        return Error::HookGone {
+                            instance: action.instance_id.clone(),
+                        };
+                    }
                     Err(err) => {
                         tracing::warn!(%err, "heartbeat failed");
                         self.metrics.heartbeat("error");
@@ -436,12 +614,53 @@ impl<H: LifecycleHooks> Handler<H> {
             }
         };
         tokio::select! {
-            out = work => out,
-            () = beats => unreachable!("the heartbeat loop never ends"),
+            out = work => Ok(out),
+            err = beats => Err(err),
         }
     }
 
-    async fn complete(&self, action: &LifecycleAction, result: HookResult) -> Step<()> {
+    /// Runs `work` while renewing our claim on `node`'s action. The work is dropped as soon
+    /// as the claim is lost ([`Error::LostClaim`]), or could not be renewed for the whole
+    /// hold time (the renew deadline: another actor may take over from then on; a transient
+    /// error, so the action is tried again, claim first).
+    async fn renewing<F: Future>(
+        &self,
+        node: &str,
+        record: &InFlight,
+        work: F,
+    ) -> Result<F::Output> {
+        let renewals = async {
+            let mut record = record.clone();
+            let mut renewed = Instant::now();
+            let mut tick =
+                tokio::time::interval(self.claims.renew_every().max(Duration::from_millis(100)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match self.claims.write(node, &mut record).await {
+                    Ok(()) => renewed = Instant::now(),
+                    Err(err) if err.is_transient() => {
+                        tracing::warn!(%err, "renewing the claim failed");
+                        if renewed.elapsed() >= self.claims.hold() {
+                            return err;
+                        }
+                    }
+                    Err(err) => return err,
+                }
+            }
+        };
+        tokio::select! {
+            out = work => Ok(out),
+            err = renewals => Err(err),
+        }
+    }
+
+    pub(crate) async fn complete(
+        &self,
+        action: &LifecycleAction,
+        result: HookResult,
+    ) -> Result<()> {
         match self.hooks.complete(action, result).await {
             Ok(Completion::Completed) => {
                 tracing::info!(result = result.as_str(), "lifecycle action completed");
@@ -458,12 +677,12 @@ impl<H: LifecycleHooks> Handler<H> {
             }
             Err(err) => {
                 self.metrics.completion("error");
-                Err(err.to_string())
+                Err(err.into())
             }
         }
     }
 
-    async fn unknown(&self, action: &LifecycleAction) -> Step<Disposition> {
+    async fn unknown(&self, action: &LifecycleAction) -> Result<Disposition> {
         match self.settings.unknown_instance {
             UnknownInstance::Ignore => Ok(Disposition::Leave(format!(
                 "instance {} is not a node of this cluster",
@@ -476,72 +695,6 @@ impl<H: LifecycleHooks> Handler<H> {
             }
         }
     }
-
-    /// A launching instance: CONTINUE once its node is registered and Ready with its
-    /// DaemonSet pods Ready; ABANDON (the instance is replaced) after the launch timeout.
-    async fn launch(
-        &self,
-        action: &LifecycleAction,
-        slice_end: Option<Instant>,
-    ) -> Step<Disposition> {
-        let timing = self.timing(action).await?;
-        let first = *lock(&self.launches)
-            .entry(action.token.clone())
-            .or_insert_with(Instant::now);
-        let give_up = first + self.settings.launch_timeout;
-        let stop = slice_end.map_or(give_up, |s| s.min(give_up));
-        let ready = self
-            .heartbeating(action, timing, async {
-                loop {
-                    match self.launched(action).await {
-                        Ok(true) => return true,
-                        Ok(false) => {}
-                        Err(err) => tracing::warn!(%err, "checking the new node"),
-                    }
-                    if Instant::now() >= stop {
-                        return false;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1).min(stop - Instant::now())).await;
-                }
-            })
-            .await;
-        if ready {
-            self.complete(action, HookResult::Continue).await?;
-            lock(&self.launches).remove(&action.token);
-            return Ok(Disposition::Done(Done::Continued));
-        }
-        if Instant::now() >= give_up {
-            self.complete(action, HookResult::Abandon).await?;
-            lock(&self.launches).remove(&action.token);
-            return Ok(Disposition::Done(Done::Abandoned));
-        }
-        Ok(Disposition::Later(format!(
-            "instance {} is not a Ready node yet",
-            action.instance_id
-        )))
-    }
-
-    async fn launched(&self, action: &LifecycleAction) -> Result<bool, kube::Error> {
-        let Some(node) = self.nodes.find(&action.instance_id).await? else {
-            return Ok(false);
-        };
-        if !nodes::is_ready(&node) {
-            return Ok(false);
-        }
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let on_node = pods
-            .list(&ListParams::default().fields(&format!("spec.nodeName={}", node.name_any())))
-            .await?;
-        Ok(on_node
-            .items
-            .iter()
-            .filter(|p| {
-                p.owner_references()
-                    .iter()
-                    .any(|o| o.kind == "DaemonSet" && o.controller == Some(true))
-            })
-            .all(quiesce_core::gate::is_ready))
-    }
 }
 
 enum SliceEnd {
@@ -551,10 +704,14 @@ enum SliceEnd {
 }
 
 /// Time left until an RFC 3339 deadline (zero once passed).
-fn remaining(deadline: &str) -> Step<Duration> {
-    let deadline: Timestamp = deadline
-        .parse()
-        .map_err(|e| format!("record deadline {deadline:?} is not an RFC 3339 time: {e}"))?;
-    let left = deadline.duration_since(Timestamp::now());
+fn remaining(deadline: &str) -> Result<Duration> {
+    let at: Timestamp =
+        deadline
+            .parse()
+            .map_err(|e: k8s_openapi::jiff::Error| Error::Deadline {
+                deadline: deadline.to_string(),
+                reason: e.to_string(),
+            })?;
+    let left = at.duration_since(Timestamp::now());
     Ok(Duration::try_from(left).unwrap_or(Duration::ZERO))
 }

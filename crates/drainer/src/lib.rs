@@ -1,18 +1,30 @@
 //! The lifecycle-hook drainer (seed 000's architecture): an Auto Scaling lifecycle hook holds a
 //! terminating instance, the drainer drains its node, then completes the hook.
 //!
-//! - [`handler`]: one message, start to finish, restart-safe through the record on the Node;
+//! - [`handler`]: one terminate message, start to finish, restart-safe through the record on
+//!   the Node; [`launch`]: the launch hook;
+//! - [`claim`]: the record on the Node as the lock that keeps one actor per node's action;
 //! - [`worker`]: the queue loop (visibility kept while working, delete only when done);
 //! - [`service`]: the in-cluster Deployment's leader election and HTTP endpoints;
-//! - [`nodes`], [`needs`], [`lease`], [`metrics`]: the parts they share.
+//! - [`settings`], [`error`], [`client`], [`nodes`], [`needs`], [`lease`], [`liveness`],
+//!   [`metrics`]: the parts they
+//!   share.
 
+pub mod claim;
+pub mod client;
+pub mod error;
 pub mod handler;
+pub mod launch;
 pub mod lease;
+pub mod liveness;
 pub mod metrics;
 pub mod needs;
 pub mod nodes;
 pub mod service;
+pub mod settings;
 pub mod worker;
 
-pub use handler::{Disposition, Done, Handler, Settings, UnknownInstance};
+pub use error::Error;
+pub use handler::{Disposition, Done, Handler};
+pub use settings::{Settings, UnknownInstance};
 pub use worker::{BadMessage, WorkerSettings};

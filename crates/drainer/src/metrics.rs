@@ -19,6 +19,8 @@ pub struct Metrics {
     heartbeats: Family<Labels, Counter>,
     completions: Family<Labels, Counter>,
     messages: Family<Labels, Counter>,
+    retries: Counter,
+    redeliveries: Counter,
 }
 
 fn phase_histogram() -> Histogram {
@@ -64,7 +66,21 @@ impl Default for Metrics {
             "Queue messages by what became of them",
             messages.clone(),
         );
+        let retries = Counter::default();
+        let redeliveries = Counter::default();
+        registry.register(
+            "retries_in_place",
+            "Steps retried in place after a transient failure (the message kept hidden)",
+            retries.clone(),
+        );
+        registry.register(
+            "sqs_redeliveries",
+            "Messages received again (ApproximateReceiveCount above 1): each brings the dead-letter queue closer",
+            redeliveries.clone(),
+        );
         Metrics {
+            retries,
+            redeliveries,
             registry,
             drains,
             phases,
@@ -130,6 +146,16 @@ impl Metrics {
         self.messages
             .get_or_create(&label("outcome", outcome))
             .inc();
+    }
+
+    /// A step failed transiently and is tried again in place.
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    /// A message arrived again after an earlier receive.
+    pub fn redelivery(&self) {
+        self.redeliveries.inc();
     }
 
     /// The text exposition format.

@@ -11,14 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use quiesce_aws::ec2::Ec2;
 use quiesce_aws::instance::instance_id;
 use quiesce_aws::record::{ANNOTATION, InFlight};
-use serde_json::json;
+
+use crate::error::{Error, Result};
 
 /// Where the drainer looks nodes up.
 #[derive(Clone)]
@@ -81,20 +82,25 @@ impl NodeIndex {
         self.synced.load(Ordering::Relaxed)
     }
 
-    /// The node whose providerID names `instance`, read fresh from the API server.
-    pub async fn find(&self, instance: &str) -> Result<Option<Node>, kube::Error> {
-        let name = match &self.store {
-            Some(store) => store
-                .state()
-                .iter()
-                .find(|n| provider_instance(n) == Some(instance))
-                .map(|n| n.name_any()),
-            None => None,
-        };
-        if let Some(name) = name {
-            return self.api.get_opt(&name).await;
+    /// The node whose providerID names `instance`, read fresh from the API server. A node
+    /// without an AWS providerID may be it by PrivateDnsName; one whose providerID names
+    /// another instance never is. An EC2 error fails the lookup: "no such node" would let
+    /// `--unknown-instance continue` complete the hook of a live node.
+    pub async fn find(&self, instance: &str) -> Result<Option<Node>> {
+        let doing = || format!("looking up the node of {instance}");
+        if let Some(name) = self.cached(instance) {
+            return self
+                .api
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::kube(doing(), e));
         }
-        let nodes = self.api.list(&ListParams::default()).await?.items;
+        let nodes = self
+            .api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| Error::kube(doing(), e))?
+            .items;
         if let Some(node) = nodes
             .iter()
             .find(|n| provider_instance(n) == Some(instance))
@@ -104,40 +110,47 @@ impl NodeIndex {
         let Some(ec2) = &self.ec2 else {
             return Ok(None);
         };
-        let dns = match ec2.private_dns_name(instance).await {
-            Ok(Some(dns)) => dns,
-            Ok(None) => return Ok(None),
-            Err(err) => {
-                tracing::warn!(%err, "the PrivateDnsName fallback failed");
-                return Ok(None);
-            }
+        let Some(dns) = ec2.private_dns_name(instance).await? else {
+            return Ok(None);
         };
         Ok(nodes.into_iter().find(|n| {
-            n.name_any() == dns
-                || n.status
-                    .as_ref()
-                    .and_then(|s| s.addresses.as_ref())
-                    .into_iter()
-                    .flatten()
-                    .any(|a| {
-                        matches!(a.type_.as_str(), "InternalDNS" | "Hostname") && a.address == dns
-                    })
+            !has_aws_provider(n)
+                && (n.name_any() == dns
+                    || n.status
+                        .as_ref()
+                        .and_then(|s| s.addresses.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .any(|a| {
+                            matches!(a.type_.as_str(), "InternalDNS" | "Hostname")
+                                && a.address == dns
+                        }))
         }))
+    }
+
+    /// The name of the node whose providerID names `instance`, as the watched index knows it
+    /// (`None` for a listed index, or when the index has not seen it).
+    pub fn cached(&self, instance: &str) -> Option<String> {
+        self.store
+            .as_ref()?
+            .state()
+            .iter()
+            .find(|n| provider_instance(n) == Some(instance))
+            .map(|n| n.name_any())
     }
 
     /// The node by name, fresh.
     pub async fn get(&self, name: &str) -> Result<Option<Node>, kube::Error> {
         self.api.get_opt(name).await
     }
+}
 
-    /// Writes (or replaces) the in-flight record on the node.
-    pub async fn write_record(&self, node: &str, record: &InFlight) -> Result<(), kube::Error> {
-        let patch = json!({"metadata": {"annotations": {ANNOTATION: record.to_annotation()}}});
-        self.api
-            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map(|_| ())
-    }
+/// Whether the node's providerID is an AWS one (then it names its instance exactly).
+fn has_aws_provider(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .is_some_and(|p| p.starts_with("aws://"))
 }
 
 fn provider_instance(node: &Node) -> Option<&str> {

@@ -38,8 +38,10 @@ impl FromStr for BadMessage {
 /// How the loop reads the queue.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
-    /// Messages handled at once.
-    pub max_concurrent: usize,
+    /// Messages in hand at once. Each is claimed, cordoned and heartbeated as soon as it is
+    /// received; [`crate::Settings::max_drains`] bounds the drains among them. Generous: a
+    /// message left in the queue is heartbeated by nobody.
+    pub max_in_hand: usize,
     /// Visibility while a message is worked on; extended every half of it.
     pub visibility: Duration,
     /// Long-poll wait.
@@ -48,16 +50,20 @@ pub struct WorkerSettings {
     pub retry_after: Duration,
     /// See [`BadMessage`].
     pub bad_message: BadMessage,
+    /// How long past its long-poll wait a receive may take before the loop counts as stuck
+    /// and `/healthz` fails; the SQS client's own timeout for the call is shorter.
+    pub receive_slack: Duration,
 }
 
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
-            max_concurrent: 4,
+            max_in_hand: 200,
             visibility: Duration::from_secs(60),
             wait: Duration::from_secs(20),
             retry_after: Duration::from_secs(10),
             bad_message: BadMessage::Delete,
+            receive_slack: Duration::from_secs(60),
         }
     }
 }
@@ -74,13 +80,19 @@ pub async fn run<Q, H>(
 {
     let mut tasks = JoinSet::new();
     let mut failures = 0u32;
+    let live = handler.liveness().clone();
+    // A round takes at most one long poll, bounded by the queue client's own timeout.
+    let promise = settings.wait + settings.receive_slack;
     while !*stop.borrow() {
+        live.beat("queue", promise);
         while tasks.try_join_next().is_some() {}
-        let free = settings.max_concurrent.saturating_sub(tasks.len());
+        let free = settings.max_in_hand.saturating_sub(tasks.len());
         if free == 0 {
             tokio::select! {
                 _ = tasks.join_next() => {}
                 _ = stop.changed() => {}
+                // Come round anyway, so a long drain does not look like a stuck loop.
+                _ = tokio::time::sleep(settings.wait) => {}
             }
             continue;
         }
@@ -115,6 +127,7 @@ pub async fn run<Q, H>(
                 failures = (failures + 1).min(6);
                 let pause = Duration::from_secs(1 << failures);
                 tracing::warn!(%err, ?pause, "receiving from the queue failed");
+                live.beat("queue", pause + promise);
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.changed() => {}
@@ -122,6 +135,7 @@ pub async fn run<Q, H>(
             }
         }
     }
+    live.forget("queue");
     while tasks.join_next().await.is_some() {}
 }
 
@@ -133,6 +147,11 @@ pub async fn process<Q: Queue, H: LifecycleHooks>(
     message: Received,
 ) {
     let metrics = handler.metrics().clone();
+    if message.receive_count > 1 {
+        // Each receive brings the redrive policy's maxReceiveCount closer.
+        tracing::info!(message = %message.id, receives = message.receive_count, "received again");
+        metrics.redelivery();
+    }
     let keep_hidden = async {
         let mut tick = tokio::time::interval(settings.visibility / 2);
         tick.tick().await;

@@ -9,13 +9,7 @@ use std::time::Duration;
 
 use quiesce_aws::record::Phase;
 use quiesce_drainer::UnknownInstance;
-use support::{GROUP, bed, ready_pods};
-
-fn metric(text: &str, name_and_labels: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0)
-}
+use support::{GROUP, bed, metric, ready_pods};
 
 fn count(value: &serde_json::Value) -> u64 {
     value.as_u64().unwrap_or(0)
@@ -118,48 +112,10 @@ async fn terminate_drains_then_continues_exactly_once() {
     task.await.unwrap();
 }
 
-/// A budget that allows nothing while its pods are not Ready (startup of an hour) and that
-/// can allow later: the drain waits, heartbeating, until the workload-derived deadline.
-const BLOCKER: &str = r#"
-objects:
-  - apiVersion: apps/v1
-    kind: Deployment
-    metadata: {name: warming, namespace: default}
-    spec:
-      replicas: 3
-      selector: {matchLabels: {app: warming}}
-      template:
-        metadata: {labels: {app: warming}, annotations: {sandbox.quiesce.io/startup-delay: 1h}}
-        spec:
-          terminationGracePeriodSeconds: 2
-          containers: [{name: w, image: w:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
-  - apiVersion: policy/v1
-    kind: PodDisruptionBudget
-    metadata: {name: warming, namespace: default}
-    spec: {minAvailable: 2, selector: {matchLabels: {app: warming}}}
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_drain_heartbeats_then_abandons_and_uncordons_at_the_deadline() {
-    let bed = bed(3, 0, 3, BLOCKER).await;
-    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(bed.sandbox.client());
-    let node_of_a_warming_pod = || async {
-        pods.list(&kube::api::ListParams::default().labels("app=warming"))
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .find_map(|p| p.spec.as_ref()?.node_name.clone())
-    };
-    bed.wait_for(
-        "a warming pod scheduled",
-        Duration::from_secs(20),
-        || async { node_of_a_warming_pod().await.is_some() },
-    )
-    .await;
-    let node = node_of_a_warming_pod().await.unwrap();
-    let index: usize = node.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
-    let victim = bed.instances[index].clone();
+    let bed = bed(3, 0, 3, support::BLOCKER).await;
+    let (node, victim) = bed.blocked_instance().await;
     let handler = bed.handler(bed.settings());
     let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(30));
     bed.terminate(&victim).await;
@@ -556,10 +512,14 @@ async fn a_hard_blocker_abandons_at_once_and_leaves_the_node_schedulable() {
         "the stale message settled",
         Duration::from_secs(15),
         || async {
+            // Whichever answers first: the completion ("not active") or the first heartbeat
+            // (the hook is gone, so nothing is done).
+            let text = continuing.metrics().encode();
             metric(
-                &continuing.metrics().encode(),
+                &text,
                 "quiesce_lifecycle_completions_total{result=\"not-active\"}",
-            ) == 1
+            ) + metric(&text, "quiesce_drains_total{result=\"expired\"}")
+                == 1
         },
     )
     .await;

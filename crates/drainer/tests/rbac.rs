@@ -134,11 +134,10 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
     )
     .await
     .unwrap();
-    config.default_retry = false;
     config
         .headers
         .push((AUDIT_HEADER.parse().unwrap(), "drainer".parse().unwrap()));
-    let client = kube::Client::try_from(config).unwrap();
+    let client = quiesce_drainer::client::build(config, Default::default()).unwrap();
     let (nodes, keep_index) = NodeIndex::watched(client.clone());
     let index = tokio::spawn(keep_index);
     let handler = Arc::new(Handler::new(
@@ -153,7 +152,7 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         "kube-system",
         "quiesce-drainer",
         "drainer-0",
-        Duration::from_secs(3),
+        quiesce_drainer::lease::LeaseTiming::for_duration(Duration::from_secs(3)).unwrap(),
     );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let settings = WorkerSettings {

@@ -62,8 +62,9 @@ impl From<kube::Error> for Error {
     }
 }
 
-/// Errors worth retrying: the server was overloaded or failed, or the connection did.
-fn transient(err: &kube::Error) -> bool {
+/// Errors worth retrying: the server was overloaded or failed, or the connection did. Public
+/// so that callers making their own requests (the drainer's Node record) judge them the same way.
+pub fn transient(err: &kube::Error) -> bool {
     match err {
         kube::Error::Api(status) => {
             status.code == 429 || (status.code >= 500 && status.code != 501)

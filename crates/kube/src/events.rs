@@ -31,6 +31,9 @@ pub enum Reason {
     DrainFailed,
     /// The drainer abandoned a lifecycle action after uncordoning the node.
     LifecycleAbandoned,
+    /// The lifecycle hook was no longer active (it timed out or was completed elsewhere), so
+    /// the drainer stopped working on the node.
+    LifecycleExpired,
 }
 
 impl Reason {
@@ -44,6 +47,7 @@ impl Reason {
             Reason::Drained => "Drained",
             Reason::DrainFailed => "DrainFailed",
             Reason::LifecycleAbandoned => "LifecycleAbandoned",
+            Reason::LifecycleExpired => "LifecycleExpired",
         }
     }
 
@@ -56,7 +60,8 @@ impl Reason {
             | Reason::StuckTerminating
             | Reason::Ungated
             | Reason::DrainFailed
-            | Reason::LifecycleAbandoned => EventType::Warning,
+            | Reason::LifecycleAbandoned
+            | Reason::LifecycleExpired => EventType::Warning,
         }
     }
 }

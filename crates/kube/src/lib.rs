@@ -15,4 +15,4 @@ pub mod record;
 pub mod report;
 mod watch_set;
 
-pub use error::Error;
+pub use error::{Error, transient};

@@ -33,10 +33,13 @@ impl Default for BatchSettings {
     }
 }
 
-/// Handles one invocation's messages until `deadline`. Messages whose hook was completed (or
-/// that are bad, with the delete policy) succeed, so Lambda deletes them; every other message
-/// is reported as a batch item failure, after its visibility is set to `resume_after` so it
-/// comes back soon instead of after the queue's whole visibility timeout.
+/// Handles one invocation's messages until `deadline`, all at once: each is claimed, cordoned
+/// and heartbeated from the start of the invocation, and the handler's drain slots bound the
+/// drains among them (one after another, the last message of a batch would wait unheartbeated
+/// for the drains before it). Messages whose hook was completed (or that are bad, with the
+/// delete policy) succeed, so Lambda deletes them; every other message is reported as a batch
+/// item failure, after its visibility is set to `resume_after` so it comes back soon instead
+/// of after the queue's whole visibility timeout.
 pub async fn handle_batch<H: LifecycleHooks, Q: Queue>(
     handler: &Handler<H>,
     queue: &Q,
@@ -44,11 +47,10 @@ pub async fn handle_batch<H: LifecycleHooks, Q: Queue>(
     deadline: Instant,
     settings: &BatchSettings,
 ) -> SqsBatchResponse {
-    let mut response = SqsBatchResponse::default();
     let slice_end = deadline
         .checked_sub(settings.reserve)
         .unwrap_or_else(Instant::now);
-    for record in &event.records {
+    let outcomes = futures::future::join_all(event.records.iter().map(|record| async move {
         let id = record.message_id.clone().unwrap_or_default();
         let body = record.body.as_deref().unwrap_or_default();
         let disposition = if Instant::now() >= slice_end {
@@ -70,14 +72,18 @@ pub async fn handle_batch<H: LifecycleHooks, Q: Queue>(
                 true
             }
         };
-        if retry {
-            if let Some(receipt) = &record.receipt_handle
-                && let Err(err) = queue.extend(receipt, settings.resume_after).await
-            {
-                tracing::warn!(message = %id, %err, "could not set the visibility");
-            }
-            response.add_failure(id);
+        if retry
+            && let Some(receipt) = &record.receipt_handle
+            && let Err(err) = queue.extend(receipt, settings.resume_after).await
+        {
+            tracing::warn!(message = %id, %err, "could not set the visibility");
         }
+        retry.then_some(id)
+    }))
+    .await;
+    let mut response = SqsBatchResponse::default();
+    for id in outcomes.into_iter().flatten() {
+        response.add_failure(id);
     }
     response
 }

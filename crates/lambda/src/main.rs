@@ -18,6 +18,7 @@ use quiesce_aws::ec2::Ec2;
 use quiesce_aws::hooks::AutoScaling;
 use quiesce_aws::queue::Sqs;
 use quiesce_aws::sdk::{AwsOptions, sdk_config};
+use quiesce_drainer::client::{self, Timeouts};
 use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, Settings};
@@ -41,7 +42,7 @@ async fn kube_client(
     aws: &aws_config::SdkConfig,
     cluster: Option<&str>,
 ) -> anyhow::Result<kube::Client> {
-    let mut config = match (env("QUIESCE_API_SERVER"), cluster) {
+    let config = match (env("QUIESCE_API_SERVER"), cluster) {
         (Some(server), Some(cluster)) => {
             let region = aws
                 .region()
@@ -59,8 +60,7 @@ async fn kube_client(
             .await
             .context("set QUIESCE_API_SERVER + QUIESCE_CA_DATA + QUIESCE_CLUSTER, or KUBECONFIG")?,
     };
-    config.default_retry = false;
-    Ok(kube::Client::try_from(config)?)
+    Ok(client::build(config, Timeouts::default())?)
 }
 
 #[tokio::main]

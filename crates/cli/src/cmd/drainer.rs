@@ -13,7 +13,8 @@ use quiesce_aws::hooks::AutoScaling;
 use quiesce_aws::queue::Sqs;
 use quiesce_aws::sdk::{AwsOptions, sdk_config};
 use quiesce_core::DrainOptions;
-use quiesce_drainer::lease::LeaseLock;
+use quiesce_drainer::client::{self, Timeouts};
+use quiesce_drainer::lease::{LeaseLock, LeaseTiming};
 use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{BadMessage, Handler, Settings, UnknownInstance, WorkerSettings, service};
@@ -53,7 +54,9 @@ pub struct Args {
     /// This replica's identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// How long a leader holds the Lease without renewing it.
+    /// How long a standby waits on an unrenewed Lease before taking over (at least 1s). The
+    /// leader stops acting once it could not renew for two thirds of it, and renews every
+    /// 2/15 of it (client-go's 15s / 10s / 2s).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
     /// Where /healthz, /readyz and /metrics are served.
@@ -69,8 +72,9 @@ pub struct Args {
     /// How long a launching instance may take to become a Ready node before ABANDON.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub launch_timeout: Duration,
-    /// Lifecycle actions handled at once.
-    #[arg(long, default_value_t = 4)]
+    /// Drains in progress at once (at least 1). Every received action is recorded, cordoned
+    /// and heartbeated at once however many arrive; only the evictions wait for a slot.
+    #[arg(long, default_value = "4", value_parser = parse_concurrency)]
     pub max_concurrent: usize,
     /// Evict pods without a controller and ignore do-not-disrupt (otherwise they block the
     /// drain and the hook is abandoned).
@@ -105,6 +109,14 @@ fn parse_bad(s: &str) -> Result<BadMessage, String> {
     s.parse()
 }
 
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0 would never handle a message: expected at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?} is not a whole number: {e}")),
+    }
+}
+
 /// Runs until SIGTERM or SIGINT.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -112,7 +124,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
-    let client = kube::Client::try_from(kube_config(args.kubeconfig.as_deref()).await?)?;
+    let timing = LeaseTiming::for_duration(args.lease_duration).context("--lease-duration")?;
+    let client = client::build(
+        kube_config(args.kubeconfig.as_deref()).await?,
+        Timeouts::default(),
+    )?;
     let aws = sdk_config(&AwsOptions {
         region: args.region.clone(),
         endpoint_url: args.endpoint_url.clone(),
@@ -145,6 +161,9 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
             exclude_from_load_balancers: !args.keep_in_load_balancers,
         },
         replacement_gate: true,
+        identity: Some(identity.clone()),
+        max_drains: args.max_concurrent,
+        ..Settings::default()
     };
     let handler = Arc::new(Handler::new(
         client.clone(),
@@ -154,15 +173,8 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
         Arc::new(Metrics::default()),
     ));
     let queue = Arc::new(Sqs::new(&aws, &args.queue_url));
-    let lock = LeaseLock::new(
-        client,
-        &args.namespace,
-        &args.lease_name,
-        &identity,
-        args.lease_duration,
-    );
+    let lock = LeaseLock::new(client, &args.namespace, &args.lease_name, &identity, timing);
     let workers = WorkerSettings {
-        max_concurrent: args.max_concurrent,
         bad_message: args.bad_message,
         ..WorkerSettings::default()
     };

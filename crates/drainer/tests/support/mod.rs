@@ -56,6 +56,27 @@ objects:
           containers: [{name: agent, image: agent:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
 "#;
 
+/// A budget that allows nothing while its pods are not Ready (startup of an hour) and that
+/// can allow later: the drain waits, heartbeating, until the workload-derived deadline.
+pub const BLOCKER: &str = r#"
+objects:
+  - apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: warming, namespace: default}
+    spec:
+      replicas: 3
+      selector: {matchLabels: {app: warming}}
+      template:
+        metadata: {labels: {app: warming}, annotations: {sandbox.quiesce.io/startup-delay: 1h}}
+        spec:
+          terminationGracePeriodSeconds: 2
+          containers: [{name: w, image: w:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
+  - apiVersion: policy/v1
+    kind: PodDisruptionBudget
+    metadata: {name: warming, namespace: default}
+    spec: {minAvailable: 2, selector: {matchLabels: {app: warming}}}
+"#;
+
 pub struct Bed {
     pub moto: Moto,
     pub sandbox: Sandbox,
@@ -210,6 +231,30 @@ pub fn notification(instance: &str, token: &Value) -> String {
     .to_string()
 }
 
+/// The value of a Prometheus sample `name{labels}` in `text` (0 when absent).
+pub fn metric(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `GET path` on a loopback port (the drainer's HTTP endpoints): the status and the whole
+/// response. Plain std I/O: no HTTP client crate for a test's probe.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
 pub async fn ready_pods(sandbox: &Sandbox, selector: &str) -> usize {
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(sandbox.client());
     pods.list(&kube::api::ListParams::default().labels(selector))
@@ -226,6 +271,8 @@ impl Bed {
         Settings {
             drain_margin: Duration::from_secs(5),
             replacement_startup: Duration::from_secs(2),
+            // A drainer killed mid-drain is taken over after this.
+            claim_hold: Duration::from_secs(3),
             ..Settings::default()
         }
     }
@@ -290,6 +337,40 @@ impl Bed {
             "PutTargets",
             serde_json::json!({"Rule": "lifecycle", "Targets": [{"Id": "queue", "Arn": queue_arn}]}),
         );
+    }
+
+    /// Arms moto's fault injector: the next `count` calls of the AWS API `action` fail with
+    /// `status` and error `code` (tests/moto/quiesce_moto.py, `/_quiesce/faults`).
+    pub fn inject_aws(&self, action: &str, count: u32, status: u16, code: &str) {
+        let body = json!({"action": action, "count": count, "status": status, "code": code});
+        let answer = self.moto_http("POST", "/_quiesce/faults", &body.to_string());
+        assert!(answer.contains(" 200 "), "arming {action}: {answer}");
+    }
+
+    /// The faults still armed in moto.
+    pub fn aws_faults_left(&self) -> Vec<Value> {
+        let answer = self.moto_http("GET", "/_quiesce/faults", "");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or("[]");
+        serde_json::from_str(body).unwrap()
+    }
+
+    fn moto_http(&self, method: &str, path: &str, body: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.moto.url().trim_start_matches("http://").to_string();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
     }
 
     fn events_call(&self, target: &str, body: Value) {
@@ -397,6 +478,66 @@ impl Bed {
             .iter()
             .filter_map(|m| m.body().map(str::to_string))
             .collect()
+    }
+
+    /// The body of the queued lifecycle message for `instance` (left visible), once it
+    /// arrived.
+    pub async fn message_for(&self, instance: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(body) = self
+                .visible_bodies()
+                .await
+                .into_iter()
+                .find(|b| b.contains(instance) && b.contains("LifecycleActionToken"))
+            {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no lifecycle message for {instance} arrived\n--- moto log\n{}",
+                self.moto.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Puts `record` (any JSON) on the node as the lifecycle record, as another drainer would.
+    pub async fn put_record(&self, node: &str, record: &Value) {
+        Api::<Node>::all(self.sandbox.client())
+            .patch(
+                node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"metadata": {"annotations": {ANNOTATION: record.to_string()}}}),
+                ),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// The node running a pod of [`BLOCKER`]'s budget (once one is scheduled), and its
+    /// instance: draining it blocks on the budget.
+    pub async fn blocked_instance(&self) -> (String, String) {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(self.sandbox.client());
+        let node_of_a_warming_pod = || async {
+            pods.list(&kube::api::ListParams::default().labels("app=warming"))
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .find_map(|p| p.spec.as_ref()?.node_name.clone())
+        };
+        self.wait_for(
+            "a warming pod scheduled",
+            Duration::from_secs(20),
+            || async { node_of_a_warming_pod().await.is_some() },
+        )
+        .await;
+        let node = node_of_a_warming_pod().await.unwrap();
+        let index: usize = node.trim_start_matches("node-").parse::<usize>().unwrap() - 1;
+        let instance = self.instances[index].clone();
+        (node, instance)
     }
 
     /// Polls `cond` until it holds; panics with `what` at the deadline.

@@ -1,8 +1,24 @@
-//! Failure injection, so clients of the sandbox (the drain engine first) can be tested against
-//! the 500s and slow answers a real control plane produces under load or during upgrades.
+//! Failure injection, so clients of the sandbox (the drain engine, the lifecycle drainer) can be
+//! tested against what a real control plane does under load or during an upgrade: 500s, slow
+//! answers, requests that never get an answer, API Priority and Fairness throttling, watch
+//! streams cut mid-way and resumed watches answered with 410.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::status::ApiError;
+
+/// How long a hung request waits at most before the server gives up on it itself; far longer
+/// than any client's timeout, so the client is the one that gives up.
+const HANG_LIMIT: Duration = Duration::from_secs(600);
 
 /// What an injected fault does to the request it hits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -14,6 +30,30 @@ pub enum FaultKind {
     /// Wait this long, then answer 504 Timeout without touching the store, as a server whose
     /// storage stalled does.
     Timeout(Duration),
+    /// Never answer: the request waits until the client gives up and closes the connection
+    /// (or the server shuts down), as behind a stalled load balancer or a wedged apiserver.
+    Hang,
+    /// 429 as API Priority and Fairness rejects a request it has no seat for: a `Retry-After`
+    /// header of this many seconds and a plain-text body (upstream `tooManyRequests` in
+    /// `k8s.io/apiserver/pkg/server/filters/maxinflight.go`, which APF reuses), not a Status.
+    TooManyRequests {
+        /// Seconds in the `Retry-After` header.
+        retry_after: u64,
+    },
+    /// Serve a watch, then end its stream this long after it started, as an apiserver
+    /// restart or a load balancer's idle timeout does. Hits watch requests only.
+    CutWatch(Duration),
+    /// Answer a watch that resumes from a resourceVersion with the ERROR event carrying 410
+    /// Expired (what upstream sends once that version left the watch cache); the client must
+    /// relist. Hits watch requests with a resourceVersion only.
+    Gone,
+}
+
+impl FaultKind {
+    /// Whether the fault applies to watch requests only (and only to those).
+    fn watch_only(self) -> bool {
+        matches!(self, FaultKind::CutWatch(_) | FaultKind::Gone)
+    }
 }
 
 #[derive(Debug)]
@@ -21,6 +61,7 @@ struct Rule {
     method: Option<String>,
     plural: Option<String>,
     remaining: usize,
+    until: Option<Instant>,
     kind: FaultKind,
 }
 
@@ -28,6 +69,14 @@ struct Rule {
 #[derive(Debug, Clone, Default)]
 pub struct FaultInjector {
     rules: Arc<Mutex<Vec<Rule>>>,
+}
+
+/// What the HTTP layer does with a request after the faults had their say.
+pub(crate) enum Applied {
+    /// Answer with this instead of serving the request.
+    Respond(Response),
+    /// Serve the request; a watch's stream is cut after the duration, if any.
+    Serve(Option<Duration>),
 }
 
 impl FaultInjector {
@@ -40,10 +89,40 @@ impl FaultInjector {
         count: usize,
         kind: FaultKind,
     ) {
+        self.push(method, plural, count, None, kind);
+    }
+
+    /// Like [`FaultInjector::inject`], for every matching request during `period` from now
+    /// (an outage of a given length rather than a number of failed calls).
+    pub fn inject_for(
+        &self,
+        method: Option<&str>,
+        plural: Option<&str>,
+        period: Duration,
+        kind: FaultKind,
+    ) {
+        self.push(
+            method,
+            plural,
+            usize::MAX,
+            Some(Instant::now() + period),
+            kind,
+        );
+    }
+
+    fn push(
+        &self,
+        method: Option<&str>,
+        plural: Option<&str>,
+        remaining: usize,
+        until: Option<Instant>,
+        kind: FaultKind,
+    ) {
         self.lock().push(Rule {
             method: method.map(str::to_ascii_uppercase),
             plural: plural.map(String::from),
-            remaining: count,
+            remaining,
+            until,
             kind,
         });
     }
@@ -58,12 +137,16 @@ impl FaultInjector {
     }
 
     /// The fault a request hits, consuming one use of the first matching rule.
-    pub(crate) fn take(&self, method: &str, plural: &str) -> Option<FaultKind> {
+    fn take(&self, method: &str, plural: &str, watch: bool, resumes: bool) -> Option<FaultKind> {
         let mut rules = self.lock();
+        let now = Instant::now();
+        rules.retain(|r| r.until.is_none_or(|u| u > now));
         let i = rules.iter().position(|r| {
             r.remaining > 0
                 && r.method.as_deref().is_none_or(|m| m == method)
                 && r.plural.as_deref().is_none_or(|p| p == plural)
+                && (!r.kind.watch_only() || watch)
+                && (r.kind != FaultKind::Gone || resumes)
         })?;
         rules[i].remaining -= 1;
         let kind = rules[i].kind;
@@ -72,4 +155,97 @@ impl FaultInjector {
         }
         Some(kind)
     }
+
+    /// Applies the fault (if any) a request hits: waits, answers in its place, or marks a
+    /// watch to be cut. `shutdown` ends a hung request when the server stops.
+    pub(crate) async fn apply(
+        &self,
+        method: &str,
+        plural: &str,
+        params: &HashMap<String, String>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Applied {
+        let flag = |k: &str| params.get(k).is_some_and(|v| v == "true" || v == "1");
+        let watch = flag("watch");
+        let resumes = params
+            .get("resourceVersion")
+            .is_some_and(|rv| !rv.is_empty() && rv != "0");
+        let Some(fault) = self.take(method, plural, watch, resumes) else {
+            return Applied::Serve(None);
+        };
+        match fault {
+            FaultKind::InternalError => {
+                Applied::Respond(status(&ApiError::internal_error("injected fault")))
+            }
+            FaultKind::Delay(delay) => {
+                tokio::time::sleep(delay).await;
+                Applied::Serve(None)
+            }
+            FaultKind::Timeout(delay) => {
+                tokio::time::sleep(delay).await;
+                Applied::Respond(status(&ApiError::timeout("injected fault")))
+            }
+            FaultKind::Hang => {
+                // The handler's future is dropped when the client closes the connection.
+                tokio::select! {
+                    _ = tokio::time::sleep(HANG_LIMIT) => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
+                Applied::Respond(status(&ApiError::timeout("injected hang")))
+            }
+            FaultKind::TooManyRequests { retry_after } => Applied::Respond(
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [
+                        (
+                            header::CONTENT_TYPE,
+                            "text/plain; charset=utf-8".to_string(),
+                        ),
+                        (header::RETRY_AFTER, retry_after.to_string()),
+                    ],
+                    "Too many requests, please try again later.\n",
+                )
+                    .into_response(),
+            ),
+            FaultKind::CutWatch(after) => Applied::Serve(Some(after)),
+            FaultKind::Gone => {
+                let rv = params
+                    .get("resourceVersion")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or_default();
+                let line =
+                    json!({"type": "ERROR", "object": ApiError::expired(rv, rv + 1).to_status()});
+                Applied::Respond(
+                    (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        format!("{line}\n"),
+                    )
+                        .into_response(),
+                )
+            }
+        }
+    }
+}
+
+/// Ends `response`'s body `after` from now (for [`FaultKind::CutWatch`]).
+pub(crate) fn cut(response: Response, after: Option<Duration>) -> Response {
+    let Some(after) = after else {
+        return response;
+    };
+    response.map(|body| {
+        let stream = body
+            .into_data_stream()
+            .take_until(tokio::time::sleep(after));
+        Body::from_stream(stream)
+    })
+}
+
+fn status(err: &ApiError) -> Response {
+    (
+        StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [(header::CONTENT_TYPE, "application/json")],
+        err.to_status().to_string(),
+    )
+        .into_response()
 }

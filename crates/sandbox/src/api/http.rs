@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::Shared;
 use super::eviction;
-use super::faults::FaultKind;
+use super::faults;
 use super::openapi;
 use super::patch::{self, PatchType};
 use super::protobuf;
@@ -151,18 +151,19 @@ pub async fn handle(
             .unwrap_or_default(),
         _ => "",
     };
-    if let Some(fault) = shared.faults.take(method.as_str(), plural) {
-        match fault {
-            FaultKind::InternalError => {
-                return error_response(&ApiError::internal_error("injected fault"));
-            }
-            FaultKind::Delay(delay) => tokio::time::sleep(delay).await,
-            FaultKind::Timeout(delay) => {
-                tokio::time::sleep(delay).await;
-                return error_response(&ApiError::timeout("injected fault"));
-            }
-        }
-    }
+    let cut = match shared
+        .faults
+        .apply(
+            method.as_str(),
+            plural,
+            &params,
+            shared.shutdown.subscribe(),
+        )
+        .await
+    {
+        faults::Applied::Respond(response) => return response,
+        faults::Applied::Serve(cut) => cut,
+    };
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -212,7 +213,7 @@ pub async fn handle(
         },
         _ => Err(ApiError::no_such_resource()),
     };
-    result.unwrap_or_else(|e| error_response(&e))
+    faults::cut(result.unwrap_or_else(|e| error_response(&e)), cut)
 }
 
 fn lookup_any(plural: &str) -> bool {
