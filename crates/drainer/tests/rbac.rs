@@ -15,6 +15,7 @@ use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, WorkerSettings, service};
 use quiesce_sandbox::api::{AUDIT_HEADER, Audited};
+use quiesce_testbed::helm;
 use support::bed;
 
 type Permission = (String, String, String);
@@ -91,18 +92,17 @@ fn permission(request: &Audited) -> Option<Permission> {
     Some((group.to_string(), resource, verb.to_string()))
 }
 
-/// The rules of a chart template: the YAML from `rules:` on (the metadata above it holds Go
-/// template actions that are not YAML).
-fn granted(template: &str) -> BTreeSet<Permission> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/helm/quiesce/templates")
-        .join(template);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let rules = &text[text.find("rules:").expect("a rules: key")..];
-    let doc: serde_json::Value = serde_saphyr::from_str(rules).expect("rules parse as YAML");
+/// What the chart's ClusterRole and Roles allow, rendered by Helm's own engine with `values`.
+fn granted(values: &serde_json::Value) -> BTreeSet<Permission> {
+    let chart = helm::chart_dir();
+    let objects = helm::template(&chart, "quiesce", "kube-system", values)
+        .and_then(|r| r.objects())
+        .unwrap_or_else(|e| panic!("rendering {}: {e}", chart.display()));
     let mut out = BTreeSet::new();
-    for rule in doc["rules"].as_array().expect("rules is a list") {
+    let roles = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role");
+    for rule in roles.flat_map(|r| r["rules"].as_array().expect("rules is a list")) {
         for group in rule["apiGroups"].as_array().into_iter().flatten() {
             for resource in rule["resources"].as_array().into_iter().flatten() {
                 for verb in rule["verbs"].as_array().into_iter().flatten() {
@@ -225,8 +225,7 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         .filter(|r| r.caller == "drainer")
         .filter_map(permission)
         .collect();
-    let mut chart = granted("clusterrole.yaml");
-    chart.extend(granted("role.yaml"));
+    let chart = granted(&serde_json::Value::Null);
     let missing: Vec<_> = used.difference(&chart).collect();
     assert!(missing.is_empty(), "the chart does not grant {missing:?}");
     let unused: Vec<_> = chart
