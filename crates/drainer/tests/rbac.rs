@@ -40,9 +40,25 @@ fn not_granted<'a>(
 
 /// A 1-replica Deployment marked for surge: its pod is replaced before it is evicted, which
 /// is the drain engine's path that reads and patches Deployments; and a StatefulSet with pods
-/// on every node (the scheduler spreads them), whose replica count the gate reads.
+/// on every node (the scheduler spreads them), whose replica count the gate reads. The
+/// Deployment's pod mounts a claim bound to a PersistentVolume, attached to its node by the
+/// VolumeAttachment the test creates, so the drain waits for a detach.
 const SURGED: &str = r#"
 objects:
+  - apiVersion: v1
+    kind: PersistentVolume
+    metadata: {name: api-data}
+    spec:
+      capacity: {storage: 1Gi}
+      accessModes: [ReadWriteOnce]
+      csi: {driver: ebs.csi.aws.com, volumeHandle: vol-0123456789abcdef0}
+  - apiVersion: v1
+    kind: PersistentVolumeClaim
+    metadata: {name: api-data, namespace: default}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+      volumeName: api-data
   - apiVersion: apps/v1
     kind: StatefulSet
     metadata: {name: db, namespace: default}
@@ -66,6 +82,7 @@ objects:
         metadata: {labels: {app: api}, annotations: {sandbox.quiesce.io/startup-delay: 1s}}
         spec:
           terminationGracePeriodSeconds: 2
+          volumes: [{name: data, persistentVolumeClaim: {claimName: api-data}}]
           containers: [{name: api, image: api:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
 "#;
 
@@ -212,6 +229,26 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         support::ready_pods(&bed.sandbox, "app=db").await == 6
     })
     .await;
+    // The api pod's volume is attached to its node until the pod is gone, and 5 s longer (the
+    // sandbox's detach, outlasting the wait for the replacement), so the drain finds it still
+    // attached and watches it go.
+    let attachment: k8s_openapi::api::storage::v1::VolumeAttachment =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "csi-api-data",
+                "annotations": {(quiesce_sandbox::sim::attachdetach::DETACH_DELAY): "5s"},
+            },
+            "spec": {
+                "attacher": "ebs.csi.aws.com",
+                "nodeName": api_node().await.unwrap(),
+                "source": {"persistentVolumeName": "api-data"},
+            },
+        }))
+        .unwrap();
+    kube::Api::all(bed.sandbox.client())
+        .create(&kube::api::PostParams::default(), &attachment)
+        .await
+        .unwrap();
     // Three of the four nodes go, the api pod's among them: between them they run every
     // kind of pod (the scheduler spreads the six db pods and three web pods), so every path
     // of the drain runs at least once. The fourth node takes what they had.
@@ -275,6 +312,7 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         ("apps", "statefulsets", "watch"),
         ("coordination.k8s.io", "leases", "update"),
         ("", "nodes", "watch"),
+        ("storage.k8s.io", "volumeattachments", "watch"),
     ] {
         assert!(
             used.iter()
