@@ -15,15 +15,50 @@ use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, WorkerSettings, service};
 use quiesce_sandbox::api::{AUDIT_HEADER, Audited};
+use quiesce_testbed::helm;
 use support::bed;
 
-type Permission = (String, String, String);
+/// (apiGroup, resource, verb, name). A request's name is the object's it names in its URL; a
+/// grant's is one of its rule's `resourceNames`, or None when the rule allows any name.
+type Permission = (String, String, String, Option<String>);
+
+/// Whether `grant` allows `used`: RBAC matches a rule with resourceNames only on those names.
+fn covers(grant: &Permission, used: &Permission) -> bool {
+    (&grant.0, &grant.1, &grant.2) == (&used.0, &used.1, &used.2)
+        && (grant.3.is_none() || grant.3 == used.3)
+}
+
+/// The requests in `used` that no grant in `chart` allows.
+fn not_granted<'a>(
+    used: &'a BTreeSet<Permission>,
+    chart: &BTreeSet<Permission>,
+) -> Vec<&'a Permission> {
+    used.iter()
+        .filter(|u| !chart.iter().any(|g| covers(g, u)))
+        .collect()
+}
 
 /// A 1-replica Deployment marked for surge: its pod is replaced before it is evicted, which
 /// is the drain engine's path that reads and patches Deployments; and a StatefulSet with pods
-/// on every node (the scheduler spreads them), whose replica count the gate reads.
+/// on every node (the scheduler spreads them), whose replica count the gate reads. The
+/// Deployment's pod mounts a claim bound to a PersistentVolume, attached to its node by the
+/// VolumeAttachment the test creates, so the drain waits for a detach.
 const SURGED: &str = r#"
 objects:
+  - apiVersion: v1
+    kind: PersistentVolume
+    metadata: {name: api-data}
+    spec:
+      capacity: {storage: 1Gi}
+      accessModes: [ReadWriteOnce]
+      csi: {driver: ebs.csi.aws.com, volumeHandle: vol-0123456789abcdef0}
+  - apiVersion: v1
+    kind: PersistentVolumeClaim
+    metadata: {name: api-data, namespace: default}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+      volumeName: api-data
   - apiVersion: apps/v1
     kind: StatefulSet
     metadata: {name: db, namespace: default}
@@ -47,6 +82,7 @@ objects:
         metadata: {labels: {app: api}, annotations: {sandbox.quiesce.io/startup-delay: 1s}}
         spec:
           terminationGracePeriodSeconds: 2
+          volumes: [{name: data, persistentVolumeClaim: {claimName: api-data}}]
           containers: [{name: api, image: api:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
 "#;
 
@@ -88,29 +124,43 @@ fn permission(request: &Audited) -> Option<Permission> {
         Some(sub) => format!("{resource}/{sub}"),
         None => resource.to_string(),
     };
-    Some((group.to_string(), resource, verb.to_string()))
+    Some((
+        group.to_string(),
+        resource,
+        verb.to_string(),
+        name.map(str::to_string),
+    ))
 }
 
-/// The rules of a chart template: the YAML from `rules:` on (the metadata above it holds Go
-/// template actions that are not YAML).
-fn granted(template: &str) -> BTreeSet<Permission> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../deploy/helm/quiesce/templates")
-        .join(template);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let rules = &text[text.find("rules:").expect("a rules: key")..];
-    let doc: serde_json::Value = serde_saphyr::from_str(rules).expect("rules parse as YAML");
+/// What the chart's ClusterRole and Roles allow, rendered by Helm's own engine with `values`.
+fn granted(values: &serde_json::Value) -> BTreeSet<Permission> {
+    let chart = helm::chart_dir();
+    let objects = helm::template(&chart, "quiesce", "kube-system", values)
+        .and_then(|r| r.objects())
+        .unwrap_or_else(|e| panic!("rendering {}: {e}", chart.display()));
     let mut out = BTreeSet::new();
-    for rule in doc["rules"].as_array().expect("rules is a list") {
+    let roles = objects
+        .iter()
+        .filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role");
+    for rule in roles.flat_map(|r| r["rules"].as_array().expect("rules is a list")) {
+        let names: Vec<Option<String>> = match rule["resourceNames"].as_array() {
+            Some(names) => names
+                .iter()
+                .map(|n| Some(n.as_str().unwrap().into()))
+                .collect(),
+            None => vec![None],
+        };
         for group in rule["apiGroups"].as_array().into_iter().flatten() {
             for resource in rule["resources"].as_array().into_iter().flatten() {
                 for verb in rule["verbs"].as_array().into_iter().flatten() {
-                    out.insert((
-                        group.as_str().unwrap().to_string(),
-                        resource.as_str().unwrap().to_string(),
-                        verb.as_str().unwrap().to_string(),
-                    ));
+                    for name in &names {
+                        out.insert((
+                            group.as_str().unwrap().to_string(),
+                            resource.as_str().unwrap().to_string(),
+                            verb.as_str().unwrap().to_string(),
+                            name.clone(),
+                        ));
+                    }
                 }
             }
         }
@@ -179,6 +229,26 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         support::ready_pods(&bed.sandbox, "app=db").await == 6
     })
     .await;
+    // The api pod's volume is attached to its node until the pod is gone, and 5 s longer (the
+    // sandbox's detach, outlasting the wait for the replacement), so the drain finds it still
+    // attached and watches it go.
+    let attachment: k8s_openapi::api::storage::v1::VolumeAttachment =
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "csi-api-data",
+                "annotations": {(quiesce_sandbox::sim::attachdetach::DETACH_DELAY): "5s"},
+            },
+            "spec": {
+                "attacher": "ebs.csi.aws.com",
+                "nodeName": api_node().await.unwrap(),
+                "source": {"persistentVolumeName": "api-data"},
+            },
+        }))
+        .unwrap();
+    kube::Api::all(bed.sandbox.client())
+        .create(&kube::api::PostParams::default(), &attachment)
+        .await
+        .unwrap();
     // Three of the four nodes go, the api pod's among them: between them they run every
     // kind of pod (the scheduler spreads the six db pods and three web pods), so every path
     // of the drain runs at least once. The fourth node takes what they had.
@@ -225,12 +295,12 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         .filter(|r| r.caller == "drainer")
         .filter_map(permission)
         .collect();
-    let mut chart = granted("clusterrole.yaml");
-    chart.extend(granted("role.yaml"));
-    let missing: Vec<_> = used.difference(&chart).collect();
+    let chart = granted(&serde_json::Value::Null);
+    let missing = not_granted(&used, &chart);
     assert!(missing.is_empty(), "the chart does not grant {missing:?}");
     let unused: Vec<_> = chart
-        .difference(&used)
+        .iter()
+        .filter(|g| !used.iter().any(|u| covers(g, u)))
         .filter(|p| !exercised_elsewhere().contains(*p))
         .collect();
     assert!(
@@ -242,11 +312,25 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         ("apps", "statefulsets", "watch"),
         ("coordination.k8s.io", "leases", "update"),
         ("", "nodes", "watch"),
+        ("storage.k8s.io", "volumeattachments", "watch"),
     ] {
-        let needed = (needed.0.into(), needed.1.into(), needed.2.into());
         assert!(
-            used.contains(&needed),
+            used.iter()
+                .any(|u| (u.0.as_str(), u.1.as_str(), u.2.as_str()) == needed),
             "the run exercised {needed:?}: {used:?}"
         );
     }
+    // The Lease is read and renewed by name: a chart for another Lease name does not let this
+    // drainer (whose --lease-name is the default) renew it.
+    let elsewhere = granted(&serde_json::json!({"drainer": {"leaseName": "elsewhere"}}));
+    let lease_verbs: BTreeSet<&str> = not_granted(&used, &elsewhere)
+        .iter()
+        .filter(|p| p.1 == "leases")
+        .map(|p| p.2.as_str())
+        .collect();
+    assert_eq!(
+        lease_verbs,
+        BTreeSet::from(["get", "update"]),
+        "get and update are limited to the Lease named by drainer.leaseName"
+    );
 }

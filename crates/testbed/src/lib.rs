@@ -8,6 +8,7 @@
 
 mod certs;
 pub mod chromium;
+pub mod helm;
 pub mod kubelet;
 pub mod moto;
 mod process;

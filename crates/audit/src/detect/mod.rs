@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use quiesce_core::budget::{self, Stack};
 
+use serde_json::Value;
+
 use crate::index::{self, Index};
+use crate::load::Object;
 use crate::workload::Workload;
 
 /// One line of a budget, with where its number comes from. Unlike the core's fixed
@@ -89,7 +92,7 @@ pub fn stack_name(stack: Stack) -> &'static str {
 pub const RULES: &[(&str, &str)] = &[
     (
         "kube-proxy",
-        "a Service in the same namespace selects the pod labels",
+        "a Service in the same namespace selects the pod labels, unless every port of it is named metrics or *-metrics (http-metrics, https-metrics): scrapers, not clients, use those, and a failed scrape of a terminating pod costs nothing",
     ),
     (
         "nlb",
@@ -121,12 +124,32 @@ pub const RULES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Whether `svc` may carry client traffic: not when every port is named as a metrics port
+/// (`metrics`, or Prometheus Operator's and kube-prometheus' `*-metrics` such as
+/// `http-metrics`). Only a scraper reads those, and a scrape that fails on a terminating pod
+/// is one missed sample, so such a Service needs no preStop delay. An unnamed port may carry
+/// anything.
+fn carries_traffic(svc: &Object) -> bool {
+    let ports = svc.doc.pointer("/spec/ports").and_then(Value::as_array);
+    let metrics = |p: &Value| {
+        p.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n == "metrics" || n.ends_with("-metrics"))
+    };
+    !ports.is_some_and(|ports| !ports.is_empty() && ports.iter().all(metrics))
+}
+
 /// Every stack detected in front of `w`; empty when nothing sends it traffic.
 pub fn detect(w: &Workload<'_>, index: &Index<'_>) -> Vec<Detection> {
     let mut out = Vec::new();
-    if !w.services.is_empty() {
-        let names: Vec<String> = w
-            .services
+    let services: Vec<&Object> = w
+        .services
+        .iter()
+        .copied()
+        .filter(|s| carries_traffic(s))
+        .collect();
+    if !services.is_empty() {
+        let names: Vec<String> = services
             .iter()
             .map(|s| format!("{}/{}", w.namespace, index::name(&s.doc)))
             .collect();
@@ -138,7 +161,7 @@ pub fn detect(w: &Workload<'_>, index: &Index<'_>) -> Vec<Detection> {
                 if names.len() == 1 { "s" } else { "" }
             ),
         ));
-        for svc in &w.services {
+        for svc in services {
             out.extend(lb::detect(w, svc, index));
         }
         out.extend(mesh::detect(w, index));

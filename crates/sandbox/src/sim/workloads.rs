@@ -1,6 +1,6 @@
 //! Starts the workload controllers of kube-controller-manager — ReplicaSet, Deployment,
 //! StatefulSet, disruption (PDB status), EndpointSlice, Endpoints, Job,
-//! HorizontalPodAutoscaler, namespace, garbage collector — as kube-rs
+//! HorizontalPodAutoscaler, namespace, garbage collector, attach/detach (detach only) — as kube-rs
 //! clients of any API server: the sandbox's, or a real one with its own controllers off.
 
 use kube::Client;
@@ -27,6 +27,7 @@ impl WorkloadControllers {
         tasks.spawn(super::job::run(client.clone(), scale));
         tasks.spawn(super::hpa::run(client.clone(), scale));
         tasks.spawn(super::namespace::run(client.clone(), scale));
+        tasks.spawn(super::attachdetach::run(client.clone(), scale));
         tasks.spawn(super::gc::run(client, scale));
         WorkloadControllers { tasks }
     }
