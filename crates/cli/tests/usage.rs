@@ -80,3 +80,65 @@ fn version_names_the_release_and_the_commit() {
         format!("quiesce {} (commit {head})", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// The help paragraph of `--flag` (its line and description up to the next option).
+fn flag_help(help: &str, flag: &str) -> Option<String> {
+    let mut lines = help.lines().skip_while(|l| {
+        !l.trim_start()
+            .split([' ', ','])
+            .any(|w| w == format!("--{flag}"))
+    });
+    let first = lines.next()?;
+    let rest: Vec<&str> = lines
+        .take_while(|l| !l.trim_start().starts_with('-'))
+        .collect();
+    Some(format!("{first}\n{}", rest.join("\n")))
+}
+
+/// `quiesce drain` and `quiesce drainer` (and, through the same definition, the Lambda's
+/// variables) take the same drain switches, word for word, with the same variables.
+#[test]
+fn drain_and_drainer_take_the_same_drain_switches() {
+    let help = |cmd: &str| {
+        let out = quiesce(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let (drain, drainer) = (help("drain"), help("drainer"));
+    for (flag, var) in [
+        ("force", "QUIESCE_FORCE"),
+        ("surge", "QUIESCE_SURGE"),
+        ("taint", "QUIESCE_TAINT"),
+        (
+            "exclude-from-load-balancers",
+            "QUIESCE_EXCLUDE_FROM_LOAD_BALANCERS",
+        ),
+        ("keep-in-load-balancers", "QUIESCE_KEEP_IN_LOAD_BALANCERS"),
+    ] {
+        let in_drain = flag_help(&drain, flag)
+            .unwrap_or_else(|| panic!("quiesce drain has no --{flag}:\n{drain}"));
+        let in_drainer = flag_help(&drainer, flag)
+            .unwrap_or_else(|| panic!("quiesce drainer has no --{flag}:\n{drainer}"));
+        assert_eq!(in_drain, in_drainer, "--{flag} differs");
+        assert!(
+            in_drain.contains(var),
+            "--{flag} reads no {var}: {in_drain}"
+        );
+    }
+}
+
+/// A switch's variable takes a boolean word; anything else is a usage error naming the flag.
+#[test]
+fn a_switch_variable_that_is_not_a_boolean_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_quiesce"))
+        .args(["drain", "node-1"])
+        .env("QUIESCE_FORCE", "sometimes")
+        .output()
+        .expect("the quiesce binary runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sometimes") && err.contains("--force"),
+        "stderr was: {err}"
+    );
+}
