@@ -142,3 +142,41 @@ fn a_switch_variable_that_is_not_a_boolean_is_a_usage_error() {
         "stderr was: {err}"
     );
 }
+
+/// The SAM template sets the Lambda's environment; its drain settings are `quiesce drainer`'s
+/// flags read from the same variables, so every variable it sets is one the drainer's help
+/// names, or one of the few only the Lambda reads (its EKS endpoint and its log filter).
+#[test]
+fn the_sam_templates_variables_are_the_drainers() {
+    const LAMBDA_ONLY: [&str; 4] = [
+        "QUIESCE_API_SERVER",
+        "QUIESCE_CA_DATA",
+        "QUIESCE_EC2_FALLBACK",
+        "QUIESCE_LOG",
+    ];
+    let out = quiesce(&["drainer", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    let template = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/sam/template.yaml"),
+    )
+    .expect("the SAM template");
+    let mut checked = 0;
+    for line in template.lines().map(str::trim) {
+        let Some((var, _)) = line.split_once(':') else {
+            continue;
+        };
+        if !var.starts_with("QUIESCE_") || LAMBDA_ONLY.contains(&var) {
+            continue;
+        }
+        assert!(
+            help.contains(&format!("[env: {var}=")),
+            "the SAM template sets {var}, which quiesce drainer (and so the Lambda) does not read"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 8,
+        "found {checked} drain settings in the template"
+    );
+}
