@@ -51,11 +51,24 @@ pub enum InstanceCheck {
     Moved(String),
     /// No instance of the message's group (terminated already, another group, forged).
     NotInGroup,
-    /// This implementation cannot tell (the lab's simulated group): act on the message.
-    Unverified,
 }
 
 impl InstanceCheck {
+    /// What an instance's `LifecycleState` in the action's group (`None`: not in that group)
+    /// says about the action: the one reading of `DescribeAutoScalingInstances`, for the real
+    /// client and the lab's simulated group alike.
+    pub fn of(action: &LifecycleAction, state: Option<&str>) -> InstanceCheck {
+        let waiting = match action.transition {
+            crate::event::Transition::Terminating => "Terminating:Wait",
+            crate::event::Transition::Launching => "Pending:Wait",
+        };
+        match state {
+            None => InstanceCheck::NotInGroup,
+            Some(state) if state == waiting => InstanceCheck::Waiting,
+            Some(state) => InstanceCheck::Moved(state.to_string()),
+        }
+    }
+
     /// Whether the instance stays (it is not going away), so that an uncordon does not
     /// invite pods onto a dying node.
     pub fn instance_stays(&self) -> bool {
@@ -86,15 +99,12 @@ impl HookError {
 
 /// The lifecycle-hook calls the drainer makes.
 pub trait LifecycleHooks: Send + Sync {
-    /// Where the action's instance stands (`DescribeAutoScalingInstances`). The default
-    /// cannot tell; the real client asks.
+    /// Where the action's instance stands (`DescribeAutoScalingInstances`), so that a
+    /// forged, stale or duplicate message is not acted on.
     fn check(
         &self,
         action: &LifecycleAction,
-    ) -> impl Future<Output = Result<InstanceCheck, HookError>> + Send {
-        let _ = action;
-        std::future::ready(Ok(InstanceCheck::Unverified))
-    }
+    ) -> impl Future<Output = Result<InstanceCheck, HookError>> + Send;
     /// The hook's heartbeat timeout (`DescribeLifecycleHooks`).
     fn timing(
         &self,
@@ -155,23 +165,12 @@ impl LifecycleHooks for AutoScaling {
             .send()
             .await
             .map_err(|e| error("DescribeAutoScalingInstances", action, e))?;
-        let Some(found) = out
+        let state = out
             .auto_scaling_instances()
             .iter()
             .find(|i| i.auto_scaling_group_name() == Some(action.group.as_str()))
-        else {
-            return Ok(InstanceCheck::NotInGroup);
-        };
-        let state = found.lifecycle_state().unwrap_or_default();
-        let waiting = match action.transition {
-            crate::event::Transition::Terminating => "Terminating:Wait",
-            crate::event::Transition::Launching => "Pending:Wait",
-        };
-        Ok(if state == waiting {
-            InstanceCheck::Waiting
-        } else {
-            InstanceCheck::Moved(state.to_string())
-        })
+            .map(|found| found.lifecycle_state().unwrap_or_default());
+        Ok(InstanceCheck::of(action, state))
     }
 
     async fn timing(&self, action: &LifecycleAction) -> Result<HookTiming, HookError> {

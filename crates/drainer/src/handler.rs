@@ -341,7 +341,7 @@ impl<H: LifecycleHooks> Handler<H> {
         };
         let name = node.name_any();
         let check = self.hooks.check(action).await?;
-        if !matches!(check, InstanceCheck::Waiting | InstanceCheck::Unverified) {
+        if check != InstanceCheck::Waiting {
             return self.expired(action, &node, check).await;
         }
         let mut record = match self.claims.take(&node, action).await? {

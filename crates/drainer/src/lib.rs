@@ -10,6 +10,7 @@
 //!   [`metrics`]: the parts they
 //!   share.
 
+pub mod args;
 pub mod claim;
 pub mod client;
 pub mod error;

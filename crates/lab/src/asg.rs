@@ -4,7 +4,8 @@
 //! an SQS-like queue, and an instance refresh that launches a replacement, waits for it to be
 //! in service, then terminates an old instance, keeping the minimum healthy percentage.
 //!
-//! The group implements the drainer's [`LifecycleHooks`] and [`Queue`] traits; the drainer
+//! The group implements the drainer's [`LifecycleHooks`] (with `DescribeAutoScalingInstances`'s
+//! answer for the drainer's verify-before-acting check) and [`Queue`] traits; the drainer
 //! cannot tell it from Auto Scaling + SQS. Semantics follow the Amazon EC2 Auto Scaling User
 //! Guide ("Amazon EC2 Auto Scaling lifecycle hooks", "Instance refresh") and the SQS
 //! Developer Guide (visibility timeout, receipt handles); an abandoned terminate hook keeps
@@ -19,7 +20,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use quiesce_aws::event::LifecycleAction;
 use quiesce_aws::hook::HookTiming;
-use quiesce_aws::hooks::{Completion, HookError, HookResult, LifecycleHooks};
+use quiesce_aws::hooks::{Completion, HookError, HookResult, InstanceCheck, LifecycleHooks};
 use quiesce_aws::instance::instance_id;
 use quiesce_aws::queue::{Queue, QueueError, Received};
 use serde_json::json;
@@ -506,6 +507,26 @@ impl Group {
         })
     }
 
+    /// The instance's `LifecycleState` as `DescribeAutoScalingInstances` names it, if it is
+    /// in this group: a terminated instance leaves the group's list (Amazon EC2 Auto Scaling
+    /// User Guide, "Amazon EC2 Auto Scaling instance lifecycle"), and an abandoned terminate
+    /// hook keeps the instance as `Terminating:Retained`.
+    fn lifecycle_state(&self, instance: &str) -> Option<&'static str> {
+        let inner = self.lock();
+        let waiting = inner
+            .actions
+            .values()
+            .any(|a| a.instance == instance && !a.done);
+        Some(match inner.instances.get(instance)?.state {
+            State::Pending if waiting => "Pending:Wait",
+            State::Pending => "Pending",
+            State::InService => "InService",
+            State::Terminating => "Terminating:Wait",
+            State::Retained => "Terminating:Retained",
+            State::Terminated => return None,
+        })
+    }
+
     fn not_active(call: &'static str, action: &LifecycleAction) -> HookError {
         HookError {
             call,
@@ -519,6 +540,15 @@ impl Group {
 }
 
 impl LifecycleHooks for Group {
+    async fn check(&self, action: &LifecycleAction) -> Result<InstanceCheck, HookError> {
+        let state = if action.group == self.opts.name {
+            self.lifecycle_state(&action.instance_id)
+        } else {
+            None
+        };
+        Ok(InstanceCheck::of(action, state))
+    }
+
     async fn timing(&self, action: &LifecycleAction) -> Result<HookTiming, HookError> {
         if action.hook != self.opts.terminate_hook && action.hook != self.opts.launch_hook {
             return Err(HookError {

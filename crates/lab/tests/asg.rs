@@ -111,3 +111,89 @@ async fn a_refresh_at_half_healthy_replaces_two_at_a_time_through_the_drainer() 
     worker.await.unwrap();
     sandbox.shutdown().await;
 }
+
+/// The next lifecycle action of `transition` the group queues, within ten seconds.
+async fn next_action(group: &Group, transition: Transition) -> quiesce_aws::event::LifecycleAction {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {transition:?} action was queued"
+        );
+        let messages = group
+            .receive(10, Duration::from_millis(200), Duration::from_secs(30))
+            .await
+            .unwrap();
+        let found = messages.iter().find_map(|m| {
+            match quiesce_aws::event::parse(&m.body).expect("the drainer can parse it") {
+                Message::Action(a) if a.transition == transition => Some(a),
+                _ => None,
+            }
+        });
+        if let Some(action) = found {
+            return action;
+        }
+    }
+}
+
+/// `DescribeAutoScalingInstances` as the drainer reads it before acting, answered from the
+/// group's own state through each hook: waiting, moved on once completed, gone once
+/// terminated, and not in the group for another group's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_check_follows_the_groups_state() {
+    use quiesce_aws::hooks::{HookResult, InstanceCheck, LifecycleHooks};
+
+    let sandbox = sandbox(1).await;
+    let group = Group::adopt(
+        sandbox.client(),
+        GroupOptions {
+            boot: Duration::from_millis(100),
+            ..GroupOptions::default()
+        },
+        Timeline::new(),
+    )
+    .await
+    .unwrap();
+    let refresh = tokio::spawn({
+        let group = group.clone();
+        async move { group.refresh(&|_| {}).await }
+    });
+
+    let launch = next_action(&group, Transition::Launching).await;
+    assert_eq!(group.check(&launch).await.unwrap(), InstanceCheck::Waiting);
+    let elsewhere = quiesce_aws::event::LifecycleAction {
+        group: "another-group".into(),
+        ..launch.clone()
+    };
+    assert_eq!(
+        group.check(&elsewhere).await.unwrap(),
+        InstanceCheck::NotInGroup
+    );
+    group.complete(&launch, HookResult::Continue).await.unwrap();
+    assert_eq!(
+        group.check(&launch).await.unwrap(),
+        InstanceCheck::Moved("InService".into()),
+        "a completed launch hook is not waiting any more"
+    );
+
+    let terminate = next_action(&group, Transition::Terminating).await;
+    assert_eq!(
+        group.check(&terminate).await.unwrap(),
+        InstanceCheck::Waiting
+    );
+    group
+        .complete(&terminate, HookResult::Continue)
+        .await
+        .unwrap();
+    assert_eq!(
+        group.check(&terminate).await.unwrap(),
+        InstanceCheck::NotInGroup,
+        "a terminated instance leaves the group"
+    );
+    let replaced = tokio::time::timeout(Duration::from_secs(30), refresh)
+        .await
+        .expect("the refresh ends")
+        .unwrap();
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    sandbox.shutdown().await;
+}

@@ -7,10 +7,33 @@ pub mod eks;
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use clap::Parser;
 use quiesce_aws::hooks::LifecycleHooks;
 use quiesce_aws::queue::Queue;
-use quiesce_drainer::{BadMessage, Disposition, Handler};
+use quiesce_drainer::args::HandlerArgs;
+use quiesce_drainer::{BadMessage, Disposition, Handler, Settings};
 use tokio::time::Instant;
+
+/// The Lambda's configuration: `quiesce drainer`'s handler flags, read only from their
+/// environment variables (a Lambda has no command line), so the two cannot differ.
+#[derive(Debug, Parser)]
+#[command(name = "quiesce-lambda", no_binary_name = true)]
+struct FromEnv {
+    #[command(flatten)]
+    handler: HandlerArgs,
+}
+
+/// The handler's and the batch's settings from the environment (`QUIESCE_CLUSTER`,
+/// `QUIESCE_KEEP_IN_LOAD_BALANCERS`, … as listed in `quiesce drainer --help`). A bad value
+/// is an error naming the flag whose variable it is.
+pub fn settings_from_env() -> Result<(Settings, BatchSettings), clap::Error> {
+    let args = FromEnv::try_parse_from(std::iter::empty::<String>())?.handler;
+    let batch = BatchSettings {
+        bad_message: args.bad_message,
+        ..BatchSettings::default()
+    };
+    Ok((args.settings(), batch))
+}
 
 /// How an invocation spends its time.
 #[derive(Debug, Clone)]

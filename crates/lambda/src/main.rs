@@ -5,8 +5,11 @@
 //! - `QUIESCE_CLUSTER`: the EKS cluster's name (token audience, and the hooks it acts on);
 //! - `QUIESCE_API_SERVER`, `QUIESCE_CA_DATA`: the cluster's endpoint and base64 CA bundle,
 //!   or `KUBECONFIG` for any other cluster;
-//! - `QUIESCE_UNKNOWN_INSTANCE` (`ignore`|`continue`), `QUIESCE_BAD_MESSAGE` (`delete`|`keep`),
-//!   `QUIESCE_EC2_FALLBACK` (`false` turns off the PrivateDnsName lookup).
+//! - `QUIESCE_EC2_FALLBACK` (`false` turns off the PrivateDnsName lookup);
+//! - the drain settings of `quiesce drainer`, under the same variables (`QUIESCE_UNKNOWN_INSTANCE`,
+//!   `QUIESCE_BAD_MESSAGE`, `QUIESCE_KEEP_IN_LOAD_BALANCERS`, `QUIESCE_TAINT`, `QUIESCE_FORCE`,
+//!   `QUIESCE_SURGE`, `QUIESCE_DRAIN_MARGIN`, `QUIESCE_MAX_CONCURRENT`, …): see
+//!   [`quiesce_drainer::args::HandlerArgs`].
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -22,20 +25,11 @@ use quiesce_drainer::client::{self, Timeouts};
 use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, Settings};
-use quiesce_lambda::{BatchSettings, handle_batch};
+use quiesce_lambda::{BatchSettings, handle_batch, settings_from_env};
 use tokio::time::Instant;
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn parse_env<T: std::str::FromStr<Err = String>>(name: &str, default: T) -> anyhow::Result<T> {
-    match env(name) {
-        Some(v) => v
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("{name}: {e}")),
-        None => Ok(default),
-    }
 }
 
 async fn kube_client(
@@ -72,16 +66,8 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .init();
     let aws = sdk_config(&AwsOptions::default()).await;
     let queue_url = env("QUIESCE_QUEUE_URL").context("QUIESCE_QUEUE_URL is required")?;
-    let cluster = env("QUIESCE_CLUSTER");
-    let settings = Settings {
-        cluster: cluster.clone(),
-        unknown_instance: parse_env("QUIESCE_UNKNOWN_INSTANCE", Default::default())?,
-        ..Settings::default()
-    };
-    let batch = BatchSettings {
-        bad_message: parse_env("QUIESCE_BAD_MESSAGE", Default::default())?,
-        ..BatchSettings::default()
-    };
+    let (settings, batch) = settings_from_env()?;
+    let cluster = settings.cluster.clone();
     let queue = Arc::new(Sqs::new(&aws, queue_url));
     // Nodes without an AWS providerID are found by PrivateDnsName unless turned off.
     let ec2 = match env("QUIESCE_EC2_FALLBACK").as_deref() {

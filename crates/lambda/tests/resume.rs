@@ -6,65 +6,13 @@
 #[path = "../../drainer/tests/support/mod.rs"]
 mod support;
 
+mod invocation;
+
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use invocation::{delete, invocation_event, invoke};
 use quiesce_aws::record::Phase;
-use quiesce_lambda::{BatchSettings, handle_batch};
 use tokio::time::Instant;
-
-/// What the event source mapping would hand the function: the queue's visible messages.
-async fn invocation_event(bed: &support::Bed) -> SqsEvent {
-    let mut event = SqsEvent::default();
-    let out = bed
-        .sqs
-        .receive_message()
-        .queue_url(&bed.queue_url)
-        .max_number_of_messages(10)
-        .visibility_timeout(60)
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .unwrap();
-    for m in out.messages() {
-        let mut record = SqsMessage::default();
-        record.message_id = m.message_id().map(str::to_string);
-        record.receipt_handle = m.receipt_handle().map(str::to_string);
-        record.body = m.body().map(str::to_string);
-        event.records.push(record);
-    }
-    event
-}
-
-/// One invocation with `budget` left before its deadline, in a fresh execution environment
-/// (a new handler).
-async fn invoke(bed: &support::Bed, event: &SqsEvent, budget: Duration) -> SqsBatchResponse {
-    let settings = BatchSettings {
-        reserve: Duration::from_millis(200),
-        resume_after: Duration::from_secs(1),
-        ..BatchSettings::default()
-    };
-    let handler = bed.handler(bed.settings());
-    handle_batch(
-        &handler,
-        &*bed.queue(),
-        event,
-        Instant::now() + budget,
-        &settings,
-    )
-    .await
-}
-
-/// What Lambda does with an item that succeeded.
-async fn delete(bed: &support::Bed, record: &SqsMessage) {
-    bed.sqs
-        .delete_message()
-        .queue_url(&bed.queue_url)
-        .receipt_handle(record.receipt_handle.clone().unwrap())
-        .send()
-        .await
-        .unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_longer_than_an_invocation_resumes_in_the_next() {
@@ -78,7 +26,7 @@ async fn a_drain_longer_than_an_invocation_resumes_in_the_next() {
     let lifecycle_id = loop {
         assert!(Instant::now() < deadline, "no lifecycle message arrived");
         let event = invocation_event(&bed).await;
-        let response = invoke(&bed, &event, Duration::from_millis(600)).await;
+        let response = invoke(&bed, bed.settings(), &event, Duration::from_millis(600)).await;
         let mut found = None;
         for record in &event.records {
             let failed = response
@@ -124,7 +72,7 @@ async fn a_drain_longer_than_an_invocation_resumes_in_the_next() {
         else {
             continue;
         };
-        let response = invoke(&bed, &event, Duration::from_secs(60)).await;
+        let response = invoke(&bed, bed.settings(), &event, Duration::from_secs(60)).await;
         assert!(response.batch_item_failures.is_empty(), "{response:?}");
         delete(&bed, record).await;
         break;

@@ -6,8 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use quiesce_core::DrainOptions;
-use quiesce_kube::cluster::Cordon;
+use quiesce_drainer::args::DrainSwitches;
 use quiesce_kube::engine::{self, DrainSpec};
 use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::report::{DrainReport, GateEnd, Outcome, Stage};
@@ -35,25 +34,15 @@ pub struct Args {
     /// Print the plan and change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Surge every Deployment that cannot lose a pod (otherwise only those annotated
-    /// `quiesce.io/drain-strategy: surge`).
-    #[arg(long)]
-    pub surge: bool,
-    /// Evict pods that have no controller (they are lost) and ignore do-not-disrupt.
-    #[arg(long)]
-    pub force: bool,
+    /// The drain switches, shared with `quiesce drainer` and the Lambda.
+    #[command(flatten)]
+    pub switches: DrainSwitches,
     /// Evict pods with emptyDir volumes (their data is lost).
-    #[arg(long)]
+    #[arg(long, env = "QUIESCE_DELETE_EMPTYDIR_DATA", value_parser = clap::builder::BoolishValueParser::new())]
     pub delete_emptydir_data: bool,
     /// Make the node schedulable again if the drain fails or times out.
     #[arg(long)]
     pub uncordon_on_failure: bool,
-    /// Also taint the node while draining, as `key=value:Effect`.
-    #[arg(long)]
-    pub taint: Option<String>,
-    /// Label the node out of external load balancers before evicting.
-    #[arg(long)]
-    pub exclude_from_load_balancers: bool,
     /// Report format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -70,19 +59,13 @@ async fn drain(args: Args) -> anyhow::Result<ExitCode> {
     let cluster = KubeCluster::new(kube::Client::try_from(config)?);
     let spec = DrainSpec {
         node: args.node.clone(),
-        options: DrainOptions {
-            force: args.force,
-            delete_emptydir_data: args.delete_emptydir_data,
-            surge_all: args.surge,
-        },
+        options: args.switches.options(args.delete_emptydir_data),
         timeout: args.timeout,
         dry_run: args.dry_run,
         uncordon_on_failure: args.uncordon_on_failure,
         replacement_gate: true,
-        cordon: Cordon {
-            taint: args.taint.clone(),
-            exclude_from_load_balancers: args.exclude_from_load_balancers,
-        },
+        // A node drained by hand stays in its load balancers unless asked.
+        cordon: args.switches.cordon(false),
     };
     let live = args.output == Output::Text && std::io::stderr().is_terminal();
     let progress = |pod: &str, stage: Stage| {

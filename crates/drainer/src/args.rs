@@ -1,0 +1,175 @@
+//! The drain settings as command-line flags and environment variables, defined once for
+//! `quiesce drain`, `quiesce drainer` and `quiesce-lambda` (which reads the same `QUIESCE_…`
+//! variables with no flags), so the three cannot drift apart: before, the Lambda had no way to
+//! take nodes out of load balancers at all.
+//!
+//! It lives here, not in `quiesce-core` (no CLI or I/O there) and not in the cli crate (the
+//! Lambda does not depend on it): the drainer crate is what both the cli and the Lambda
+//! already build on, and [`HandlerArgs::settings`] turns the flags into its [`Settings`].
+
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use quiesce_core::DrainOptions;
+use quiesce_kube::cluster::Cordon;
+
+use crate::{BadMessage, Settings, UnknownInstance};
+
+/// How a node is drained and fenced, for every entry point. Flags take `true`/`false`,
+/// `yes`/`no`, `1`/`0` from their environment variable.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DrainSwitches {
+    /// Evict pods without a controller (they are lost) and ignore do-not-disrupt (otherwise
+    /// they block the drain).
+    #[arg(long, env = "QUIESCE_FORCE", value_parser = BoolishValueParser::new())]
+    pub force: bool,
+    /// Surge every Deployment that cannot lose a pod (otherwise only those annotated
+    /// `quiesce.io/drain-strategy: surge`).
+    #[arg(long, env = "QUIESCE_SURGE", value_parser = BoolishValueParser::new())]
+    pub surge: bool,
+    /// Also taint the node while draining, as `key=value:Effect`.
+    #[arg(long, env = "QUIESCE_TAINT")]
+    pub taint: Option<String>,
+    /// Label the node out of external load balancers before evicting (the default of
+    /// `quiesce drainer` and the Lambda).
+    #[arg(
+        long,
+        env = "QUIESCE_EXCLUDE_FROM_LOAD_BALANCERS",
+        value_parser = BoolishValueParser::new(),
+        overrides_with = "keep_in_load_balancers"
+    )]
+    pub exclude_from_load_balancers: bool,
+    /// Leave the node in external load balancers while draining (the default of
+    /// `quiesce drain`).
+    #[arg(
+        long,
+        env = "QUIESCE_KEEP_IN_LOAD_BALANCERS",
+        value_parser = BoolishValueParser::new(),
+        overrides_with = "exclude_from_load_balancers"
+    )]
+    pub keep_in_load_balancers: bool,
+}
+
+impl DrainSwitches {
+    /// How the node is fenced. `exclude_by_default` is the command's own default for the
+    /// load-balancer label: a node about to be terminated leaves its load balancers (NTH
+    /// issue #316), a node drained by hand for maintenance stays unless asked.
+    pub fn cordon(&self, exclude_by_default: bool) -> Cordon {
+        Cordon {
+            // An empty variable (a template's unset parameter) is no taint.
+            taint: self.taint.clone().filter(|t| !t.is_empty()),
+            exclude_from_load_balancers: if self.keep_in_load_balancers {
+                false
+            } else {
+                self.exclude_from_load_balancers || exclude_by_default
+            },
+        }
+    }
+
+    /// The drain engine's switches; emptyDir data is the caller's decision (an instance's
+    /// disks go with it, a node drained by hand keeps them).
+    pub fn options(&self, delete_emptydir_data: bool) -> DrainOptions {
+        DrainOptions {
+            force: self.force,
+            delete_emptydir_data,
+            surge_all: self.surge,
+        }
+    }
+}
+
+/// What the lifecycle-hook handler is told, shared by `quiesce drainer` and the Lambda.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HandlerArgs {
+    /// Act only on hooks whose NotificationMetadata names this cluster (plain or
+    /// `{"cluster": NAME}`); others are left on the queue for their own drainer.
+    #[arg(long, env = "QUIESCE_CLUSTER")]
+    pub cluster: Option<String>,
+    /// An instance that is no node of this cluster: `ignore` leaves its message for another
+    /// cluster's drainer, `continue` completes its hook.
+    #[arg(long, env = "QUIESCE_UNKNOWN_INSTANCE", default_value = "ignore", value_parser = parse_unknown)]
+    pub unknown_instance: UnknownInstance,
+    /// A message that is not a lifecycle event: `delete` it (logged in full) or `keep` it for
+    /// the queue's dead-letter redrive.
+    #[arg(long, env = "QUIESCE_BAD_MESSAGE", default_value = "delete", value_parser = parse_bad)]
+    pub bad_message: BadMessage,
+    /// Added to the deadline derived from the node's workload (grace periods, budget rounds,
+    /// replacement startup).
+    #[arg(long, env = "QUIESCE_DRAIN_MARGIN", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub drain_margin: Duration,
+    /// How long a replacement pod takes to become Ready, for the deadline.
+    #[arg(long, env = "QUIESCE_REPLACEMENT_STARTUP", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub replacement_startup: Duration,
+    /// How long a launching instance may take to become a Ready node before ABANDON.
+    #[arg(long, env = "QUIESCE_LAUNCH_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub launch_timeout: Duration,
+    /// Drains in progress at once (at least 1). Every received action is recorded, cordoned
+    /// and heartbeated at once however many arrive; only the evictions wait for a slot.
+    #[arg(long, env = "QUIESCE_MAX_CONCURRENT", default_value = "4", value_parser = parse_concurrency)]
+    pub max_concurrent: usize,
+    /// The drain switches.
+    #[command(flatten)]
+    pub drain: DrainSwitches,
+}
+
+impl HandlerArgs {
+    /// The handler's settings: a terminating instance's emptyDir data goes with its disks,
+    /// and it leaves its load balancers unless kept.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            cluster: self.cluster.clone(),
+            unknown_instance: self.unknown_instance,
+            drain_margin: self.drain_margin,
+            replacement_startup: self.replacement_startup,
+            launch_timeout: self.launch_timeout,
+            drain: self.drain.options(true),
+            cordon: self.drain.cordon(true),
+            max_drains: self.max_concurrent,
+            ..Settings::default()
+        }
+    }
+}
+
+fn parse_unknown(s: &str) -> Result<UnknownInstance, String> {
+    s.parse()
+}
+
+fn parse_bad(s: &str) -> Result<BadMessage, String> {
+    s.parse()
+}
+
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("0 would never handle a message: expected at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?} is not a whole number: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_wins_over_the_default_and_exclude_over_its_absence() {
+        let kept = DrainSwitches {
+            keep_in_load_balancers: true,
+            ..DrainSwitches::default()
+        };
+        assert!(!kept.cordon(true).exclude_from_load_balancers);
+        let excluded = DrainSwitches {
+            exclude_from_load_balancers: true,
+            ..DrainSwitches::default()
+        };
+        assert!(excluded.cordon(false).exclude_from_load_balancers);
+        assert!(
+            !DrainSwitches::default()
+                .cordon(false)
+                .exclude_from_load_balancers
+        );
+        assert!(
+            DrainSwitches::default()
+                .cordon(true)
+                .exclude_from_load_balancers
+        );
+    }
+}
