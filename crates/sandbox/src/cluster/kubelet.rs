@@ -99,17 +99,24 @@ fn ready_condition(ready: bool) -> Value {
     ])
 }
 
-fn container_statuses(pod: &Value, ready: bool) -> Value {
+/// One status per container of the pod, as the kubelet reports them: `state` is the
+/// container's state object (`running`, `waiting`, `terminated`) for the container given.
+fn statuses_of(pod: &Value, ready: bool, started: bool, state: impl Fn(&Value) -> Value) -> Value {
     let statuses: Vec<Value> = pod["spec"]["containers"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|c| {
             json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": ready,
-            "started": true, "restartCount": 0, "state": {"running": {"startedAt": now()}}})
+            "started": started, "restartCount": 0, "state": state(c)})
         })
         .collect();
     json!(statuses)
+}
+
+fn container_statuses(pod: &Value, ready: bool) -> Value {
+    let t = now();
+    statuses_of(pod, ready, true, |_| json!({"running": {"startedAt": t}}))
 }
 
 /// A pod whose containers are not restarted (a Job's) runs to completion: its run lasts its
@@ -124,33 +131,21 @@ fn runs_to_completion(pod: &Value) -> bool {
 
 fn complete(pod: &mut Value) {
     let t = now();
-    let statuses: Vec<Value> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false,
-            "started": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0,
-            "reason": "Completed", "startedAt": pod["status"]["startTime"], "finishedAt": t}}})
-        })
-        .collect();
+    let started_at = pod["status"]["startTime"].clone();
+    let statuses = statuses_of(pod, false, false, |_| {
+        json!({"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": started_at,
+        "finishedAt": t}})
+    });
     pod["status"]["phase"] = json!("Succeeded");
     pod["status"]["conditions"] = ready_condition(false);
-    pod["status"]["containerStatuses"] = json!(statuses);
+    pod["status"]["containerStatuses"] = statuses;
 }
 
 fn image_pull_back_off(pod: &Value) -> Value {
-    let statuses: Vec<Value> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| {
-            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": false,
-            "started": false, "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff",
-            "message": format!("Back-off pulling image {}", c["image"])}}})
-        })
-        .collect();
-    json!(statuses)
+    statuses_of(pod, false, false, |c| {
+        json!({"waiting": {"reason": "ImagePullBackOff",
+        "message": format!("Back-off pulling image {}", c["image"])}})
+    })
 }
 
 /// Drives every bound pod through its lifecycle.
