@@ -52,7 +52,24 @@ enum Command {
     Lab(cmd::lab::Args),
 }
 
+/// Hidden subcommands: the programs of `quiesce lab`'s container image, which is this binary
+/// (so `cargo run --bin quiesce -- lab` needs no other build). They take their arguments raw,
+/// before clap and logging, exactly as the programs they stand for do.
+fn hidden(args: &[String]) -> Option<ExitCode> {
+    let (sub, rest) = args.split_first()?;
+    match sub.as_str() {
+        // quiesce-init itself, the same code as the quiesce-init binary.
+        "__init" => Some(quiesce_init::run(rest)),
+        "__lab-app" => Some(quiesce_lab::app::main(rest)),
+        _ => None,
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = hidden(&args) {
+        return code;
+    }
     let cli = Cli::parse();
     let default_log = match cli.command {
         Command::Lab(_) => "warn",

@@ -1,7 +1,9 @@
 //! `quiesce lab`: a node-group patch in the sandbox under live traffic.
 //!
-//! - [`dataplane`]: every pod of the demo Services is a real HTTP server on a loopback port,
-//!   and the client balances over EndpointSlices the way kube-proxy does (late, and pinned);
+//! - [`pods`]: every pod of the demo Services is a real process — quiesce-init and the
+//!   [`app`] — started, probed and stopped as a kubelet does;
+//! - [`dataplane`]: the userspace balancer over EndpointSlices, as kube-proxy balances (late,
+//!   and pinned);
 //! - [`kernel`]: the same Services through the kernel — a private network namespace, virtual
 //!   IPs, and iptables rules as kube-proxy writes them;
 //! - [`traffic`]: the bounded request loop and what each failure was;
@@ -10,9 +12,11 @@
 //! - [`asg`]: the simulated Auto Scaling group whose lifecycle hooks the drainer completes;
 //! - [`run`]: one whole run, quiesce or naive.
 
+pub mod app;
 pub mod asg;
 pub mod dataplane;
 pub mod kernel;
+pub mod pods;
 pub mod report;
 pub mod run;
 pub mod timeline;

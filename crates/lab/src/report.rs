@@ -56,7 +56,7 @@ const PAGE_HEAD: &str = r###"<!DOCTYPE html>
 <div class="row"><div id="services"></div><div id="phases"></div></div>
 <svg id="timeline" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="timeline of the lab run"></svg>
 <p class="note">Each lane is a node: grey while it exists, orange once cordoned (draining), a red line when terminated.
-Pod bars are colored by workload: pale while starting, solid while Ready, hatched while terminating; a black tick is the app's SIGTERM, a red triangle an eviction.
+Pod bars are colored by workload: pale while starting, solid while Ready, hatched while terminating; a blue tick is the preStop hook, a black tick the SIGTERM to the container's PID 1, a dot the process's exit (green for exit 0, red otherwise), a red triangle an eviction.
 Hover any mark for details.</p>
 <script type="application/json" id="lab-data">"###;
 
@@ -171,8 +171,10 @@ const PAGE_TAIL: &str = r###"</script>
       case "pod-ready": first(pod(e.subject, d), "ready", e.t); break;
       case "pod-terminating": first(pod(e.subject, d), "terminating", e.t); break;
       case "pod-gone": first(pod(e.subject, d), "gone", e.t); break;
-      case "app-sigterm": first(pod(e.subject, d), "sigterm", e.t); break;
-      case "app-stopped": first(pod(e.subject, d), "stopped", e.t); break;
+      case "prestop": first(pod(e.subject, d), "prestop", e.t); break;
+      case "sigterm": first(pod(e.subject, d), "sigterm", e.t); break;
+      case "process-exited": first(pod(e.subject, d), "exited", e.t); pod(e.subject, d).exit = d.status; break;
+      case "container-log": break;
       case "eviction": evictions.push(e); break;
       case "endpoints": (endpoints[e.subject] = endpoints[e.subject] || []).push([e.t, +(d.ready || 0)]); break;
       default: others.push(e);
@@ -275,7 +277,9 @@ const PAGE_TAIL: &str = r###"</script>
         mark("rect", { x: x(p.terminating), y: py, width: Math.max(1.5, x(p.end) - x(p.terminating)), height: ph, fill: col }, label + ": terminating " + s(p.terminating) + (p.gone !== undefined ? ", gone " + s(p.gone) : ""));
         el("rect", { x: x(p.terminating), y: py, width: Math.max(1.5, x(p.end) - x(p.terminating)), height: ph, fill: "url(#hatch)" });
       }
+      if (p.prestop !== undefined) mark("line", { x1: x(p.prestop), x2: x(p.prestop), y1: py - 1, y2: py + ph + 1, stroke: "#0969da", "stroke-width": 1.5 }, label + ": preStop hook at " + s(p.prestop));
       if (p.sigterm !== undefined) mark("line", { x1: x(p.sigterm), x2: x(p.sigterm), y1: py - 1, y2: py + ph + 1, stroke: "#000", "stroke-width": 1.5 }, label + ": SIGTERM at " + s(p.sigterm));
+      if (p.exited !== undefined) mark("circle", { cx: x(p.exited), cy: py + ph / 2, r: 2.5, fill: p.exit === "exit 0" ? "#1a7f37" : "#cf222e" }, label + ": process " + (p.exit || "exited") + " at " + s(p.exited));
       p.laneY = py;
     });
     y += h + LANE_GAP;

@@ -1,8 +1,10 @@
-//! One lab run: a sandbox cluster with the demo workloads, real HTTP traffic through a
-//! kube-proxy-like data plane, the simulated group's instance refresh, and the drainer's
-//! production code completing its lifecycle hooks. `quiesce` and `naive` differ only in what
-//! production clusters differ in: the drain's replacement gate and surge, and whether the apps
-//! keep serving after SIGTERM (quiesce-init's drain delay).
+//! One lab run: a sandbox cluster with the demo workloads, whose Service pods are real
+//! processes ([`crate::pods`]), real HTTP traffic through a kube-proxy data plane (the
+//! kernel's, or the userspace model), the simulated group's instance refresh, and the
+//! drainer's production code completing its lifecycle hooks. `quiesce` and `naive` differ only
+//! in what production clusters differ in: the drain's replacement gate and surge, and whether
+//! the container's first process is quiesce-init (with its preStop hook and drain delay) or
+//! the app itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +23,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::asg::{Group, GroupOptions, Replacement};
-use crate::dataplane::{App, AppBehaviour, Balancer, Listen, PodServers, Registry};
+use crate::dataplane::{Balancer, Registry};
 use crate::kernel::{KernelReport, PrivateNetns, Proxier, ServicePort};
+use crate::pods::process::Isolation;
+use crate::pods::{Listen, PodRecord, Runtime, RuntimeOptions};
 use crate::timeline::{Timeline, watch_cluster};
 use crate::traffic::{Route, Traffic, TrafficOptions, TrafficStats};
 
@@ -77,6 +81,8 @@ pub struct LabOptions {
     pub settle: Duration,
     /// What carries the traffic.
     pub dataplane: Dataplane,
+    /// How long the app works on each request, so that requests are in flight when pods stop.
+    pub work: Duration,
 }
 
 impl Default for LabOptions {
@@ -91,6 +97,7 @@ impl Default for LabOptions {
             heartbeat_timeout: Duration::from_secs(30),
             settle: Duration::from_secs(2),
             dataplane: Dataplane::Userspace,
+            work: Duration::from_millis(2),
         }
     }
 }
@@ -105,6 +112,12 @@ pub struct LabReport {
     /// What the kernel data plane did (its rules' packet counters, what conntrack kept); null
     /// on the userspace one.
     pub kernel: Option<KernelReport>,
+    /// How each pod's first process was isolated: `pid-namespace` (it is PID 1 there), or
+    /// `subreaper` and why not.
+    pub pod_isolation: Isolation,
+    /// Every Service pod's process: pids, when it started, turned Ready, got its preStop,
+    /// SIGTERM, SIGKILL, and how it exited.
+    pub pods: Vec<PodRecord>,
     /// Nodes at the start.
     pub nodes: usize,
     /// Old nodes terminated after their drain.
@@ -139,24 +152,26 @@ const POD_PORT: u16 = 8080;
 fn scenario(opts: &LabOptions) -> Scenario {
     let quiesce = opts.mode == Mode::Quiesce;
     let delay = humantime::format_duration(opts.drain_delay).to_string();
+    let work = humantime::format_duration(opts.work).to_string();
     let app = |name: &str| -> Value {
-        let mut annotations = json!({"sandbox.quiesce.io/startup-delay": "1s"});
-        let mut env = json!([]);
+        let mut container = json!({"name": name, "image": format!("registry.example/{name}:1"),
+            "ports": [{"name": "http", "containerPort": POD_PORT}],
+            "readinessProbe": {"httpGet": {"path": "/ready", "port": POD_PORT}, "periodSeconds": 1},
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}});
         if quiesce {
-            // The app runs under quiesce-init: it keeps serving for the drain delay after
-            // SIGTERM, then exits.
-            annotations["sandbox.quiesce.io/shutdown-delay"] = json!(delay);
-            env = json!([{"name": "QUIESCE_DRAIN_DELAY", "value": delay}]);
+            // quiesce-init is the container's first process; its preStop hook starts the drain
+            // (readiness 503, the app serving on for the drain delay) before the SIGTERM.
+            container["command"] = json!(["/quiesce-init", "--", "lab-app", "--work", work]);
+            container["env"] = json!([{"name": "QUIESCE_DRAIN_DELAY", "value": delay}]);
+            container["lifecycle"] =
+                json!({"preStop": {"exec": {"command": ["/quiesce-init", "prestop"]}}});
+        } else {
+            container["command"] = json!(["lab-app", "--work", work]);
         }
         json!({
-            "metadata": {"labels": {"app": name}, "annotations": annotations},
-            "spec": {
-                "terminationGracePeriodSeconds": 30,
-                "containers": [{"name": name, "image": format!("registry.example/{name}:1"),
-                    "env": env, "ports": [{"name": "http", "containerPort": 8080}],
-                    "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}},
-                    "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]
-            }
+            "metadata": {"labels": {"app": name},
+                "annotations": {quiesce_sandbox::cluster::EXTERNAL_RUNTIME: "true"}},
+            "spec": {"terminationGracePeriodSeconds": 30, "containers": [container]}
         })
     };
     let deployment = |name: &str, replicas: u32| {
@@ -255,6 +270,41 @@ pub async fn run(
     .await?;
     let client = sandbox.client();
     let cluster_watch = watch_cluster(client.clone(), timeline.clone());
+    let isolation = Isolation::detect().await;
+    progress(&match &isolation {
+        Isolation::PidNamespace => {
+            "pods: real processes, each in a PID namespace of its own (its first process is PID 1)"
+                .to_string()
+        }
+        Isolation::Subreaper(why) => format!(
+            "pods: real processes without PID namespaces ({why}): quiesce-init runs as a child \
+             subreaper instead of PID 1"
+        ),
+    });
+    let run_dir = tempfile::Builder::new().prefix("quiesce-lab-").tempdir()?;
+    let runtime = RuntimeOptions {
+        program: std::env::current_exe()?,
+        listen: match opts.dataplane {
+            Dataplane::Kernel(_) => Listen::PodAddress(POD_PORT),
+            Dataplane::Userspace => Listen::Ephemeral,
+        },
+        isolation: isolation.clone(),
+        run_dir: run_dir.path().to_path_buf(),
+    };
+    let registry = Registry::default();
+    let runtimes: Vec<Runtime> = SERVICES
+        .iter()
+        .map(|service| {
+            Runtime::start(
+                client.clone(),
+                "default",
+                &format!("app={service}"),
+                runtime.clone(),
+                registry.clone(),
+                timeline.clone(),
+            )
+        })
+        .collect();
     // web 3 + api 1 + db 2 + one log agent per node.
     let expected = 6 + opts.nodes;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -271,30 +321,8 @@ pub async fn run(
     ));
     mark("cluster-ready", &mut since);
 
-    let behaviour = match opts.mode {
-        Mode::Quiesce => AppBehaviour::QuiesceInit,
-        Mode::Naive => AppBehaviour::StopOnSigterm,
-    };
-    let app = App {
-        behaviour,
-        work: Duration::from_millis(2),
-        listen: match opts.dataplane {
-            Dataplane::Kernel(_) => Listen::PodAddress(POD_PORT),
-            Dataplane::Userspace => Listen::Ephemeral,
-        },
-    };
-    let registry = Registry::default();
-    let mut servers = Vec::new();
     let mut targets = Vec::new();
     for service in SERVICES {
-        servers.push(PodServers::start_with_registry(
-            client.clone(),
-            "default",
-            &format!("app={service}"),
-            app,
-            registry.clone(),
-            timeline.clone(),
-        ));
         let balancer = Balancer::start(
             client.clone(),
             "default",
@@ -427,7 +455,10 @@ pub async fn run(
     stop.send_replace(true);
     let _ = worker.await;
     index.abort();
-    drop(servers);
+    let mut pods = Vec::new();
+    for r in runtimes {
+        pods.extend(r.stop().await);
+    }
     drop(queue);
     drop(cluster_watch);
     sandbox.shutdown().await;
@@ -444,6 +475,8 @@ pub async fn run(
             mode: opts.mode,
             dataplane: opts.dataplane.name(),
             kernel,
+            pod_isolation: isolation,
+            pods,
             nodes: opts.nodes,
             nodes_replaced,
             requests,

@@ -42,10 +42,22 @@ pub mod kind {
     /// The kernel data plane rewrote a Service's iptables rules (detail: `chain`, `endpoints`,
     /// and for each endpoint whose rule went, the connections conntrack kept on it).
     pub const RULES: &str = "rules";
-    /// A pod's app got SIGTERM (after its preStop).
-    pub const APP_SIGTERM: &str = "app-sigterm";
-    /// A pod's app stopped accepting connections.
-    pub const APP_STOPPED: &str = "app-stopped";
+    /// A pod's container process started (detail: `pid1`, its pids and command line).
+    pub const PROCESS_STARTED: &str = "process-started";
+    /// A pod's readiness probe passed for the first time (the runtime reports it Ready).
+    pub const PROBE_PASSED: &str = "probe-passed";
+    /// A pod's exec preStop hook started (detail: `command`).
+    pub const PRESTOP: &str = "prestop";
+    /// The preStop hook ended (detail: `status`).
+    pub const PRESTOP_DONE: &str = "prestop-done";
+    /// The container's PID 1 got SIGTERM (after its preStop).
+    pub const SIGTERM: &str = "sigterm";
+    /// The container got SIGKILL (its grace period ran out, or its pod vanished).
+    pub const SIGKILL: &str = "sigkill";
+    /// The container's process exited (detail: `status`, `exit 0` or `signal 9 (SIGKILL)`).
+    pub const PROCESS_EXITED: &str = "process-exited";
+    /// A line the container wrote on stderr (quiesce-init's phases, as `kubectl logs` shows).
+    pub const CONTAINER_LOG: &str = "container-log";
 }
 
 /// Width of one request bucket: fine enough to see a one-second burst of failures.

@@ -1,11 +1,14 @@
 //! The lab's clients: a bounded, paced request loop per worker, each worker holding one
 //! keep-alive connection the way a real client pool does, and an exact account of what every
 //! failed request saw. No retries, since the point is to count what a simple client suffers —
-//! with the one exception every HTTP client makes (see [`send`]).
+//! with the one exception Go's net/http makes by itself, counted apart (see [`send`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +17,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -82,8 +86,11 @@ impl Default for TrafficOptions {
 /// Outcome counts of one Service.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ServiceStats {
-    /// Requests attempted (a re-send of an unsent request is not counted twice).
+    /// Requests attempted (a client retry is not counted twice).
     pub sent: u64,
+    /// Requests the client sent a second time on a new connection, as Go's net/http does by
+    /// itself: its reused keep-alive connection closed before any byte of the response came.
+    pub retries: u64,
     /// Requests answered below 500.
     pub ok: u64,
     /// Requests that failed.
@@ -93,8 +100,9 @@ pub struct ServiceStats {
 }
 
 impl ServiceStats {
-    fn count(&mut self, failure: Option<Cause>) {
+    fn count(&mut self, failure: Option<Cause>, retried: bool) {
         self.sent += 1;
+        self.retries += u64::from(retried);
         match failure {
             None => self.ok += 1,
             Some(cause) => {
@@ -110,6 +118,9 @@ impl ServiceStats {
 pub struct TrafficStats {
     /// Requests attempted.
     pub sent: u64,
+    /// Requests retried by the client on a new connection (see [`ServiceStats::retries`]):
+    /// the keep-alive races of pods closing idle connections, which a Go client never sees.
+    pub retries: u64,
     /// TCP connections opened (each one a connect the data plane balanced).
     pub connections: u64,
     /// Requests answered below 500.
@@ -123,8 +134,9 @@ pub struct TrafficStats {
 }
 
 impl TrafficStats {
-    fn count(&mut self, service: &str, failure: Option<Cause>) {
+    fn count(&mut self, service: &str, failure: Option<Cause>, retried: bool) {
         self.sent += 1;
+        self.retries += u64::from(retried);
         match failure {
             None => self.ok += 1,
             Some(cause) => {
@@ -135,7 +147,7 @@ impl TrafficStats {
         self.by_service
             .entry(service.to_string())
             .or_default()
-            .count(failure);
+            .count(failure, retried);
     }
 }
 
@@ -250,6 +262,9 @@ struct Conn {
     task: JoinHandle<()>,
     /// Requests sent on it so far.
     used: u32,
+    /// Bytes the server has sent on it so far: whether a failed request saw any of its
+    /// response.
+    received: Arc<AtomicU64>,
 }
 
 impl Drop for Conn {
@@ -274,11 +289,13 @@ async fn worker(mut w: Worker) {
         }
         sent += 1;
         let sent_at = std::time::Instant::now();
-        let failure = match tokio::time::timeout(w.timeout, request(&mut conn, &w)).await {
-            Ok(Ok(())) => None,
-            Ok(Err(cause)) => Some(cause),
-            Err(_) => Some(Cause::Timeout),
-        };
+        let mut retried = false;
+        let failure =
+            match tokio::time::timeout(w.timeout, request(&mut conn, &w, &mut retried)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(cause)) => Some(cause),
+                Err(_) => Some(Cause::Timeout),
+            };
         if failure.is_some() {
             // Whatever broke, a client does not reuse that connection.
             conn = None;
@@ -286,7 +303,7 @@ async fn worker(mut w: Worker) {
         w.stats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .count(&w.service, failure);
+            .count(&w.service, failure, retried);
         w.timeline
             .count_request(&w.service, sent_at, failure.map(Cause::as_str));
     }
@@ -309,6 +326,11 @@ async fn dial(w: &Worker) -> Result<Conn, Cause> {
         .unwrap_or_else(|e| e.into_inner())
         .connections += 1;
     let _ = stream.set_nodelay(true);
+    let received = Arc::new(AtomicU64::new(0));
+    let stream = Counted {
+        inner: stream,
+        received: received.clone(),
+    };
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| hyper_cause(&e))?;
@@ -319,17 +341,56 @@ async fn dial(w: &Worker) -> Result<Conn, Cause> {
         sender,
         task,
         used: 0,
+        received,
     })
 }
 
+/// A TCP stream that counts the bytes read from it.
+struct Counted {
+    inner: TcpStream,
+    received: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.received.fetch_add(n, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// One request, on the pinned connection or a new one.
-async fn request(conn: &mut Option<Conn>, w: &Worker) -> Result<(), Cause> {
+async fn request(conn: &mut Option<Conn>, w: &Worker, retried: &mut bool) -> Result<(), Cause> {
     // An idle connection the server has closed (its FIN arrived): nothing is sent on it, so
     // dialing anew is not a retry.
     if conn.as_ref().is_some_and(|c| c.sender.is_closed()) {
         *conn = None;
     }
-    let response = send(conn, w).await?;
+    let response = send(conn, w, retried).await?;
     let closing = response
         .headers()
         .get(hyper::header::CONNECTION)
@@ -351,52 +412,42 @@ async fn request(conn: &mut Option<Conn>, w: &Worker) -> Result<(), Cause> {
     body.map(|_| ()).map_err(|e| hyper_cause(&e))
 }
 
-/// Sends the request. The single re-send: when a *reused* keep-alive connection fails before
-/// any byte of the request was written (hyper hands the unsent request back), the request is
-/// sent once more on a new connection — what hyper's pooled client and Go's net/http do, since
-/// the server cannot have seen it. Anything written and then lost is a failure, never retried.
+/// Sends the request, and once more on a new connection when Go's net/http would: the
+/// connection was a *reused* keep-alive one and it failed before any byte of the response
+/// arrived — the server closed it while idle, as a stopping server closes its idle
+/// connections, racing the request (upstream `persistConn.shouldRetryRequest` in
+/// net/http/transport.go: a reused connection, and either nothing was written or the request is
+/// replayable, a GET without a body, and the error came before the first response byte).
+/// Anything that failed after a response byte, or on a fresh connection, is a failure.
 async fn send(
     conn: &mut Option<Conn>,
     w: &Worker,
+    retried: &mut bool,
 ) -> Result<Response<hyper::body::Incoming>, Cause> {
     let reused = conn.is_some();
     if conn.is_none() {
         *conn = Some(dial(w).await?);
     }
     let c = conn.as_mut().expect("dialed above");
-    let first = match c.sender.ready().await {
-        Ok(()) => c.sender.try_send_request(get(&w.service)).await,
-        Err(e) if reused => {
-            // Closed while idle, noticed only now: still nothing written.
-            tracing::trace!(error = %e, "reused connection not ready; dialing again");
-            *conn = None;
-            return send_fresh(conn, w).await;
-        }
-        Err(e) => return Err(hyper_cause(&e)),
+    let before = c.received.load(Ordering::Relaxed);
+    let sent = match c.sender.ready().await {
+        Ok(()) => c.sender.send_request(get(&w.service)).await,
+        Err(e) => Err(e),
     };
-    match first {
+    match sent {
         Ok(response) => Ok(response),
-        Err(mut e) => match e.take_message() {
-            Some(_unsent) if reused => {
-                *conn = None;
-                send_fresh(conn, w).await
-            }
-            _ => Err(hyper_cause(e.error())),
-        },
+        Err(e) if reused && c.received.load(Ordering::Relaxed) == before => {
+            tracing::trace!(error = %e, "reused connection closed before a response byte; retrying");
+            *retried = true;
+            let c = conn.insert(dial(w).await?);
+            c.sender.ready().await.map_err(|e| hyper_cause(&e))?;
+            c.sender
+                .send_request(get(&w.service))
+                .await
+                .map_err(|e| hyper_cause(&e))
+        }
+        Err(e) => Err(hyper_cause(&e)),
     }
-}
-
-/// Sends on a new connection, with no further re-send.
-async fn send_fresh(
-    conn: &mut Option<Conn>,
-    w: &Worker,
-) -> Result<Response<hyper::body::Incoming>, Cause> {
-    let c = conn.insert(dial(w).await?);
-    c.sender.ready().await.map_err(|e| hyper_cause(&e))?;
-    c.sender
-        .send_request(get(&w.service))
-        .await
-        .map_err(|e| hyper_cause(&e))
 }
 
 fn io_cause(e: &std::io::Error) -> Cause {

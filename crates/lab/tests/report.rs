@@ -37,7 +37,7 @@ fn synthetic_timeline() -> Value {
         ev(4.1, "node-cordoned", "node-1", json!({})),
         ev(4.2, "eviction", "default/web-a", json!({})),
         ev(4.2, "pod-terminating", "default/web-a", web("node-1")),
-        ev(4.2, "app-sigterm", "default/web-a", json!({})),
+        ev(4.2, "sigterm", "default/web-a", json!({})),
         ev(4.25, "pod-scheduled", "default/web-c", web("node-3")),
         ev(5.2, "endpoints", "web", json!({"ready": 1})),
         ev(5.3, "pod-ready", "default/web-c", web("node-3")),

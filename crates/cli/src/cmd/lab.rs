@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use quiesce_lab::pods::process::Isolation;
 use quiesce_lab::run::{Dataplane, LabOptions, LabReport, Mode};
 
 /// Output format.
@@ -14,8 +15,10 @@ use quiesce_lab::run::{Dataplane, LabOptions, LabReport, Mode};
 pub enum Output {
     /// Per-node and per-phase timings, then the request count.
     Text,
-    /// `dataplane`, `nodes_replaced`, `requests` (sent, connections, failed, by cause and
-    /// Service), `phases` (seconds), `kernel` (KUBE-SEP packet counters, conntrack-kept).
+    /// `dataplane`, `nodes_replaced`, `requests` (sent, connections, client retries, failed,
+    /// by cause and Service), `phases` (seconds), `kernel` (KUBE-SEP packet counters,
+    /// conntrack-kept), `pod_isolation` and `pods` (each pod's process: pids, start, Ready,
+    /// preStop, SIGTERM, SIGKILL, exit status).
     Json,
 }
 
@@ -178,6 +181,31 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
     for (cause, n) in &report.requests.by_cause {
         writeln!(out, "failed by cause: {cause} {n}")?;
     }
+    writeln!(
+        out,
+        "client retries (what Go's net/http retries by itself): {}",
+        report.requests.retries
+    )?;
+    let mut exits: std::collections::BTreeMap<String, usize> = Default::default();
+    for pod in &report.pods {
+        let exit = pod.exit.as_deref().unwrap_or("running");
+        let by = pod.stopped_by.as_deref().unwrap_or("-");
+        *exits.entry(format!("{exit} ({by})")).or_default() += 1;
+    }
+    writeln!(
+        out,
+        "pod processes: {} ({}); exits: {}",
+        report.pods.len(),
+        match &report.pod_isolation {
+            Isolation::PidNamespace => "each PID 1 of its own PID namespace".to_string(),
+            Isolation::Subreaper(why) => format!("no PID namespaces: {why}"),
+        },
+        exits
+            .iter()
+            .map(|(e, n)| format!("{n}× {e}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
     writeln!(out, "dataplane: {}", report.dataplane)?;
     if let Some(kernel) = &report.kernel {
         writeln!(

@@ -19,6 +19,12 @@ pub const STARTUP_DELAY: &str = "sandbox.quiesce.io/startup-delay";
 pub const PRESTOP_DELAY: &str = "sandbox.quiesce.io/prestop-delay";
 /// Annotation: how long the app takes to exit after SIGTERM (`3s`).
 pub const SHUTDOWN_DELAY: &str = "sandbox.quiesce.io/shutdown-delay";
+/// Annotation (`"true"`): a runtime outside the sandbox runs this pod's containers, as a real
+/// node's kubelet runs them — `quiesce lab` starts each one as an OS process. The simulated
+/// kubelet still binds it (Running, pod IP) and turns it unready when it is deleted, but leaves
+/// Ready to that runtime's readiness probe and the final delete (grace 0) to its containers'
+/// exit, instead of timing either.
+pub const EXTERNAL_RUNTIME: &str = "sandbox.quiesce.io/external-runtime";
 /// Annotation (`"true"`): the image never pulls, so the pod stays Pending in ImagePullBackOff,
 /// as a kubelet reports it (phase Pending, container waiting with that reason).
 pub const IMAGE_PULL_FAILS: &str = "sandbox.quiesce.io/image-pull-fails";
@@ -164,6 +170,7 @@ pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
             continue;
         }
         let uid = objects::uid(&pod).to_string();
+        let external = pod["metadata"]["annotations"][EXTERNAL_RUNTIME] == "true";
         if deleting(&pod) {
             pass.state.ready_at.remove(&uid);
             let gone_at = *pass
@@ -176,6 +183,9 @@ pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
                     p["status"]["conditions"] = ready_condition(false);
                     p["status"]["containerStatuses"] = container_statuses(p, false);
                 });
+            }
+            if external {
+                continue;
             }
             if now_instant >= gone_at {
                 pass.delete(pods(), &pod, Some(0));
@@ -190,7 +200,7 @@ pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
         }
         match pod["status"]["phase"].as_str() {
             Some("Running") => {
-                if crate::api::eviction::is_ready(&pod) {
+                if external || crate::api::eviction::is_ready(&pod) {
                     continue;
                 }
                 let delay = pass.opts.time_scale.real(startup_delay(pass, &pod));

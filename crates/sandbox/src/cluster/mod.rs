@@ -12,6 +12,8 @@ mod kubelet;
 pub mod objects;
 mod scheduler;
 
+pub use kubelet::EXTERNAL_RUNTIME;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
