@@ -10,8 +10,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
+use quiesce_lab::app::{LISTEN_ENV, LISTENING};
 use quiesce_lab::dataplane::{Balancer, Registry};
-use quiesce_lab::pods::process::Isolation;
+use quiesce_lab::pods::process::{Container, Exec, Isolation};
 use quiesce_lab::pods::{Listen, PodRecord, Runtime, RuntimeOptions};
 use quiesce_lab::timeline::{Timeline, kind, watch_cluster};
 use quiesce_lab::traffic::{Route, Traffic, TrafficOptions, TrafficStats};
@@ -111,7 +112,7 @@ async fn delete_one_pod_under_traffic(quiesce: bool) -> Outcome {
     .expect("the sandbox starts");
     let client = sandbox.client();
     let timeline = Timeline::new();
-    let _watch = watch_cluster(client.clone(), timeline.clone());
+    let watch = watch_cluster(client.clone(), timeline.clone());
     let isolation = Isolation::detect().await;
     let run_dir = tempfile::tempdir().unwrap();
     let registry = Registry::default();
@@ -206,6 +207,9 @@ async fn delete_one_pod_under_traffic(quiesce: bool) -> Outcome {
     let stats = traffic.stop().await;
     drop(balancer);
     let records = runtime.stop().await;
+    // Every watch ends before the server does: its graceful shutdown would wait for an open
+    // watch request (kube's watcher asks for 290 s).
+    drop(watch);
     sandbox.shutdown().await;
     let victim = records
         .iter()
@@ -335,5 +339,53 @@ async fn an_app_that_is_pid_1_and_stops_at_sigterm_drops_requests() {
     let k = kinds(&o.timeline);
     for want in [kind::SIGTERM, kind::PROCESS_EXITED, kind::POD_GONE] {
         assert!(k.iter().any(|x| x == want), "timeline has {want}: {k:?}");
+    }
+}
+
+/// Whether the process is gone or a zombie (dead, only waiting to be reaped).
+fn dead(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("State:"))
+            .is_some_and(|st| st.trim_start().starts_with('Z'))
+    })
+}
+
+/// The worst way for the lab to go: its thread panics and the container's handle is never
+/// dropped (as after an abort or a SIGKILL, when no destructor runs). The kernel still kills
+/// the container, since it was started with PR_SET_PDEATHSIG.
+#[test]
+fn a_container_dies_with_the_lab_thread_that_started_it_even_when_nothing_is_dropped() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lab = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let exec = Exec {
+                argv: vec![QUIESCE.into(), "__lab-app".into()],
+                env: [(LISTEN_ENV.to_string(), "127.0.0.1:0".to_string())].into(),
+            };
+            let (logs, _) = tokio::sync::mpsc::unbounded_channel();
+            let isolation = Isolation::detect().await;
+            let (container, listening) = Container::start(&exec, &isolation, LISTENING, logs, 8)
+                .await
+                .unwrap();
+            assert!(listening.is_some(), "the app started");
+            tx.send(container.pid1().host_pid).unwrap();
+            std::mem::forget(container);
+            panic!("the lab panics with its container running");
+        });
+    });
+    let pid = rx.recv().unwrap();
+    assert!(lab.join().is_err(), "the thread panicked");
+    let until = std::time::Instant::now() + DEADLINE;
+    while !dead(pid) {
+        assert!(
+            std::time::Instant::now() < until,
+            "pid {pid} outlived the thread that started it"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

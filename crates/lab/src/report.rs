@@ -56,7 +56,7 @@ const PAGE_HEAD: &str = r###"<!DOCTYPE html>
 <div class="row"><div id="services"></div><div id="phases"></div></div>
 <svg id="timeline" xmlns="http://www.w3.org/2000/svg" role="img" aria-label="timeline of the lab run"></svg>
 <p class="note">Each lane is a node: grey while it exists, orange once cordoned (draining), a red line when terminated.
-Pod bars are colored by workload: pale while starting, solid while Ready, hatched while terminating; a blue tick is the preStop hook, a black tick the SIGTERM to the container's PID 1, a dot the process's exit (green for exit 0, red otherwise), a red triangle an eviction.
+Pod bars are colored by workload: pale while starting, solid while Ready, hatched while terminating; a blue tick is the preStop hook, a black tick the SIGTERM to the container's PID 1, a dot the process's exit (green for exit 0, red otherwise), a red triangle an eviction; a diamond under the endpoints is an iptables sync of the Service's rules.
 Hover any mark for details.</p>
 <script type="application/json" id="lab-data">"###;
 
@@ -136,7 +136,7 @@ const PAGE_TAIL: &str = r###"</script>
   table(document.getElementById("phases"), ["phase", "seconds"], phaseRows);
 
   // ---- model ----
-  var nodes = {}, nodeOrder = [], pods = {}, podOrder = [], endpoints = {}, evictions = [], others = [];
+  var nodes = {}, nodeOrder = [], pods = {}, podOrder = [], endpoints = {}, rules = [], evictions = [], others = [];
   function node(name) {
     if (!nodes[name]) { nodes[name] = { name: name, others: [] }; nodeOrder.push(name); }
     return nodes[name];
@@ -175,6 +175,7 @@ const PAGE_TAIL: &str = r###"</script>
       case "sigterm": first(pod(e.subject, d), "sigterm", e.t); break;
       case "process-exited": first(pod(e.subject, d), "exited", e.t); pod(e.subject, d).exit = d.status; break;
       case "container-log": break;
+      case "rules": rules.push(e); break;
       case "eviction": evictions.push(e); break;
       case "endpoints": (endpoints[e.subject] = endpoints[e.subject] || []).push([e.t, +(d.ready || 0)]); break;
       default: others.push(e);
@@ -312,7 +313,15 @@ const PAGE_TAIL: &str = r###"</script>
       mark("path", { d: d, fill: "none", stroke: col, "stroke-width": 2 }, k + ": " + pts.map(function (p) { return s(p[0]) + "\u2192" + p[1]; }).join(", "));
       text(L + plotW - 4, y + 12 + i * 14, k, "", "end").setAttribute("style", "fill:" + col + ";font-weight:600");
     });
-    y = base + 8;
+    // Each iptables sync of a Service's rules (kernel data plane): a diamond under the line.
+    rules.forEach(function (e) {
+      var d = e.detail || {}, cx = x(e.t), cy = base + 5, col = color("svc:" + e.subject);
+      var kept = (d.removed || []).map(function (r) { return r.pod_ip + " (conntrack kept " + r.kept_by_conntrack + ")"; });
+      mark("path", { d: "M" + cx + " " + (cy - 4) + " l4 4 l-4 4 l-4 -4 z", fill: col },
+        e.subject + ": rules rewritten at " + s(e.t) + " \u2192 " + (d.endpoints || []).join(", ") +
+        (kept.length ? "; removed " + kept.join(", ") : ""));
+    });
+    y = base + (rules.length ? 14 : 8);
   }
 
   // requests panels

@@ -37,9 +37,28 @@ fn synthetic_timeline() -> Value {
         ev(4.1, "node-cordoned", "node-1", json!({})),
         ev(4.2, "eviction", "default/web-a", json!({})),
         ev(4.2, "pod-terminating", "default/web-a", web("node-1")),
-        ev(4.2, "sigterm", "default/web-a", json!({})),
+        ev(
+            4.2,
+            "prestop",
+            "default/web-a",
+            json!({"command": "quiesce-init prestop"}),
+        ),
+        ev(4.3, "sigterm", "default/web-a", json!({})),
+        ev(
+            4.4,
+            "process-exited",
+            "default/web-a",
+            json!({"status": "exit 0"}),
+        ),
         ev(4.25, "pod-scheduled", "default/web-c", web("node-3")),
         ev(5.2, "endpoints", "web", json!({"ready": 1})),
+        ev(
+            5.25,
+            "rules",
+            "web",
+            json!({"endpoints": ["127.0.1.2:8080"],
+                "removed": [{"pod_ip": "10.244.0.1", "kept_by_conntrack": 2}]}),
+        ),
         ev(5.3, "pod-ready", "default/web-c", web("node-3")),
         ev(5.6, "pod-gone", "default/web-a", web("node-1")),
         ev(6.3, "endpoints", "web", json!({"ready": 2})),
@@ -114,6 +133,17 @@ fn the_report_renders_in_headless_chromium() {
         "refused: 5",
     ] {
         assert!(dom.contains(text), "the page shows {text:?}");
+    }
+    for tooltip in [
+        "web-a (web): preStop hook at",
+        "web-a (web): process exit 0 at",
+        "web: rules rewritten at",
+        "removed 10.244.0.1 (conntrack kept 2)",
+    ] {
+        assert!(
+            dom.contains(tooltip),
+            "the page has the tooltip {tooltip:?}"
+        );
     }
     assert!(
         dom.contains("&lt;/script&gt;&lt;b&gt;not markup"),

@@ -95,6 +95,18 @@ impl Exec {
         die_with_parent(&mut cmd);
         cmd
     }
+
+    /// Starts it, with stdout and stderr each made by `output` (piped or null).
+    fn spawn(&self, pid_namespace: bool, output: fn() -> Stdio) -> Result<Child, ProcessError> {
+        self.command(pid_namespace)
+            .stdout(output())
+            .stderr(output())
+            .spawn()
+            .map_err(|source| ProcessError::Spawn {
+                program: self.argv.join(" "),
+                source,
+            })
+    }
 }
 
 /// Has the kernel SIGKILL the process when the thread that spawned it exits — with the lab's
@@ -178,15 +190,7 @@ impl Container {
         logs: mpsc::UnboundedSender<String>,
         max_logs: usize,
     ) -> Result<(Container, Option<String>), ProcessError> {
-        let mut child = exec
-            .command(*isolation == Isolation::PidNamespace)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ProcessError::Spawn {
-                program: exec.argv.join(" "),
-                source,
-            })?;
+        let mut child = exec.spawn(*isolation == Isolation::PidNamespace, Stdio::piped)?;
         let pid = child.id().unwrap_or_default();
         let group = Pid::from_raw(pid as i32);
         let (found_tx, found) = oneshot::channel();
@@ -295,15 +299,7 @@ impl Container {
 /// or None when it ran out of time. It runs beside the container's processes, not in their
 /// PID namespace (`quiesce-init prestop` only needs the control socket's path).
 pub async fn run_hook(exec: &Exec, deadline: Instant) -> Result<Option<ExitStatus>, ProcessError> {
-    let mut child = exec
-        .command(false)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|source| ProcessError::Spawn {
-            program: exec.argv.join(" "),
-            source,
-        })?;
+    let mut child = exec.spawn(false, Stdio::null)?;
     Ok(tokio::time::timeout_at(deadline, child.wait())
         .await
         .ok()
