@@ -18,6 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::Shared;
 use super::eviction;
 use super::faults;
+use super::fields::{self, Writer};
 use super::openapi;
 use super::patch::{self, PatchType};
 use super::protobuf;
@@ -174,6 +175,16 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let wire = Wire {
+        accept: &accept,
+        content_type: &content_type,
+        user_agent: &user_agent,
+    };
     let result = match segments.as_slice() {
         [] => Ok(json_response(
             200,
@@ -204,16 +215,23 @@ pub async fn handle(
             .map(|l| json_response(200, &l))
             .ok_or_else(ApiError::no_such_resource),
         ["api", "v1", rest @ ..] => match parse_target("", "v1", rest) {
-            Ok(t) => serve(&shared, &method, t, &params, &accept, &content_type, body).await,
+            Ok(t) => serve(&shared, &method, t, &params, &wire, body).await,
             Err(e) => Err(e),
         },
         ["apis", group, version, rest @ ..] => match parse_target(group, version, rest) {
-            Ok(t) => serve(&shared, &method, t, &params, &accept, &content_type, body).await,
+            Ok(t) => serve(&shared, &method, t, &params, &wire, body).await,
             Err(e) => Err(e),
         },
         _ => Err(ApiError::no_such_resource()),
     };
     faults::cut(result.unwrap_or_else(|e| error_response(&e)), cut)
+}
+
+/// The headers a request's answer depends on.
+struct Wire<'a> {
+    accept: &'a str,
+    content_type: &'a str,
+    user_agent: &'a str,
 }
 
 fn lookup_any(plural: &str) -> bool {
@@ -277,15 +295,38 @@ fn selectors(params: &Params, r: &Resource) -> Result<(LabelSelector, FieldSelec
     Ok((labels, fields))
 }
 
+/// The options of a patch: an apply must name its manager and only an apply may force
+/// (upstream `ValidatePatchOptions`).
+fn patch_options(params: &Params, kind: PatchType) -> Result<bool, ApiError> {
+    let force = params.contains_key("force");
+    let manager = params.get("fieldManager").map_or("", String::as_str);
+    match kind {
+        PatchType::Apply if manager.is_empty() => Err(ApiError::invalid_options(
+            "PatchOptions",
+            "fieldManager",
+            "FieldValueRequired",
+            "Required value: is required for apply patch",
+        )),
+        PatchType::Apply => Ok(flag(params, "force")),
+        _ if force => Err(ApiError::invalid_options(
+            "PatchOptions",
+            "force",
+            "FieldValueForbidden",
+            "Forbidden: may not be specified for non-apply patch",
+        )),
+        _ => Ok(false),
+    }
+}
+
 async fn serve(
     shared: &Arc<Shared>,
     method: &Method,
     t: Target,
     params: &Params,
-    accept: &str,
-    content_type: &str,
+    wire: &Wire<'_>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let (accept, content_type) = (wire.accept, wire.content_type);
     let r = t.resource;
     let store = &shared.store;
     let ns = t.namespace.clone().unwrap_or_default();
@@ -294,6 +335,14 @@ async fn serve(
         Part::Status
     } else {
         Part::Main
+    };
+    let manager = fields::manager_of(
+        params.get("fieldManager").map(String::as_str),
+        wire.user_agent,
+    );
+    let writer = Writer {
+        manager: &manager,
+        part,
     };
     match (method.as_str(), t.name.as_deref(), t.subresource.as_deref()) {
         ("GET", None, None) => {
@@ -326,6 +375,7 @@ async fn serve(
         ("POST", None, None) => {
             let mut obj = parse_body(&body, r.kind, content_type)?;
             let warnings = validation::check(r, &mut obj, field_validation(params)?)?;
+            fields::record_update(r, None, &mut obj, &writer);
             let created = store.create(r, &ns, obj, dry_run)?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }
@@ -392,26 +442,40 @@ async fn serve(
         ("PUT", Some(name), None | Some("status")) => {
             let mut obj = parse_body(&body, r.kind, content_type)?;
             let warnings = validation::check(r, &mut obj, field_validation(params)?)?;
-            let updated = store.update(r, &ns, name, obj, part)?;
+            let updated = store.modify(r, &ns, name, part, |current| {
+                fields::record_update(r, Some(current), &mut obj, &writer);
+                Ok(obj)
+            })?;
             Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         ("PATCH", Some(name), None | Some("status")) => {
             let kind = PatchType::from_content_type(content_type)?;
+            let force = patch_options(params, kind)?;
             let mode = field_validation(params)?;
             let mut warnings = Vec::new();
-            // Server-side apply creates what does not exist yet (upstream's patcher
-            // `applyPatch` on a missing object).
-            if kind == PatchType::Apply
-                && part == Part::Main
-                && store.get(r, &ns, name).is_err_and(|e| e.code == 404)
-            {
-                let mut obj = patch::applied_object(&body)?;
-                if obj["metadata"]["name"].is_null() {
-                    obj["metadata"]["name"] = json!(name);
+            if kind == PatchType::Apply {
+                let config = patch::applied_object(&body)?;
+                // Server-side apply creates what does not exist yet (upstream's patcher
+                // `applyPatch` on a missing object).
+                if part == Part::Main && store.get(r, &ns, name).is_err_and(|e| e.code == 404) {
+                    let mut obj = fields::apply(r, &json!({}), &config, &writer, force)?;
+                    if obj["metadata"]["name"].is_null() {
+                        obj["metadata"]["name"] = json!(name);
+                    }
+                    let warnings = validation::check(r, &mut obj, mode)?;
+                    let created = store.create(r, &ns, obj, dry_run)?;
+                    return Ok(with_warnings(json_response(201, &created), &warnings));
                 }
-                let warnings = validation::check(r, &mut obj, mode)?;
-                let created = store.create(r, &ns, obj, dry_run)?;
-                return Ok(with_warnings(json_response(201, &created), &warnings));
+                let applied = store.modify(r, &ns, name, part, |current| {
+                    let mut live = current.clone();
+                    if let Some(m) = live["metadata"].as_object_mut() {
+                        m.remove("resourceVersion");
+                    }
+                    let mut next = fields::apply(r, &live, &config, &writer, force)?;
+                    warnings = validation::check(r, &mut next, mode)?;
+                    Ok(next)
+                })?;
+                return Ok(with_warnings(json_response(200, &applied), &warnings));
             }
             let patched = store.modify(r, &ns, name, part, |current| {
                 let mut next = current.clone();
@@ -420,6 +484,7 @@ async fn serve(
                 }
                 patch::apply(&mut next, kind, &body)?;
                 warnings = validation::check(r, &mut next, mode)?;
+                fields::record_update(r, Some(current), &mut next, &writer);
                 Ok(next)
             })?;
             Ok(with_warnings(json_response(200, &patched), &warnings))

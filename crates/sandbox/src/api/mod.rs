@@ -9,6 +9,7 @@
 mod defaults;
 pub mod eviction;
 mod faults;
+mod fields;
 mod http;
 mod openapi;
 pub mod patch;

@@ -433,8 +433,12 @@ impl Store {
         match part {
             Part::Status => {
                 let status = new["status"].take();
+                let managed = new["metadata"]["managedFields"].take();
                 new = existing.clone();
                 new["status"] = status;
+                if !managed.is_null() {
+                    new["metadata"]["managedFields"] = managed;
+                }
             }
             Part::Main if r.has_status => new["status"] = existing["status"].clone(),
             Part::Main => {}
