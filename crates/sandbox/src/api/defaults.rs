@@ -56,6 +56,9 @@ pub fn on_create(r: &Resource, obj: &mut Value, uid: &str) -> Result<(), ApiErro
             default(obj, &["spec", "finalizers"], json!(["kubernetes"]));
         }
         ("batch", "jobs") => job(obj, uid)?,
+        (super::custom::GROUP, "customresourcedefinitions") => {
+            obj["status"] = super::custom::initial_status(obj);
+        }
         ("batch", "cronjobs") => {
             default(obj, &["spec", "concurrencyPolicy"], json!("Allow"));
             default(obj, &["spec", "suspend"], json!(false));

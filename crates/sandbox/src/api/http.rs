@@ -27,7 +27,7 @@ use super::review;
 use super::scale;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{Change, Part, index_of};
+use super::store::{Change, Part, Store};
 use super::table;
 use super::validation::{self, FieldValidation};
 
@@ -89,16 +89,23 @@ struct Target {
     subresource: Option<String>,
 }
 
-fn parse_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
-    let namespaced = rest.len() >= 3
-        && rest[0] == "namespaces"
-        && lookup(group, version, rest[2]).is_some_and(|r| r.namespaced);
+fn parse_target(
+    store: &Store,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Target, ApiError> {
+    let find = |plural: &str| {
+        lookup(group, version, plural).or_else(|| store.custom(group, version, plural))
+    };
+    let namespaced =
+        rest.len() >= 3 && rest[0] == "namespaces" && find(rest[2]).is_some_and(|r| r.namespaced);
     let (namespace, rest) = if namespaced {
         (Some(rest[1].to_string()), &rest[2..])
     } else {
         (None, rest)
     };
-    let resource = lookup(group, version, rest[0]).ok_or_else(ApiError::no_such_resource)?;
+    let resource = find(rest[0]).ok_or_else(ApiError::no_such_resource)?;
     if rest.len() > 3
         || (rest.len() == 3
             && !matches!(
@@ -192,36 +199,48 @@ pub async fn handle(
         )),
         ["version"] => Ok(json_response(200, &resources::version())),
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
-        ["openapi", "v3"] => Ok(json_response(200, &openapi::root())),
-        ["openapi", "v3", gv @ ..] => openapi::group_version(&gv.join("/"))
-            .map(|doc| {
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    doc,
-                )
-                    .into_response()
-            })
-            .ok_or_else(ApiError::no_such_resource),
+        ["openapi", "v3"] => Ok(json_response(
+            200,
+            &openapi::root(&shared.store.custom_schemas()),
+        )),
+        ["openapi", "v3", gv @ ..] => {
+            openapi::group_version(&gv.join("/"), &shared.store.custom_schemas())
+                .map(|doc| {
+                    (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.into_owned(),
+                    )
+                        .into_response()
+                })
+                .ok_or_else(ApiError::no_such_resource)
+        }
         ["api"] => Ok(json_response(200, &resources::core_versions())),
-        ["apis"] => Ok(json_response(200, &resources::group_list())),
-        ["apis", group] => resources::group(group)
+        ["apis"] => Ok(json_response(
+            200,
+            &resources::group_list(&shared.store.custom_resources()),
+        )),
+        ["apis", group] => resources::group(group, &shared.store.custom_resources())
             .map(|g| json_response(200, &g))
             .ok_or_else(ApiError::no_such_resource),
-        ["api", "v1"] => resources::resource_list("", "v1")
+        ["api", "v1"] => resources::resource_list("", "v1", &[])
             .map(|l| json_response(200, &l))
             .ok_or_else(ApiError::no_such_resource),
-        ["apis", group, version] => resources::resource_list(group, version)
-            .map(|l| json_response(200, &l))
-            .ok_or_else(ApiError::no_such_resource),
-        ["api", "v1", rest @ ..] => match parse_target("", "v1", rest) {
+        ["apis", group, version] => {
+            resources::resource_list(group, version, &shared.store.custom_resources())
+                .map(|l| json_response(200, &l))
+                .ok_or_else(ApiError::no_such_resource)
+        }
+        ["api", "v1", rest @ ..] => match parse_target(&shared.store, "", "v1", rest) {
             Ok(t) => serve(&shared, &method, t, &params, &wire, body).await,
             Err(e) => Err(e),
         },
-        ["apis", group, version, rest @ ..] => match parse_target(group, version, rest) {
-            Ok(t) => serve(&shared, &method, t, &params, &wire, body).await,
-            Err(e) => Err(e),
-        },
+        ["apis", group, version, rest @ ..] => {
+            match parse_target(&shared.store, group, version, rest) {
+                Ok(t) => serve(&shared, &method, t, &params, &wire, body).await,
+                Err(e) => Err(e),
+            }
+        }
         _ => Err(ApiError::no_such_resource()),
     };
     faults::cut(result.unwrap_or_else(|e| error_response(&e)), cut)
@@ -584,7 +603,7 @@ fn watch(
 ) -> Result<Response, ApiError> {
     let options = WatchOptions::parse(params)?;
     let as_table = table::wants_table(accept);
-    let idx = index_of(r);
+    let idx = shared.store.index_of(r);
     let matches = move |c: &Change| {
         c.resource == idx
             && namespace
