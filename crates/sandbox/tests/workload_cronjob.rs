@@ -15,6 +15,23 @@ async fn a_cronjob_creates_a_job_for_each_scheduled_minute() {
     let cluster = Cluster::start_scaled(TimeScale::new(120.0).unwrap()).await;
     let cronjobs = cluster.api::<CronJob>();
     let jobs = cluster.api::<Job>();
+    let bad: CronJob = serde_json::from_value(json!({"metadata": {"name": "bad"},
+        "spec": {"schedule": "every minute", "jobTemplate": {"spec": {"template": {"spec": {
+            "restartPolicy": "Never", "containers": []}}}}}}))
+    .unwrap();
+    match cronjobs.create(&Default::default(), &bad).await {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 422);
+            assert!(
+                status.message.starts_with(
+                    r#"CronJob.batch "bad" is invalid: spec.schedule: Invalid value: "every minute": "#
+                ),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("an unparseable schedule is refused, got {other:?}"),
+    }
     let cronjob: CronJob = create(
         &cronjobs,
         json!({"metadata": {"name": "tick"}, "spec": {"schedule": "*/1 * * * *",

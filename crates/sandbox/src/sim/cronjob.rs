@@ -161,7 +161,7 @@ impl Controller {
         let schedule = match Schedule::parse(&spec.schedule) {
             Ok(s) => s,
             Err(error) => {
-                tracing::warn!(cronjob = %name, %error, "unparseable schedule; not scheduling");
+                tracing::warn!(cronjob = %name, schedule = %spec.schedule, %error, "unparseable schedule; not scheduling");
                 return None;
             }
         };
