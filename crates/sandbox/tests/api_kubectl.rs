@@ -6,9 +6,10 @@
 mod api_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use api_support::kubectl::Kubectl;
 use api_support::{pod, server};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
@@ -16,60 +17,6 @@ use kube::api::{DeleteParams, PostParams};
 use quiesce_sandbox::api::ApiServer;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// kubectl pointed at one server, with its own discovery cache.
-struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Kubectl {
-    fn new(server: &ApiServer) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        // JSON is YAML, and kubectl reads it as such.
-        let text = serde_json::to_string(&server.kubeconfig()).unwrap();
-        std::fs::write(&kubeconfig, text).unwrap();
-        Kubectl {
-            kubeconfig,
-            cache: dir.path().join("cache"),
-            _dir: dir,
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new("/usr/bin/kubectl");
-        cmd.arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .arg("--request-timeout=20s")
-            .args(args)
-            .kill_on_drop(true);
-        cmd
-    }
-
-    /// Runs kubectl to completion within a deadline.
-    async fn run(&self, args: &[&str]) -> Output {
-        tokio::time::timeout(Duration::from_secs(60), self.command(args).output())
-            .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} finished within 60s"))
-            .expect("kubectl runs")
-    }
-
-    /// Runs kubectl and returns its stdout, failing the test on a non-zero exit.
-    async fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args).await;
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
 
 /// The row of `table` whose first column is `name`, split into columns.
 fn row<'a>(table: &'a str, name: &str) -> Vec<&'a str> {
@@ -173,7 +120,7 @@ async fn discovery_create_and_patch() {
         assert_eq!(row(&resources, plural)[1], short, "{resources}");
     }
 
-    let manifest = write_manifest(k._dir.path());
+    let manifest = write_manifest(k.dir());
     let created = k.ok(&["create", "-f", manifest.to_str().unwrap()]).await;
     for line in [
         "deployment.apps/web created",
@@ -491,7 +438,7 @@ async fn can_i_get_all_and_explain() {
     let rules = k.ok(&["auth", "can-i", "--list"]).await;
     assert!(rules.lines().any(|l| l.starts_with("*.*")), "{rules}");
 
-    let manifest = write_manifest(k._dir.path());
+    let manifest = write_manifest(k.dir());
     k.ok(&["create", "-f", manifest.to_str().unwrap()]).await;
     k.ok(&["create", "configmap", "not-in-all"]).await;
     let all = k.ok(&["get", "all", "-o", "name"]).await;
@@ -560,7 +507,7 @@ async fn can_i_get_all_and_explain() {
 async fn unknown_fields_are_refused_or_warned_and_never_stored() {
     let server = server().await;
     let k = Kubectl::new(&server);
-    let path = k._dir.path().join("typo.yaml");
+    let path = k.dir().join("typo.yaml");
     std::fs::write(
         &path,
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  lables: {app: web}\ndata: {a: b}\n",

@@ -56,12 +56,16 @@ pub fn on_create(r: &Resource, obj: &mut Value, uid: &str) -> Result<(), ApiErro
             default(obj, &["spec", "finalizers"], json!(["kubernetes"]));
         }
         ("batch", "jobs") => job(obj, uid)?,
+        (super::custom::GROUP, "customresourcedefinitions") => {
+            obj["status"] = super::custom::initial_status(obj);
+        }
         ("batch", "cronjobs") => {
             default(obj, &["spec", "concurrencyPolicy"], json!("Allow"));
             default(obj, &["spec", "suspend"], json!(false));
             default(obj, &["spec", "successfulJobsHistoryLimit"], json!(3));
             default(obj, &["spec", "failedJobsHistoryLimit"], json!(1));
             obj["status"] = json!({});
+            schedule(obj)?;
             let template = &mut obj["spec"]["jobTemplate"];
             job_spec(
                 template,
@@ -189,6 +193,29 @@ fn job_spec(job: &mut Value, field: &str) -> Result<(), ApiError> {
         ));
     }
     pod_spec(pod);
+    Ok(())
+}
+
+/// A CronJob's schedule must parse, as upstream's validation requires (`spec.schedule:
+/// Invalid value`); the reason is the parser's (croner's wording, not robfig/cron's).
+fn schedule(cronjob: &Value) -> Result<(), ApiError> {
+    let name = cronjob["metadata"]["name"].as_str().unwrap_or_default();
+    let Some(text) = cronjob["spec"]["schedule"].as_str() else {
+        return Err(ApiError::invalid(
+            "CronJob.batch",
+            name,
+            "spec.schedule",
+            "Required value",
+        ));
+    };
+    crate::sim::schedule::Schedule::parse(text).map_err(|e| {
+        ApiError::invalid(
+            "CronJob.batch",
+            name,
+            "spec.schedule",
+            &format!("Invalid value: {text:?}: {e}"),
+        )
+    })?;
     Ok(())
 }
 

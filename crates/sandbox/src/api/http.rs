@@ -18,6 +18,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::Shared;
 use super::eviction;
 use super::faults;
+use super::fields::{self, Writer};
 use super::openapi;
 use super::patch::{self, PatchType};
 use super::protobuf;
@@ -26,7 +27,7 @@ use super::review;
 use super::scale;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
-use super::store::{Change, Part, index_of};
+use super::store::{Change, Part, Store};
 use super::table;
 use super::validation::{self, FieldValidation};
 
@@ -88,16 +89,23 @@ struct Target {
     subresource: Option<String>,
 }
 
-fn parse_target(group: &str, version: &str, rest: &[&str]) -> Result<Target, ApiError> {
-    let namespaced = rest.len() >= 3
-        && rest[0] == "namespaces"
-        && lookup(group, version, rest[2]).is_some_and(|r| r.namespaced);
+fn parse_target(
+    store: &Store,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Target, ApiError> {
+    let find = |plural: &str| {
+        lookup(group, version, plural).or_else(|| store.custom(group, version, plural))
+    };
+    let namespaced =
+        rest.len() >= 3 && rest[0] == "namespaces" && find(rest[2]).is_some_and(|r| r.namespaced);
     let (namespace, rest) = if namespaced {
         (Some(rest[1].to_string()), &rest[2..])
     } else {
         (None, rest)
     };
-    let resource = lookup(group, version, rest[0]).ok_or_else(ApiError::no_such_resource)?;
+    let resource = find(rest[0]).ok_or_else(ApiError::no_such_resource)?;
     if rest.len() > 3
         || (rest.len() == 3
             && !matches!(
@@ -174,6 +182,16 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
+    let user_agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let wire = Wire {
+        accept: &accept,
+        content_type: &content_type,
+        user_agent: &user_agent,
+    };
     let result = match segments.as_slice() {
         [] => Ok(json_response(
             200,
@@ -181,39 +199,58 @@ pub async fn handle(
         )),
         ["version"] => Ok(json_response(200, &resources::version())),
         ["healthz" | "readyz" | "livez"] => Ok((StatusCode::OK, "ok").into_response()),
-        ["openapi", "v3"] => Ok(json_response(200, &openapi::root())),
-        ["openapi", "v3", gv @ ..] => openapi::group_version(&gv.join("/"))
-            .map(|doc| {
-                (
-                    StatusCode::OK,
-                    [(header::CONTENT_TYPE, "application/json")],
-                    doc,
-                )
-                    .into_response()
-            })
-            .ok_or_else(ApiError::no_such_resource),
+        ["openapi", "v3"] => Ok(json_response(
+            200,
+            &openapi::root(&shared.store.custom_schemas()),
+        )),
+        ["openapi", "v3", gv @ ..] => {
+            openapi::group_version(&gv.join("/"), &shared.store.custom_schemas())
+                .map(|doc| {
+                    (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.into_owned(),
+                    )
+                        .into_response()
+                })
+                .ok_or_else(ApiError::no_such_resource)
+        }
         ["api"] => Ok(json_response(200, &resources::core_versions())),
-        ["apis"] => Ok(json_response(200, &resources::group_list())),
-        ["apis", group] => resources::group(group)
+        ["apis"] => Ok(json_response(
+            200,
+            &resources::group_list(&shared.store.custom_resources()),
+        )),
+        ["apis", group] => resources::group(group, &shared.store.custom_resources())
             .map(|g| json_response(200, &g))
             .ok_or_else(ApiError::no_such_resource),
-        ["api", "v1"] => resources::resource_list("", "v1")
+        ["api", "v1"] => resources::resource_list("", "v1", &[])
             .map(|l| json_response(200, &l))
             .ok_or_else(ApiError::no_such_resource),
-        ["apis", group, version] => resources::resource_list(group, version)
-            .map(|l| json_response(200, &l))
-            .ok_or_else(ApiError::no_such_resource),
-        ["api", "v1", rest @ ..] => match parse_target("", "v1", rest) {
-            Ok(t) => serve(&shared, &method, t, &params, &accept, &content_type, body).await,
+        ["apis", group, version] => {
+            resources::resource_list(group, version, &shared.store.custom_resources())
+                .map(|l| json_response(200, &l))
+                .ok_or_else(ApiError::no_such_resource)
+        }
+        ["api", "v1", rest @ ..] => match parse_target(&shared.store, "", "v1", rest) {
+            Ok(t) => serve(&shared, &method, t, &params, &wire, body).await,
             Err(e) => Err(e),
         },
-        ["apis", group, version, rest @ ..] => match parse_target(group, version, rest) {
-            Ok(t) => serve(&shared, &method, t, &params, &accept, &content_type, body).await,
-            Err(e) => Err(e),
-        },
+        ["apis", group, version, rest @ ..] => {
+            match parse_target(&shared.store, group, version, rest) {
+                Ok(t) => serve(&shared, &method, t, &params, &wire, body).await,
+                Err(e) => Err(e),
+            }
+        }
         _ => Err(ApiError::no_such_resource()),
     };
     faults::cut(result.unwrap_or_else(|e| error_response(&e)), cut)
+}
+
+/// The headers a request's answer depends on.
+struct Wire<'a> {
+    accept: &'a str,
+    content_type: &'a str,
+    user_agent: &'a str,
 }
 
 fn lookup_any(plural: &str) -> bool {
@@ -277,15 +314,38 @@ fn selectors(params: &Params, r: &Resource) -> Result<(LabelSelector, FieldSelec
     Ok((labels, fields))
 }
 
+/// The options of a patch: an apply must name its manager and only an apply may force
+/// (upstream `ValidatePatchOptions`).
+fn patch_options(params: &Params, kind: PatchType) -> Result<bool, ApiError> {
+    let force = params.contains_key("force");
+    let manager = params.get("fieldManager").map_or("", String::as_str);
+    match kind {
+        PatchType::Apply if manager.is_empty() => Err(ApiError::invalid_options(
+            "PatchOptions",
+            "fieldManager",
+            "FieldValueRequired",
+            "Required value: is required for apply patch",
+        )),
+        PatchType::Apply => Ok(flag(params, "force")),
+        _ if force => Err(ApiError::invalid_options(
+            "PatchOptions",
+            "force",
+            "FieldValueForbidden",
+            "Forbidden: may not be specified for non-apply patch",
+        )),
+        _ => Ok(false),
+    }
+}
+
 async fn serve(
     shared: &Arc<Shared>,
     method: &Method,
     t: Target,
     params: &Params,
-    accept: &str,
-    content_type: &str,
+    wire: &Wire<'_>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let (accept, content_type) = (wire.accept, wire.content_type);
     let r = t.resource;
     let store = &shared.store;
     let ns = t.namespace.clone().unwrap_or_default();
@@ -294,6 +354,14 @@ async fn serve(
         Part::Status
     } else {
         Part::Main
+    };
+    let manager = fields::manager_of(
+        params.get("fieldManager").map(String::as_str),
+        wire.user_agent,
+    );
+    let writer = Writer {
+        manager: &manager,
+        part,
     };
     match (method.as_str(), t.name.as_deref(), t.subresource.as_deref()) {
         ("GET", None, None) => {
@@ -326,6 +394,7 @@ async fn serve(
         ("POST", None, None) => {
             let mut obj = parse_body(&body, r.kind, content_type)?;
             let warnings = validation::check(r, &mut obj, field_validation(params)?)?;
+            fields::record_update(r, None, &mut obj, &writer);
             let created = store.create(r, &ns, obj, dry_run)?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }
@@ -392,26 +461,40 @@ async fn serve(
         ("PUT", Some(name), None | Some("status")) => {
             let mut obj = parse_body(&body, r.kind, content_type)?;
             let warnings = validation::check(r, &mut obj, field_validation(params)?)?;
-            let updated = store.update(r, &ns, name, obj, part)?;
+            let updated = store.modify(r, &ns, name, part, |current| {
+                fields::record_update(r, Some(current), &mut obj, &writer);
+                Ok(obj)
+            })?;
             Ok(with_warnings(json_response(200, &updated), &warnings))
         }
         ("PATCH", Some(name), None | Some("status")) => {
             let kind = PatchType::from_content_type(content_type)?;
+            let force = patch_options(params, kind)?;
             let mode = field_validation(params)?;
             let mut warnings = Vec::new();
-            // Server-side apply creates what does not exist yet (upstream's patcher
-            // `applyPatch` on a missing object).
-            if kind == PatchType::Apply
-                && part == Part::Main
-                && store.get(r, &ns, name).is_err_and(|e| e.code == 404)
-            {
-                let mut obj = patch::applied_object(&body)?;
-                if obj["metadata"]["name"].is_null() {
-                    obj["metadata"]["name"] = json!(name);
+            if kind == PatchType::Apply {
+                let config = patch::applied_object(&body)?;
+                // Server-side apply creates what does not exist yet (upstream's patcher
+                // `applyPatch` on a missing object).
+                if part == Part::Main && store.get(r, &ns, name).is_err_and(|e| e.code == 404) {
+                    let mut obj = fields::apply(r, &json!({}), &config, &writer, force)?;
+                    if obj["metadata"]["name"].is_null() {
+                        obj["metadata"]["name"] = json!(name);
+                    }
+                    let warnings = validation::check(r, &mut obj, mode)?;
+                    let created = store.create(r, &ns, obj, dry_run)?;
+                    return Ok(with_warnings(json_response(201, &created), &warnings));
                 }
-                let warnings = validation::check(r, &mut obj, mode)?;
-                let created = store.create(r, &ns, obj, dry_run)?;
-                return Ok(with_warnings(json_response(201, &created), &warnings));
+                let applied = store.modify(r, &ns, name, part, |current| {
+                    let mut live = current.clone();
+                    if let Some(m) = live["metadata"].as_object_mut() {
+                        m.remove("resourceVersion");
+                    }
+                    let mut next = fields::apply(r, &live, &config, &writer, force)?;
+                    warnings = validation::check(r, &mut next, mode)?;
+                    Ok(next)
+                })?;
+                return Ok(with_warnings(json_response(200, &applied), &warnings));
             }
             let patched = store.modify(r, &ns, name, part, |current| {
                 let mut next = current.clone();
@@ -420,6 +503,7 @@ async fn serve(
                 }
                 patch::apply(&mut next, kind, &body)?;
                 warnings = validation::check(r, &mut next, mode)?;
+                fields::record_update(r, Some(current), &mut next, &writer);
                 Ok(next)
             })?;
             Ok(with_warnings(json_response(200, &patched), &warnings))
@@ -519,7 +603,7 @@ fn watch(
 ) -> Result<Response, ApiError> {
     let options = WatchOptions::parse(params)?;
     let as_table = table::wants_table(accept);
-    let idx = index_of(r);
+    let idx = shared.store.index_of(r);
     let matches = move |c: &Change| {
         c.resource == idx
             && namespace

@@ -6,9 +6,11 @@
 //! simulated control plane (`crate::sim`) writes through the same [`Store`], so a watch sees
 //! its changes exactly as it would see a kubelet's.
 
+mod custom;
 mod defaults;
 pub mod eviction;
 mod faults;
+mod fields;
 mod http;
 mod openapi;
 pub mod patch;

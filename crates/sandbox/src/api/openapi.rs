@@ -9,6 +9,7 @@
 //! without it kubectl falls back to the protobuf OpenAPI v2 document and fails. So each
 //! group-version document has that operation per resource and the schemas of its kinds.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::LazyLock;
@@ -91,6 +92,64 @@ fn add_schema(generator: &mut SchemaGenerator, r: &Resource) -> Option<String> {
     }
 }
 
+/// The PATCH operation of `r` that tells kubectl the server validates fields, at its path.
+fn patch_operation(gv: &str, r: &Resource) -> (String, Value) {
+    let scope = if r.namespaced {
+        "namespaces/{namespace}/"
+    } else {
+        ""
+    };
+    let patch = json!({"patch": {
+        "operationId": format!("patch{}", r.kind),
+        "x-kubernetes-action": "patch",
+        "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "OK"}},
+    }});
+    (format!("/{gv}/{scope}{}/{{name}}", r.plural), patch)
+}
+
+fn document(paths: Map<String, Value>, schemas: Map<String, Value>) -> Value {
+    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"},
+           "paths": paths, "components": {"schemas": schemas}})
+}
+
+fn hashed(text: String) -> (String, u64) {
+    let mut hasher = DefaultHasher::new();
+    text.hash(&mut hasher);
+    (text, hasher.finish())
+}
+
+/// A document's paths and schemas.
+type Parts = (Map<String, Value>, Map<String, Value>);
+
+/// The documents of custom resources by group-version, each resource's schema the
+/// definition's `openAPIV3Schema` under upstream's name (`io.argoproj.v1alpha1.Rollout`).
+/// Built on each request: definitions change at run time, and kubectl asks once per command.
+fn custom_documents(custom: &[(&'static Resource, Value)]) -> HashMap<String, (String, u64)> {
+    let mut parts: HashMap<String, Parts> = HashMap::new();
+    for (r, schema) in custom {
+        let gv = prefix(r.group, r.version);
+        let (paths, schemas) = parts.entry(gv.clone()).or_default();
+        let (path, patch) = patch_operation(&gv, r);
+        paths.insert(path, patch);
+        let reversed: Vec<&str> = r.group.split('.').rev().collect();
+        let name = format!("{}.{}.{}", reversed.join("."), r.version, r.kind);
+        let mut schema = if schema.is_object() {
+            schema.clone()
+        } else {
+            json!({"type": "object"})
+        };
+        schema["x-kubernetes-group-version-kind"] =
+            json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
+        schemas.insert(name, schema);
+    }
+    parts
+        .into_iter()
+        .map(|(gv, (paths, schemas))| (gv, hashed(document(paths, schemas).to_string())))
+        .collect()
+}
+
 /// One group-version's document.
 fn build(gv: &str) -> Value {
     let mut generator = SchemaGenerator::new(SchemaSettings::openapi3());
@@ -103,19 +162,8 @@ fn build(gv: &str) -> Value {
         if let Some(name) = add_schema(&mut generator, r) {
             kinds.push((r, name));
         }
-        let scope = if r.namespaced {
-            "namespaces/{namespace}/"
-        } else {
-            ""
-        };
-        let patch = json!({"patch": {
-            "operationId": format!("patch{}", r.kind),
-            "x-kubernetes-action": "patch",
-            "x-kubernetes-group-version-kind": {"group": r.group, "version": r.version, "kind": r.kind},
-            "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "OK"}},
-        }});
-        paths.insert(format!("/{gv}/{scope}{}/{{name}}", r.plural), patch);
+        let (path, patch) = patch_operation(gv, r);
+        paths.insert(path, patch);
     }
     let mut schemas = generator.take_definitions(true);
     for (r, name) in kinds {
@@ -126,8 +174,7 @@ fn build(gv: &str) -> Value {
             );
         }
     }
-    json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.0"},
-           "paths": paths, "components": {"schemas": schemas}})
+    document(paths, schemas)
 }
 
 /// Schemas by name, and each served kind's (group, kind) → schema name.
@@ -169,20 +216,18 @@ static DOCUMENTS: LazyLock<HashMap<String, (String, u64)>> = LazyLock::new(|| {
     let mut docs = HashMap::new();
     for r in RESOURCES {
         let gv = prefix(r.group, r.version);
-        docs.entry(gv).or_insert_with_key(|gv| {
-            let text = build(gv).to_string();
-            let mut hasher = DefaultHasher::new();
-            text.hash(&mut hasher);
-            (text, hasher.finish())
-        });
+        docs.entry(gv)
+            .or_insert_with_key(|gv| hashed(build(gv).to_string()));
     }
     docs
 });
 
-/// `/openapi/v3`: where each group-version's document lives.
-pub fn root() -> Value {
+/// `/openapi/v3`: where each group-version's document lives, custom ones included.
+pub fn root(custom: &[(&'static Resource, Value)]) -> Value {
+    let custom = custom_documents(custom);
     let paths: Map<String, Value> = DOCUMENTS
         .iter()
+        .chain(custom.iter())
         .map(|(gv, (_, hash))| {
             let url = format!("/openapi/v3/{gv}?hash={hash:016X}");
             (gv.clone(), json!({"serverRelativeURL": url}))
@@ -192,6 +237,11 @@ pub fn root() -> Value {
 }
 
 /// `/openapi/v3/<group-version>` as JSON text, or None for one the server does not serve.
-pub fn group_version(gv: &str) -> Option<&'static str> {
-    DOCUMENTS.get(gv).map(|(text, _)| text.as_str())
+pub fn group_version(gv: &str, custom: &[(&'static Resource, Value)]) -> Option<Cow<'static, str>> {
+    match DOCUMENTS.get(gv) {
+        Some((text, _)) => Some(Cow::Borrowed(text.as_str())),
+        None => custom_documents(custom)
+            .remove(gv)
+            .map(|(text, _)| Cow::Owned(text)),
+    }
 }

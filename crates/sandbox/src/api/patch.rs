@@ -4,7 +4,8 @@
 //! in which lists of objects with a merge key (`name` for containers, ports, volumes; `type` for
 //! conditions; `key` for taints) are merged element by element, `$patch: delete` removes an
 //! element, and `$setElementOrder/...` / `$retainKeys` directives are dropped. Server-side apply
-//! is accepted as a merge without field ownership (see docs/sandbox-fidelity.md).
+//! with its field ownership is `super::fields`; here it is only parsed (and merged, for the
+//! scale subresource, which records no managers).
 
 use serde_json::Value;
 
@@ -19,7 +20,7 @@ pub enum PatchType {
     Merge,
     /// Kubernetes strategic merge.
     Strategic,
-    /// Server-side apply (treated as a merge).
+    /// Server-side apply (`super::fields`).
     Apply,
 }
 

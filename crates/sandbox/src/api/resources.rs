@@ -112,6 +112,7 @@ const RBAC: &str = "rbac.authorization.k8s.io";
 const NETWORKING: &str = "networking.k8s.io";
 const ADMISSION: &str = "admissionregistration.k8s.io";
 const AUTHORIZATION: &str = "authorization.k8s.io";
+const APIEXTENSIONS: &str = super::custom::GROUP;
 
 /// Every served resource; the index into this table identifies a resource in the store.
 /// Within a group, the first version listed is the preferred one. Categories and short names
@@ -231,6 +232,15 @@ pub static RESOURCES: &[Resource] = &[
     .cluster()
     .short(&["pc"]),
     Resource::new(
+        APIEXTENSIONS,
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+    )
+    .cluster()
+    .short(&["crd", "crds"])
+    .status(),
+    Resource::new(
         AUTHORIZATION,
         "v1",
         "selfsubjectaccessreviews",
@@ -278,10 +288,15 @@ pub fn core_versions() -> Value {
         {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
 }
 
+/// The built-in resources, then the custom ones a server serves.
+fn served<'a>(custom: &'a [&'static Resource]) -> impl Iterator<Item = &'static Resource> + 'a {
+    RESOURCES.iter().chain(custom.iter().copied())
+}
+
 /// The named groups in table order, each with its versions (preferred first).
-fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+fn groups(custom: &[&'static Resource]) -> Vec<(&'static str, Vec<&'static str>)> {
     let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+    for r in served(custom).filter(|r| !r.group.is_empty()) {
         match groups.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
             Some(_) => {}
@@ -299,9 +314,9 @@ fn group_doc(group: &str, versions: &[&str]) -> Value {
     json!({"name": group, "versions": gvs.clone(), "preferredVersion": gvs[0]})
 }
 
-/// `/apis`: every named group with its served versions.
-pub fn group_list() -> Value {
-    let groups: Vec<Value> = groups()
+/// `/apis`: every named group with its served versions, custom ones included.
+pub fn group_list(custom: &[&'static Resource]) -> Value {
+    let groups: Vec<Value> = groups(custom)
         .iter()
         .map(|(g, versions)| group_doc(g, versions))
         .collect();
@@ -309,8 +324,8 @@ pub fn group_list() -> Value {
 }
 
 /// `/apis/<group>`: one group.
-pub fn group(group: &str) -> Option<Value> {
-    groups()
+pub fn group(group: &str, custom: &[&'static Resource]) -> Option<Value> {
+    groups(custom)
         .iter()
         .find(|(g, _)| *g == group)
         .map(|(g, versions)| {
@@ -322,12 +337,9 @@ pub fn group(group: &str) -> Option<Value> {
 }
 
 /// `/api/v1` or `/apis/<group>/<version>`: resources with verbs and subresources.
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+pub fn resource_list(group: &str, version: &str, custom: &[&'static Resource]) -> Option<Value> {
     let mut resources = Vec::new();
-    for r in RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
+    for r in served(custom).filter(|r| r.group == group && r.version == version) {
         resources.push(json!({
             "name": r.plural, "singularName": r.kind.to_lowercase(), "namespaced": r.namespaced,
             "kind": r.kind, "verbs": r.verbs(), "shortNames": r.short_names,

@@ -140,6 +140,25 @@ impl ApiError {
         ]}))
     }
 
+    /// 409 for a server-side apply that would change fields other managers own
+    /// (`errors.NewApplyConflict`: reason Conflict, the causes and no object named).
+    pub fn apply_conflict(message: String, details: Value) -> Self {
+        Self::new(409, "Conflict", message).with_details(details)
+    }
+
+    /// 422 for request options that fail validation (`PatchOptions`): upstream's
+    /// `errors.NewInvalid` on the `meta.k8s.io` kind, which names no object.
+    pub fn invalid_options(kind: &str, field: &str, reason: &str, detail: &str) -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind}.meta.k8s.io \"\" is invalid: {field}: {detail}"),
+        )
+        .with_details(json!({"group": "meta.k8s.io", "kind": kind, "causes": [
+            {"reason": reason, "message": detail, "field": field}
+        ]}))
+    }
+
     /// 405 for a verb the resource does not support.
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
         Self::new(

@@ -10,6 +10,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, watch};
 
+use super::custom::{self, Registry};
 use super::resources::{RESOURCES, Resource};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
@@ -152,6 +153,15 @@ struct Inner {
     rv: u64,
     objects: Vec<Objects>,
     history: VecDeque<Arc<Change>>,
+    custom: Registry,
+}
+
+impl Inner {
+    /// Where `r`'s objects are: built-in resources by their place in [`RESOURCES`], custom
+    /// ones after them.
+    fn index(&self, r: &Resource) -> usize {
+        self.custom.index(r).unwrap_or_else(|| index_of(r))
+    }
 }
 
 /// The shared store.
@@ -162,8 +172,8 @@ pub struct Store {
     latest: watch::Sender<u64>,
 }
 
-/// A resource's index in [`RESOURCES`].
-pub fn index_of(resource: &Resource) -> usize {
+/// A built-in resource's index in [`RESOURCES`].
+fn index_of(resource: &Resource) -> usize {
     RESOURCES
         .iter()
         .position(|r| std::ptr::eq(r, resource))
@@ -211,6 +221,7 @@ impl Store {
                 rv: 0,
                 objects: RESOURCES.iter().map(|_| Objects::default()).collect(),
                 history: VecDeque::new(),
+                custom: Registry::default(),
             }),
             history_capacity: history_capacity.max(1),
             changes,
@@ -229,6 +240,49 @@ impl Store {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The index watch events carry for `r` ([`Change::resource`]).
+    pub fn index_of(&self, r: &Resource) -> usize {
+        self.lock().index(r)
+    }
+
+    /// The served custom resource at `group/version/plural`.
+    pub fn custom(&self, group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+        self.lock().custom.lookup(group, version, plural)
+    }
+
+    /// Every served custom resource.
+    pub fn custom_resources(&self) -> Vec<&'static Resource> {
+        self.lock().custom.served()
+    }
+
+    /// Every served custom resource with its schema, for the OpenAPI documents.
+    pub fn custom_schemas(&self) -> Vec<(&'static Resource, Value)> {
+        self.lock().custom.schemas()
+    }
+
+    /// Serves what a written CustomResourceDefinition defines, or stops serving a deleted one
+    /// (deleting its objects, which watchers see go).
+    fn follow_definition(&self, inner: &mut Inner, definition: &Value, deleted: bool) {
+        if deleted {
+            let name = definition["metadata"]["name"].as_str().unwrap_or_default();
+            let Some(idx) = inner.custom.forget(name) else {
+                return;
+            };
+            let objects = std::mem::take(&mut inner.objects[idx]);
+            for (_, obj) in objects.by_key {
+                inner.rv += 1;
+                let mut gone = Value::clone(&obj);
+                gone["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+                self.record(inner, idx, EventKind::Deleted, Arc::new(gone));
+            }
+            return;
+        }
+        let next = inner.objects.len();
+        if inner.custom.define(definition, next) == next {
+            inner.objects.push(Objects::default());
+        }
     }
 
     /// A receiver that changes whenever anything is written; the simulation waits on it.
@@ -259,7 +313,7 @@ impl Store {
     /// One object.
     pub fn get(&self, r: &'static Resource, ns: &str, name: &str) -> Result<Value, ApiError> {
         let inner = self.lock();
-        inner.objects[index_of(r)]
+        inner.objects[inner.index(r)]
             .get(&key(ns, name))
             .map(|o| Value::clone(o))
             .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))
@@ -275,7 +329,7 @@ impl Store {
         fields: &FieldSelector,
     ) -> (Vec<Arc<Value>>, u64) {
         let inner = self.lock();
-        let items = inner.objects[index_of(r)]
+        let items = inner.objects[inner.index(r)]
             .candidates(fields.node_name())
             .filter(|o| ns.is_none_or(|n| o["metadata"]["namespace"].as_str() == Some(n)))
             .filter(|o| labels.matches(&o["metadata"]["labels"]) && fields.matches(o))
@@ -287,7 +341,7 @@ impl Store {
     /// Runs `f` over every object of a resource without cloning the collection.
     pub fn for_each(&self, r: &'static Resource, mut f: impl FnMut(&Value)) {
         let inner = self.lock();
-        inner.objects[index_of(r)]
+        inner.objects[inner.index(r)]
             .by_key
             .values()
             .for_each(|o| f(o));
@@ -342,7 +396,7 @@ impl Store {
                 ));
             }
         };
-        let idx = index_of(r);
+        let idx = inner.index(r);
         if inner.objects[idx].contains(&key(ns, &name)) {
             return Err(ApiError::already_exists(r.group, r.plural, &name));
         }
@@ -375,6 +429,9 @@ impl Store {
         let obj = Arc::new(obj);
         inner.objects[idx].insert(key(ns, &name), obj.clone());
         self.record(&mut inner, idx, EventKind::Added, obj.clone());
+        if custom::is_definition(r) {
+            self.follow_definition(&mut inner, &obj, false);
+        }
         Ok(Value::clone(&obj))
     }
 
@@ -402,7 +459,7 @@ impl Store {
         change: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        let idx = index_of(r);
+        let idx = inner.index(r);
         let existing = inner.objects[idx]
             .get(&key(ns, name))
             .map(|o| Value::clone(o))
@@ -433,8 +490,12 @@ impl Store {
         match part {
             Part::Status => {
                 let status = new["status"].take();
+                let managed = new["metadata"]["managedFields"].take();
                 new = existing.clone();
                 new["status"] = status;
+                if !managed.is_null() {
+                    new["metadata"]["managedFields"] = managed;
+                }
             }
             Part::Main if r.has_status => new["status"] = existing["status"].clone(),
             Part::Main => {}
@@ -490,6 +551,9 @@ impl Store {
             inner.objects[idx].insert(key(ns, name), shared.clone());
             self.record(&mut inner, idx, EventKind::Modified, shared.clone());
         }
+        if custom::is_definition(r) {
+            self.follow_definition(&mut inner, &shared, finalized);
+        }
         Ok(Value::clone(&shared))
     }
 
@@ -505,7 +569,7 @@ impl Store {
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
-        let idx = index_of(r);
+        let idx = inner.index(r);
         let existing = inner.objects[idx]
             .get(&key(ns, name))
             .map(|o| Value::clone(o))
@@ -551,6 +615,9 @@ impl Store {
             obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
             inner.objects[idx].remove(&key(ns, name));
             self.record(&mut inner, idx, EventKind::Deleted, Arc::new(obj.clone()));
+            if custom::is_definition(r) {
+                self.follow_definition(&mut inner, &obj, true);
+            }
             return Ok(obj);
         }
         let grace = grace.unwrap_or(0);
@@ -579,7 +646,7 @@ impl Store {
     /// when `since` is None), and a receiver for what follows. Too old → 410 Expired.
     pub fn watch(&self, r: &'static Resource, since: Option<u64>) -> Result<WatchStart, ApiError> {
         let inner = self.lock();
-        let idx = index_of(r);
+        let idx = inner.index(r);
         let receiver = self.changes.subscribe();
         let backlog = match since {
             None => inner.objects[idx]

@@ -2,6 +2,7 @@
 //! client of the API so it behaves the same against the sandbox and a real API server.
 
 pub mod attachdetach;
+pub mod cronjob;
 pub mod deployment;
 mod deployment_status;
 pub mod disruption;
@@ -17,6 +18,7 @@ mod ownership;
 mod pod_state;
 pub mod replicaset;
 mod rollout;
+pub mod schedule;
 pub mod statefulset;
 mod template_hash;
 mod watches;

@@ -6,6 +6,8 @@
     reason = "each test binary uses its own subset of the helpers"
 )]
 
+pub mod kubectl;
+
 use std::time::Duration;
 
 use http_body_util::BodyExt;

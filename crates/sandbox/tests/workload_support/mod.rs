@@ -40,11 +40,15 @@ pub struct Cluster {
 impl Cluster {
     /// Everything on a free loopback port, simulated time 10x faster.
     pub async fn start() -> Cluster {
+        Self::start_scaled(TimeScale::new(10.0).unwrap()).await
+    }
+
+    /// Everything on a free loopback port, simulated time on `scale`.
+    pub async fn start_scaled(scale: TimeScale) -> Cluster {
         let server = ApiServer::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let controllers =
-            WorkloadControllers::spawn(server.client(), TimeScale::new(10.0).unwrap());
+        let controllers = WorkloadControllers::spawn(server.client(), scale);
         let kubelet = tokio::spawn(kubelet(server.client()));
         Cluster {
             server,
