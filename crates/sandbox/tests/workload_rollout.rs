@@ -41,8 +41,8 @@ async fn rolled_out(
     done.then_some(d)
 }
 
-/// Records (fewest Ready live pods, most live pods) over every change of `pods`.
-async fn track(pods: Api<Pod>, bounds: Arc<Mutex<(usize, usize)>>) {
+/// Records the fewest Ready live pods over every change of `pods`.
+async fn track_ready(pods: Api<Pod>, fewest: Arc<Mutex<usize>>) {
     let mut state: BTreeMap<String, (bool, bool)> = BTreeMap::new();
     let mut synced = false;
     let stream = watcher(pods, watcher::Config::default()).default_backoff();
@@ -63,9 +63,37 @@ async fn track(pods: Api<Pod>, bounds: Arc<Mutex<(usize, usize)>>) {
             continue;
         }
         let ready_now = state.values().filter(|(r, _)| *r).count();
-        let live_now = state.values().filter(|(_, l)| *l).count();
-        let mut b = bounds.lock().unwrap();
-        *b = (b.0.min(ready_now), b.1.max(live_now));
+        let mut f = fewest.lock().unwrap();
+        *f = (*f).min(ready_now);
+    }
+}
+
+/// Records the most replicas the ReplicaSets of `app` asked for at once. This is the quantity
+/// maxSurge bounds: the deployment controller's `NewRSNewReplicas` compares
+/// `replicas + maxSurge` with the sum of the ReplicaSets' `spec.replicas`
+/// (`GetReplicaCountForReplicaSets`, kubernetes pkg/controller/deployment/util), not with
+/// live pods, so for a moment after an old ReplicaSet is scaled down its pod may still be live
+/// beside the new ReplicaSet's extra pod — on a real cluster as in the sandbox.
+async fn track_requested(sets: Api<ReplicaSet>, app: &str, most: Arc<Mutex<i32>>) {
+    let mut requested: BTreeMap<String, i32> = BTreeMap::new();
+    let config = watcher::Config::default().labels(&format!("app={app}"));
+    let stream = watcher(sets, config).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Ok(Some(Ok(event))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        match event {
+            watcher::Event::Apply(rs) | watcher::Event::InitApply(rs) => {
+                let wanted = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                requested.insert(rs.name_any(), wanted);
+            }
+            watcher::Event::Delete(rs) => {
+                requested.remove(&rs.name_any());
+            }
+            watcher::Event::Init => requested.clear(),
+            watcher::Event::InitDone => {}
+        }
+        let mut m = most.lock().unwrap();
+        *m = (*m).max(requested.values().sum());
     }
 }
 
@@ -84,10 +112,13 @@ async fn rolling_update_keeps_ready_pods_within_max_unavailable_and_surge() {
 
     // Every pod change from here on, in the API's order: the fewest Ready (and not
     // terminating) pods and the most live pods at any point.
-    let bounds = Arc::new(Mutex::new((usize::MAX, 0)));
-    let history = tokio::spawn(track(pods.clone(), bounds.clone()));
-    eventually("the watch to start", || async {
-        (bounds.lock().unwrap().1 > 0).then_some(())
+    let fewest_ready = Arc::new(Mutex::new(usize::MAX));
+    let most_requested = Arc::new(Mutex::new(0));
+    let history = tokio::spawn(track_ready(pods.clone(), fewest_ready.clone()));
+    let sets = tokio::spawn(track_requested(c.api(), "web", most_requested.clone()));
+    eventually("the watches to start", || async {
+        (*fewest_ready.lock().unwrap() < usize::MAX && *most_requested.lock().unwrap() > 0)
+            .then_some(())
     })
     .await;
     deployments
@@ -99,14 +130,16 @@ async fn rolling_update_keeps_ready_pods_within_max_unavailable_and_surge() {
     })
     .await;
     history.abort();
-    let (min_ready, max_live) = *bounds.lock().unwrap();
+    sets.abort();
+    let min_ready = *fewest_ready.lock().unwrap();
+    let max_requested = *most_requested.lock().unwrap();
     assert!(
         min_ready >= 3,
         "Ready pods dropped to {min_ready}, below replicas - maxUnavailable = 3"
     );
     assert!(
-        max_live <= 5,
-        "{max_live} live pods, above replicas + maxSurge = 5"
+        max_requested <= 5,
+        "the ReplicaSets asked for {max_requested} pods, above replicas + maxSurge = 5"
     );
 
     let live = active_pods(&pods, "web-").await;
