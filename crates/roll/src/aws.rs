@@ -10,7 +10,7 @@ use aws_sdk_autoscaling::types::{
 };
 use serde::Serialize;
 
-use crate::refresh::{Preferences, Refresh, RefreshError, RefreshState, Status};
+use crate::refresh::{InstanceFacts, Preferences, Refresh, RefreshError, RefreshState, Status};
 
 /// One lifecycle hook of the group (`DescribeLifecycleHooks`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,17 +23,6 @@ pub struct HookFacts {
     pub default_result: String,
     /// NotificationTargetARN (the drainer's queue), if any.
     pub target: Option<String>,
-}
-
-/// One instance of the group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstanceFacts {
-    /// InstanceId.
-    pub id: String,
-    /// LifecycleState, e.g. `InService`, `Terminating:Retained`.
-    pub state: String,
-    /// The launch template version it was launched from.
-    pub version: Option<String>,
 }
 
 /// What pre-flight and the report need to know about the group.
@@ -297,6 +286,14 @@ impl Refresh for AwsRefresh {
             percent: r.percentage_complete().unwrap_or(0).clamp(0, 100) as u8,
             to_update: r.instances_to_update().unwrap_or(0).max(0) as u32,
         })
+    }
+
+    async fn instances(&self, group: &str) -> Result<Vec<InstanceFacts>, RefreshError> {
+        Ok(self
+            .group(group)
+            .await?
+            .map(|g| g.instances)
+            .unwrap_or_default())
     }
 
     async fn cancel(&self, group: &str) -> Result<(), RefreshError> {

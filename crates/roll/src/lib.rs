@@ -2,7 +2,18 @@
 //! soak, alarms, rollback) with the drainer's guarantees on every node, gated on an SLO.
 //!
 //! - [`refresh`]: the Instance Refresh behind a trait; [`aws`]: the real one and the group's
-//!   facts.
+//!   facts;
+//! - [`preflight`] (with [`batch`]: what a whole batch out at once does): every reason not to
+//!   roll, each with its fix, before anything changes;
+//! - [`slo`]: the gate's objective (Prometheus); [`gate`]: how it holds the roll (the drainer
+//!   holds the next terminate hook while it is red);
+//! - [`run`]: following the refresh to its end; [`report`]: what it did.
 
 pub mod aws;
+pub mod batch;
+pub mod gate;
+pub mod preflight;
 pub mod refresh;
+pub mod report;
+pub mod run;
+pub mod slo;

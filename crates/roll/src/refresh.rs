@@ -153,6 +153,20 @@ pub struct RefreshState {
     pub to_update: u32,
 }
 
+/// One instance of the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceFacts {
+    /// InstanceId.
+    pub id: String,
+    /// LifecycleState, e.g. `InService`, `Terminating:Wait`, `Terminating:Retained`.
+    pub state: String,
+    /// The launch template version it was launched from.
+    pub version: Option<String>,
+}
+
+/// The state an abandoned instance is kept in under `TerminateHookAbandon: retain`.
+pub const RETAINED: &str = "Terminating:Retained";
+
 /// A refresh call that failed: which call and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{call} for group {group} failed: {message}")]
@@ -181,6 +195,12 @@ pub trait Refresh: Send + Sync {
         group: &str,
         id: &str,
     ) -> impl Future<Output = Result<RefreshState, RefreshError>> + Send;
+    /// The group's instances and their lifecycle states (`DescribeAutoScalingGroups`): what
+    /// the roll follows between two descriptions of the refresh.
+    fn instances(
+        &self,
+        group: &str,
+    ) -> impl Future<Output = Result<Vec<InstanceFacts>, RefreshError>> + Send;
     /// `CancelInstanceRefresh`: replaced instances stay; resuming is a new refresh with
     /// SkipMatching.
     fn cancel(&self, group: &str) -> impl Future<Output = Result<(), RefreshError>> + Send;

@@ -1,0 +1,129 @@
+//! Holding the roll: the gate the drainer honours ([`quiesce_aws::roll_gate`]), written on
+//! the Nodes of the group's instances. Red: a terminate hook that arrives is heartbeated and
+//! not drained, so the refresh cannot take the next instance; green: the annotation is
+//! removed.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use quiesce_aws::roll_gate::{ANNOTATION, RollGate};
+use serde_json::json;
+
+/// Every Kubernetes call of the gate takes at most this long.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A Kubernetes call of the gate that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("roll gate: {doing}: {message}")]
+pub struct GateError {
+    /// What it was doing.
+    pub doing: String,
+    /// Why it failed.
+    pub message: String,
+}
+
+/// Writes the gate of one roll.
+#[derive(Clone)]
+pub struct Gate {
+    api: Api<Node>,
+    roll: String,
+}
+
+async fn bounded<T>(
+    doing: String,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, GateError> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(GateError {
+            doing,
+            message: e.to_string(),
+        }),
+        Err(_) => Err(GateError {
+            doing,
+            message: format!("no answer within {CALL_TIMEOUT:?}"),
+        }),
+    }
+}
+
+impl Gate {
+    /// The gate of roll `roll` (its refresh id) in the cluster of `client`.
+    pub fn new(client: kube::Client, roll: &str) -> Gate {
+        Gate {
+            api: Api::all(client),
+            roll: roll.to_string(),
+        }
+    }
+
+    /// The nodes of `instances` (by providerID).
+    async fn nodes_of(&self, instances: &[String]) -> Result<Vec<Node>, GateError> {
+        let nodes = bounded(
+            "listing nodes".into(),
+            self.api.list(&ListParams::default()),
+        )
+        .await?;
+        Ok(nodes
+            .items
+            .into_iter()
+            .filter(|n| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.provider_id.as_deref())
+                    .and_then(quiesce_aws::instance::instance_id)
+                    .is_some_and(|id| instances.iter().any(|i| i == id))
+            })
+            .collect())
+    }
+
+    /// Turns the gate red on the nodes of `instances` until `hold_max` from now, saying why.
+    pub async fn hold(
+        &self,
+        instances: &[String],
+        reason: &str,
+        hold_max: Duration,
+    ) -> Result<(), GateError> {
+        let until = Timestamp::now()
+            .checked_add(SignedDuration::try_from(hold_max).unwrap_or(SignedDuration::MAX))
+            .unwrap_or_else(|_| Timestamp::now());
+        let gate = RollGate {
+            hold: true,
+            reason: reason.to_string(),
+            until: until.to_string(),
+            roll: self.roll.clone(),
+        };
+        self.write(instances, Some(gate.to_annotation())).await
+    }
+
+    /// Opens the gate on the nodes of `instances`.
+    pub async fn open(&self, instances: &[String]) -> Result<(), GateError> {
+        self.write(instances, None).await
+    }
+
+    async fn write(&self, instances: &[String], value: Option<String>) -> Result<(), GateError> {
+        for node in self.nodes_of(instances).await? {
+            let Some(name) = node.metadata.name.clone() else {
+                continue;
+            };
+            let present = node
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(ANNOTATION));
+            if value.is_none() && !present {
+                continue;
+            }
+            // A merge patch without a resourceVersion: the gate never conflicts with the
+            // drainer's conditional writes of its record (those retry on a conflict).
+            let patch = json!({"metadata": {"annotations": {ANNOTATION: value}}});
+            bounded(
+                format!("writing the gate on {name}"),
+                self.api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
