@@ -180,15 +180,17 @@ class Refresh:
         self._plan(version, skip=prefs.get("SkipMatching", False))
 
     def _plan(self, version: str, skip: bool) -> None:
+        # Launching instances count too: a rollback replaces the new instances still starting.
         self.todo = [
             s.instance.id
             for s in self.group.instance_states
-            if s.lifecycle_state == "InService"
+            if s.lifecycle_state in _qm._IN_GROUP
             and not (skip and getattr(s, "launched_version", None) == version)
         ]
         self.total = len(self.todo)
         self.done: list[str] = []
-        self.batch: list[str] = []
+        # A batch in flight when a rollback starts finishes first.
+        self.batch: list[str] = getattr(self, "batch", [])
         self.batch_done_at: float | None = None
         self.checkpoints = sorted(int(c) for c in self.prefs.get("CheckpointPercentages") or [])
         self.soak_until: float | None = None
@@ -324,8 +326,11 @@ class Refresh:
             return
         count = self._batch_size()
         while self.todo and len(self.batch) < count:
-            iid = self.todo.pop(0)
+            iid = self.todo[0]
             state = self._state(iid)
+            if state is not None and state.lifecycle_state in _qm._IN_GROUP[:3]:
+                break  # still launching: replaced once in service
+            self.todo.pop(0)
             if state is None or state.lifecycle_state != "InService":
                 self.done.append(iid)
                 continue

@@ -7,13 +7,15 @@
 //!   roll, each with its fix, before anything changes;
 //! - [`slo`]: the gate's objective (Prometheus); [`gate`]: how it holds the roll (the drainer
 //!   holds the next terminate hook while it is red);
-//! - [`run`]: following the refresh to its end; [`report`]: what it did.
+//! - [`run`]: following the refresh to its end; [`report`]: what it did; [`release`]: a
+//!   retained instance let go once fixed.
 
 pub mod aws;
 pub mod batch;
 pub mod gate;
 pub mod preflight;
 pub mod refresh;
+pub mod release;
 pub mod report;
 pub mod run;
 pub mod slo;

@@ -506,3 +506,73 @@ mod tests {
         );
     }
 }
+
+/// How pre-flight finds out whether a drainer answers the group's hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DrainerCheck {
+    /// The in-cluster Deployment: its leader-election Lease `namespace/name`.
+    Lease {
+        /// The Lease's namespace (the Helm release's).
+        namespace: String,
+        /// The Lease (`drainer.leaseName`, default `quiesce-drainer`).
+        name: String,
+    },
+    /// Not checked (the Lambda mode: its event source mapping is not read, see the README).
+    Skip,
+}
+
+impl std::str::FromStr for DrainerCheck {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DrainerCheck, String> {
+        if s == "none" {
+            return Ok(DrainerCheck::Skip);
+        }
+        match s.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+                Ok(DrainerCheck::Lease {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })
+            }
+            _ => Err(format!(
+                "--drainer-lease {s:?}: expected NAMESPACE/NAME (the drainer's Lease) or none"
+            )),
+        }
+    }
+}
+
+/// Why pre-flight could not even look.
+#[derive(Debug, thiserror::Error)]
+pub enum GatherError {
+    /// Auto Scaling could not be read.
+    #[error(transparent)]
+    Refresh(#[from] crate::refresh::RefreshError),
+    /// The cluster could not be read.
+    #[error("reading the cluster: {0}")]
+    Kube(#[from] quiesce_kube::Error),
+}
+
+/// Reads the group, the cluster and the drainer, and judges them.
+pub async fn gather(
+    aws: &crate::aws::AwsRefresh,
+    client: kube::Client,
+    group: &str,
+    drainer: &DrainerCheck,
+    intent: &Intent<'_>,
+) -> Result<(Option<GroupFacts>, Preflight), GatherError> {
+    let facts = aws.group(group).await?;
+    let cluster = quiesce_kube::kube_cluster::KubeCluster::new(client.clone());
+    let snapshot = quiesce_kube::cluster::Cluster::snapshot(&cluster).await?;
+    let liveness = match drainer {
+        DrainerCheck::Lease { namespace, name } => {
+            lease_liveness(client, namespace, name, crate::gate::CALL_TIMEOUT).await
+        }
+        DrainerCheck::Skip => DrainerLiveness::Unchecked(
+            "the drainer was not checked (--drainer-lease none): make sure one answers the hooks"
+                .into(),
+        ),
+    };
+    let pre = check(facts.as_ref(), group, &snapshot, &liveness, intent);
+    Ok((facts, pre))
+}
