@@ -30,7 +30,7 @@ pub struct RollGate {
     pub reason: String,
     /// When the hold lapses even if nobody opens the gate (RFC 3339).
     pub until: String,
-    /// The roll that wrote it (its Instance Refresh id), for a person reading the Node.
+    /// The roll that wrote it (its group), for a person reading the Node.
     #[serde(default)]
     pub roll: String,
 }

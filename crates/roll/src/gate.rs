@@ -14,6 +14,9 @@ use serde_json::json;
 /// Every Kubernetes call of the gate takes at most this long.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Tries of one node's write when other writers (the drainer, the kubelet) got in between.
+const CONFLICT_RETRIES: usize = 8;
+
 /// A Kubernetes call of the gate that failed.
 #[derive(Debug, thiserror::Error)]
 #[error("roll gate: {doing}: {message}")]
@@ -49,7 +52,7 @@ async fn bounded<T>(
 }
 
 impl Gate {
-    /// The gate of roll `roll` (its refresh id) in the cluster of `client`.
+    /// The gate of the roll of group `roll` in the cluster of `client`.
     pub fn new(client: kube::Client, roll: &str) -> Gate {
         Gate {
             api: Api::all(client),
@@ -102,27 +105,51 @@ impl Gate {
     }
 
     async fn write(&self, instances: &[String], value: Option<String>) -> Result<(), GateError> {
-        for node in self.nodes_of(instances).await? {
+        for mut node in self.nodes_of(instances).await? {
             let Some(name) = node.metadata.name.clone() else {
                 continue;
             };
-            let present = node
-                .metadata
-                .annotations
-                .as_ref()
-                .is_some_and(|a| a.contains_key(ANNOTATION));
-            if value.is_none() && !present {
-                continue;
+            for attempt in 1..=CONFLICT_RETRIES {
+                let present = node
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(ANNOTATION));
+                if value.is_none() && !present {
+                    break;
+                }
+                // Conditional on the resourceVersion read, as every writer of the Node's
+                // annotations (the drainer's record) is: a conflict re-reads and tries again.
+                let patch = json!({"metadata": {
+                    "resourceVersion": node.metadata.resource_version,
+                    "annotations": {ANNOTATION: value},
+                }});
+                let doing = format!("writing the gate on {name}");
+                match tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    self.api
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(kube::Error::Api(e))) if e.code == 409 && attempt < CONFLICT_RETRIES => {
+                        node = bounded(doing, self.api.get(&name)).await?;
+                    }
+                    Ok(Err(e)) => {
+                        return Err(GateError {
+                            doing,
+                            message: e.to_string(),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(GateError {
+                            doing,
+                            message: format!("no answer within {CALL_TIMEOUT:?}"),
+                        });
+                    }
+                }
             }
-            // A merge patch without a resourceVersion: the gate never conflicts with the
-            // drainer's conditional writes of its record (those retry on a conflict).
-            let patch = json!({"metadata": {"annotations": {ANNOTATION: value}}});
-            bounded(
-                format!("writing the gate on {name}"),
-                self.api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
-            )
-            .await?;
         }
         Ok(())
     }

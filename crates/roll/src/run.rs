@@ -290,17 +290,13 @@ pub async fn roll<R: Refresh, S: Slo>(
         .filter(|i| i.state == "InService")
         .map(|i| i.id.clone())
         .collect();
-    let id = refresh
-        .start(&spec.group, &spec.version, &spec.preferences)
-        .await?;
-    tracing::info!(group = %spec.group, refresh = %id, version = %spec.version, "instance refresh started");
     let mut f = Follow {
         refresh,
         slo,
-        gate: Gate::new(client.clone(), &id),
+        gate: Gate::new(client.clone(), &spec.group),
         nodes: Api::all(client),
         spec,
-        id: id.clone(),
+        id: String::new(),
         old,
         retained_before: before
             .iter()
@@ -316,7 +312,39 @@ pub async fn roll<R: Refresh, S: Slo>(
         ending: None,
         last_reason: None,
     };
-    let mut next_eval = Instant::now();
+    // The gate before the refresh: an SLO broken already holds the first terminate hook
+    // (hold), or nothing starts (cancel, rollback: there would be nothing to undo).
+    if let Some(reading) = f.evaluate().await.filter(|r| !r.ok) {
+        if spec.on_breach != OnBreach::Hold {
+            let why = format!(
+                "the SLO is breached before the roll: {} was {}; nothing started",
+                reading.objective, reading.value
+            );
+            f.breaches.push(reading);
+            return Ok(RollReport {
+                group: spec.group.clone(),
+                refresh_id: None,
+                outcome: Outcome::Refused,
+                reason: Some(why),
+                replaced: Vec::new(),
+                retained: Vec::new(),
+                breaches: f.breaches,
+                evaluations: f.evaluations,
+                held_seconds: 0.0,
+                seconds: started.elapsed().as_secs_f64(),
+                resume: None,
+                preflight,
+            });
+        }
+        f.breach(reading).await?;
+        tracing::info!("gate red before the refresh starts");
+    }
+    let id = refresh
+        .start(&spec.group, &spec.version, &spec.preferences)
+        .await?;
+    tracing::info!(group = %spec.group, refresh = %id, version = %spec.version, "instance refresh started");
+    f.id = id.clone();
+    let mut next_eval = Instant::now() + spec.evaluate_every;
     let deadline = started + spec.deadline;
     let (outcome, reason, instances) = loop {
         let state = f.refresh.describe(&spec.group, &f.id).await?;

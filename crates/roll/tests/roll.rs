@@ -127,3 +127,187 @@ async fn a_breach_rolls_back_to_the_previous_version() {
         "fewer old instances replaced than the group has: {report:#?}"
     );
 }
+
+/// A pod no controller recreates, on node-1: the drainer's plan calls it a hard blocker and
+/// ABANDONs the node's hook.
+const PINNED: &str = r#"
+objects:
+  - apiVersion: v1
+    kind: Pod
+    metadata: {name: pet, namespace: default}
+    spec:
+      nodeName: node-1
+      containers: [{name: pet, image: pet:1, resources: {requests: {cpu: 10m, memory: 16Mi}}}]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_node_is_retained_the_roll_completes_and_release_lets_it_go_once_fixed() {
+    let mut bed = bed(GroupSetup::default(), PINNED).await;
+    bed.run_drainer();
+    bed.run_kubelets();
+    let spec = bed.spec(one_at_a_time());
+    let report = roll::<_, Prometheus>(
+        &bed.refresh,
+        None,
+        bed.sandbox.client(),
+        &spec,
+        empty_preflight(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Complete, "{report:#?}");
+    let pet = &bed.instances[0];
+    assert_eq!(report.retained.len(), 1, "{report:#?}");
+    let retained = &report.retained[0];
+    assert_eq!(&retained.instance, pet);
+    assert_eq!(retained.node.as_deref(), Some("node-1"));
+    let reason = retained.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("default/pet") && reason.contains("no controller"),
+        "{reason}"
+    );
+    let members = bed.members().await;
+    assert!(
+        members
+            .iter()
+            .any(|(i, s, _)| i == pet && s == "Terminating:Retained"),
+        "{members:?}"
+    );
+    assert_eq!(
+        members
+            .iter()
+            .filter(|(_, s, v)| s == "InService" && v == "2")
+            .count(),
+        3,
+        "the group is whole on version 2: {members:?}"
+    );
+
+    // Released before the pod is dealt with: the node still cannot be drained.
+    let client = bed.sandbox.client();
+    let opts = quiesce_core::DrainOptions::default();
+    let err = quiesce_roll::release::release(
+        &bed.refresh,
+        client.clone(),
+        pet,
+        Duration::from_secs(30),
+        opts,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, quiesce_roll::release::ReleaseError::Undrained { .. }),
+        "{err}"
+    );
+    assert!(bed.members().await.iter().any(|(i, _, _)| i == pet), "kept");
+    // A person moves the pet elsewhere; then the release drains the node and terminates it.
+    kube::Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), "default")
+        .delete("pet", &Default::default())
+        .await
+        .unwrap();
+    let released =
+        quiesce_roll::release::release(&bed.refresh, client, pet, Duration::from_secs(30), opts)
+            .await
+            .unwrap();
+    assert_eq!(released.node.as_deref(), Some("node-1"));
+    assert!(
+        !bed.members().await.iter().any(|(i, _, _)| i == pet),
+        "terminated once released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_red_gate_holds_the_next_terminate_hook_until_the_slo_is_good_again() {
+    let mut bed = bed(GroupSetup::default(), "").await;
+    bed.run_drainer();
+    bed.run_kubelets();
+    let value = Arc::new(std::sync::Mutex::new(9.0));
+    let url = support::prometheus(value.clone()).await;
+    let slo = Prometheus::new(&url, "errors_total < 5".parse().unwrap()).unwrap();
+    let mut spec = bed.spec(one_at_a_time());
+    spec.on_breach = quiesce_roll::run::OnBreach::Hold;
+    let client = bed.sandbox.client();
+    let refresh = bed.refresh.clone();
+    let rolling = tokio::spawn(async move {
+        roll(
+            &refresh,
+            Some(&slo),
+            client,
+            &spec,
+            empty_preflight(),
+            &|_| {},
+        )
+        .await
+    });
+    // The first instance goes into Terminating:Wait and its hook is heartbeated, but its node
+    // is not drained: no cordon, the record still `received`, for more than one heartbeat.
+    let nodes = kube::Api::<k8s_openapi::api::core::v1::Node>::all(bed.sandbox.client());
+    let held = || async {
+        let actions = bed.actions().await;
+        let a = actions
+            .iter()
+            .find(|a| a["transition"].as_str().unwrap().contains("TERMINATING"))?;
+        Some((
+            a["instanceId"].as_str().unwrap().to_string(),
+            a["heartbeats"].as_u64().unwrap_or(0),
+            a["result"].clone(),
+        ))
+    };
+    bed.wait_for(
+        "a terminate hook heartbeated twice",
+        Duration::from_secs(60),
+        || async { held().await.is_some_and(|(_, beats, _)| beats >= 2) },
+    )
+    .await;
+    let (instance, _, result) = held().await.unwrap();
+    assert!(result.is_null(), "not completed while red: {result}");
+    let index = bed.instances.iter().position(|i| *i == instance).unwrap();
+    let node = nodes.get(&format!("node-{}", index + 1)).await.unwrap();
+    assert_ne!(
+        node.spec.as_ref().and_then(|s| s.unschedulable),
+        Some(true),
+        "the held node is not cordoned"
+    );
+    let annotations = node.metadata.annotations.unwrap_or_default();
+    assert!(
+        annotations.contains_key(quiesce_aws::roll_gate::ANNOTATION),
+        "{annotations:?}"
+    );
+    let record = quiesce_aws::record::InFlight::from_annotation(
+        &annotations[quiesce_aws::record::ANNOTATION],
+    )
+    .unwrap();
+    assert_eq!(record.phase, quiesce_aws::record::Phase::Received);
+    assert_eq!(
+        ready_pods(&bed.sandbox, "app=web").await,
+        3,
+        "nothing evicted"
+    );
+
+    // Good again: the hold ends and the roll completes.
+    *value.lock().unwrap() = 0.0;
+    let report = tokio::time::timeout(Duration::from_secs(240), rolling)
+        .await
+        .expect("the roll ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::Complete, "{report:#?}");
+    assert!(
+        report.held_seconds >= 10.0,
+        "held across two heartbeats: {report:#?}"
+    );
+    assert!(
+        report.breaches.iter().all(|b| b.value == 9.0),
+        "{report:#?}"
+    );
+    assert_eq!(report.replaced.len(), 3);
+    let node = nodes.list(&Default::default()).await.unwrap();
+    assert!(
+        node.items.iter().all(|n| !n
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(quiesce_aws::roll_gate::ANNOTATION))),
+        "the gate is gone from every node"
+    );
+}

@@ -148,7 +148,7 @@ pub async fn bed(setup: GroupSetup, extra: &str) -> Bed {
              &LaunchTemplateData.ImageId=ami-0patched&LaunchTemplateData.InstanceType=t3.medium"
         ),
     );
-    let mut create = asg
+    let mut group = asg
         .create_auto_scaling_group()
         .auto_scaling_group_name(GROUP)
         .launch_template(
@@ -162,7 +162,7 @@ pub async fn bed(setup: GroupSetup, extra: &str) -> Bed {
         .desired_capacity(setup.size)
         .availability_zones("us-east-1a");
     if setup.retain {
-        create = create.instance_lifecycle_policy(
+        group = group.instance_lifecycle_policy(
             InstanceLifecyclePolicy::builder()
                 .retention_triggers(
                     RetentionTriggers::builder()
@@ -172,7 +172,7 @@ pub async fn bed(setup: GroupSetup, extra: &str) -> Bed {
                 .build(),
         );
     }
-    create.send().await.unwrap();
+    group.send().await.unwrap();
     if let Some(result) = setup.terminate_hook {
         put_hook(
             &asg,
@@ -204,20 +204,39 @@ pub async fn bed(setup: GroupSetup, extra: &str) -> Bed {
         .iter()
         .filter_map(|i| i.instance_id().map(str::to_string))
         .collect();
-    let mut scenario = Scenario::from_yaml(WORKLOADS, "roll test").unwrap();
-    if !extra.is_empty() {
-        scenario
-            .objects
-            .extend(Scenario::from_yaml(extra, "extra").unwrap().objects);
-    }
     let sandbox = Sandbox::start(SandboxOptions {
-        scenario,
+        scenario: Scenario::default(),
         ..SandboxOptions::default()
     })
     .await
     .unwrap();
+    // The instances' kubelets register their Nodes first, so the scheduler spreads the
+    // replicas over them.
     for (i, instance) in instances.iter().enumerate() {
         register(&sandbox, &format!("node-{}", i + 1), instance).await;
+    }
+    let ready = || async {
+        Api::<Node>::all(sandbox.client())
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|n| quiesce_drainer::nodes::is_ready(n))
+            .count()
+            == instances.len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready().await {
+        assert!(Instant::now() < deadline, "the nodes never became Ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut objects = Scenario::from_yaml(WORKLOADS, "roll test").unwrap().objects;
+    if !extra.is_empty() {
+        objects.extend(Scenario::from_yaml(extra, "extra").unwrap().objects);
+    }
+    for object in objects {
+        create(&sandbox, object).await;
     }
     let refresh = AwsRefresh::new(&aws);
     let bed = Bed {
@@ -269,6 +288,36 @@ pub async fn register(sandbox: &Sandbox, name: &str, instance: &str) {
         .create(&PostParams::default(), &node)
         .await
         .unwrap();
+}
+
+/// Creates one of the test's workload objects through the API.
+async fn create(sandbox: &Sandbox, object: Value) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let client = sandbox.client();
+    let pp = PostParams::default();
+    match object["kind"].as_str() {
+        Some("Deployment") => {
+            Api::<Deployment>::namespaced(client, "default")
+                .create(&pp, &serde_json::from_value(object).unwrap())
+                .await
+                .unwrap();
+        }
+        Some("PodDisruptionBudget") => {
+            Api::<PodDisruptionBudget>::namespaced(client, "default")
+                .create(&pp, &serde_json::from_value(object).unwrap())
+                .await
+                .unwrap();
+        }
+        Some("Pod") => {
+            Api::<Pod>::namespaced(client, "default")
+                .create(&pp, &serde_json::from_value(object).unwrap())
+                .await
+                .unwrap();
+        }
+        other => panic!("the roll tests create no {other:?}"),
+    }
 }
 
 /// One EC2 Query API call to moto (launch templates: aws-sdk-ec2 is no dependency for two
