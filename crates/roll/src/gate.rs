@@ -70,13 +70,7 @@ impl Gate {
         Ok(nodes
             .items
             .into_iter()
-            .filter(|n| {
-                n.spec
-                    .as_ref()
-                    .and_then(|s| s.provider_id.as_deref())
-                    .and_then(quiesce_aws::instance::instance_id)
-                    .is_some_and(|id| instances.iter().any(|i| i == id))
-            })
+            .filter(|n| crate::instance_of(n).is_some_and(|id| instances.iter().any(|i| i == id)))
             .collect())
     }
 

@@ -19,3 +19,13 @@ pub mod release;
 pub mod report;
 pub mod run;
 pub mod slo;
+
+/// The EC2 instance a Node runs on, from its `spec.providerID`: how the roll matches the
+/// group's instances to the cluster's nodes (exact, unlike node names).
+pub fn instance_of(node: &k8s_openapi::api::core::v1::Node) -> Option<&str> {
+    node.spec
+        .as_ref()?
+        .provider_id
+        .as_deref()
+        .and_then(quiesce_aws::instance::instance_id)
+}

@@ -347,13 +347,10 @@ pub fn check(
     let mut nodes = Vec::new();
     let mut names = Vec::new();
     for instance in &in_service {
-        let node = snapshot.nodes.iter().find(|n| {
-            n.spec
-                .as_ref()
-                .and_then(|s| s.provider_id.as_deref())
-                .and_then(quiesce_aws::instance::instance_id)
-                == Some(instance.id.as_str())
-        });
+        let node = snapshot
+            .nodes
+            .iter()
+            .find(|n| crate::instance_of(n) == Some(instance.id.as_str()));
         let Some(node) = node.and_then(|n| n.metadata.name.clone()) else {
             notes.push(format!(
                 "instance {} is no node of this cluster: its hook is the drainer's --unknown-instance policy's",

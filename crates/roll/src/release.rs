@@ -91,13 +91,7 @@ pub async fn release(
     let node = snapshot
         .nodes
         .iter()
-        .find(|n| {
-            n.spec
-                .as_ref()
-                .and_then(|s| s.provider_id.as_deref())
-                .and_then(quiesce_aws::instance::instance_id)
-                == Some(instance)
-        })
+        .find(|n| crate::instance_of(n) == Some(instance))
         .and_then(|n| n.metadata.name.clone());
     if let Some(node) = &node {
         let spec = DrainSpec {

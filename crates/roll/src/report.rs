@@ -46,6 +46,7 @@ pub struct Retained {
 
 /// The roll's report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RollReport {
     /// The group.
     pub group: String,

@@ -111,13 +111,7 @@ async fn records(
         .items
         .into_iter()
         .filter_map(|n| {
-            let instance = n
-                .spec
-                .as_ref()?
-                .provider_id
-                .as_deref()
-                .and_then(quiesce_aws::instance::instance_id)?
-                .to_string();
+            let instance = crate::instance_of(&n)?.to_string();
             let record = n
                 .metadata
                 .annotations

@@ -27,16 +27,7 @@ async fn a_refresh_completes_with_the_drainer_handling_every_hook() {
     bed.run_drainer();
     bed.run_kubelets();
     let spec = bed.spec(one_at_a_time());
-    let report = roll::<_, Prometheus>(
-        &bed.refresh,
-        None,
-        bed.sandbox.client(),
-        &spec,
-        empty_preflight(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let report = ungated(&bed, &spec).await;
     assert_eq!(
         report.outcome,
         Outcome::Complete,
@@ -70,6 +61,23 @@ async fn a_refresh_completes_with_the_drainer_handling_every_hook() {
         assert_eq!(a["completedBy"], "api", "not a timeout: {a}");
     }
     assert_eq!(ready_pods(&bed.sandbox, "app=web").await, 3);
+}
+
+/// The roll without an SLO gate.
+async fn ungated(
+    bed: &support::Bed,
+    spec: &quiesce_roll::run::RollSpec,
+) -> quiesce_roll::report::RollReport {
+    roll::<_, Prometheus>(
+        &bed.refresh,
+        None,
+        bed.sandbox.client(),
+        spec,
+        empty_preflight(),
+        &|_| {},
+    )
+    .await
+    .unwrap()
 }
 
 fn empty_preflight() -> quiesce_roll::preflight::Preflight {
@@ -146,16 +154,7 @@ async fn an_abandoned_node_is_retained_the_roll_completes_and_release_lets_it_go
     bed.run_drainer();
     bed.run_kubelets();
     let spec = bed.spec(one_at_a_time());
-    let report = roll::<_, Prometheus>(
-        &bed.refresh,
-        None,
-        bed.sandbox.client(),
-        &spec,
-        empty_preflight(),
-        &|_| {},
-    )
-    .await
-    .unwrap();
+    let report = ungated(&bed, &spec).await;
     assert_eq!(report.outcome, Outcome::Complete, "{report:#?}");
     let pet = &bed.instances[0];
     assert_eq!(report.retained.len(), 1, "{report:#?}");

@@ -121,7 +121,7 @@ pub struct Args {
     pub undrainable: UndrainableArg,
     /// The drainer Deployment's leader-election Lease, NAMESPACE/NAME, proof that a drainer
     /// answers the hooks; `none` skips the check (the Lambda mode).
-    #[arg(long, default_value = "quiesce/quiesce-drainer")]
+    #[arg(long, default_value = "kube-system/quiesce-drainer")]
     pub drainer_lease: DrainerCheck,
     /// Stop following after this long (the refresh goes on without the gate).
     #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
