@@ -310,3 +310,98 @@ async fn a_red_gate_holds_the_next_terminate_hook_until_the_slo_is_good_again() 
         "the gate is gone from every node"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_breach_with_on_breach_cancel_cancels_and_offers_the_resume() {
+    let mut bed = bed(GroupSetup::default(), "").await;
+    bed.run_drainer();
+    bed.run_kubelets();
+    let value = Arc::new(std::sync::Mutex::new(0.0));
+    let url = support::prometheus(value.clone()).await;
+    let slo = Prometheus::new(&url, "errors_total < 5".parse().unwrap()).unwrap();
+    let mut spec = bed.spec(one_at_a_time());
+    spec.on_breach = quiesce_roll::run::OnBreach::Cancel;
+    let breaking = value.clone();
+    let report = roll(
+        &bed.refresh,
+        Some(&slo),
+        bed.sandbox.client(),
+        &spec,
+        empty_preflight(),
+        &move |p| {
+            if p.replaced >= 1 {
+                *breaking.lock().unwrap() = 7.0;
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
+    assert!(
+        report.reason.clone().unwrap_or_default().contains("was 7"),
+        "{report:#?}"
+    );
+    assert!(
+        report
+            .resume
+            .as_deref()
+            .is_some_and(|r| r.contains("--skip-matching")),
+        "{report:#?}"
+    );
+    assert!(
+        !report.replaced.is_empty() && report.replaced.len() < 3,
+        "{report:#?}"
+    );
+    let members = bed.members().await;
+    assert!(
+        members.iter().any(|(_, _, v)| v == "1"),
+        "old instances stay after a cancel: {members:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abandoned_node_with_undrainable_stop_cancels_the_roll() {
+    let mut bed = bed(GroupSetup::default(), PINNED).await;
+    bed.run_drainer();
+    bed.run_kubelets();
+    let mut spec = bed.spec(one_at_a_time());
+    spec.undrainable = quiesce_roll::run::Undrainable::Stop;
+    let report = ungated(&bed, &spec).await;
+    assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
+    let reason = report.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains(&bed.instances[0]) && reason.contains("--undrainable stop"),
+        "{reason}"
+    );
+    assert_eq!(report.retained.len(), 1, "{report:#?}");
+    assert!(report.replaced.len() < 3, "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gate_red_past_hold_max_ends_held_and_cancelled() {
+    let mut bed = bed(GroupSetup::default(), "").await;
+    bed.run_drainer();
+    bed.run_kubelets();
+    let url = support::prometheus(Arc::new(std::sync::Mutex::new(9.0))).await;
+    let slo = Prometheus::new(&url, "errors_total < 5".parse().unwrap()).unwrap();
+    let mut spec = bed.spec(one_at_a_time());
+    spec.on_breach = quiesce_roll::run::OnBreach::Hold;
+    spec.hold_max = Duration::from_secs(3);
+    let report = roll(
+        &bed.refresh,
+        Some(&slo),
+        bed.sandbox.client(),
+        &spec,
+        empty_preflight(),
+        &|_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Held, "{report:#?}");
+    assert!(report.held_seconds >= 3.0, "{report:#?}");
+    assert!(report.resume.is_some(), "{report:#?}");
+    assert!(
+        report.replaced.len() <= 1,
+        "at most the held instance went: {report:#?}"
+    );
+}
