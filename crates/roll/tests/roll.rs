@@ -80,6 +80,32 @@ async fn ungated(
     .unwrap()
 }
 
+/// The roll gated on `errors_total < 5`, which the first replacement breaks (to `value`).
+async fn broken_by_the_first_replacement(
+    bed: &support::Bed,
+    spec: &quiesce_roll::run::RollSpec,
+    value: f64,
+) -> quiesce_roll::report::RollReport {
+    let errors = Arc::new(std::sync::Mutex::new(0.0));
+    let url = support::prometheus(errors.clone()).await;
+    let slo = Prometheus::new(&url, "errors_total < 5".parse().unwrap()).unwrap();
+    let progress = move |p: &quiesce_roll::run::Progress| {
+        if p.replaced >= 1 {
+            *errors.lock().unwrap() = value;
+        }
+    };
+    roll(
+        &bed.refresh,
+        Some(&slo),
+        bed.sandbox.client(),
+        spec,
+        empty_preflight(),
+        &progress,
+    )
+    .await
+    .unwrap()
+}
+
 fn empty_preflight() -> quiesce_roll::preflight::Preflight {
     quiesce_roll::preflight::Preflight {
         size: 3,
@@ -95,26 +121,8 @@ async fn a_breach_rolls_back_to_the_previous_version() {
     let mut bed = bed(GroupSetup::default(), "").await;
     bed.run_drainer();
     bed.run_kubelets();
-    let value = Arc::new(std::sync::Mutex::new(0.0));
-    let url = support::prometheus(value.clone()).await;
-    let slo = Prometheus::new(&url, "errors_total < 5".parse().unwrap()).unwrap();
     let spec = bed.spec(one_at_a_time());
-    // The first replacement breaks the SLO.
-    let breaking = value.clone();
-    let report = roll(
-        &bed.refresh,
-        Some(&slo),
-        bed.sandbox.client(),
-        &spec,
-        empty_preflight(),
-        &move |p| {
-            if p.replaced >= 1 {
-                *breaking.lock().unwrap() = 9.0;
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let report = broken_by_the_first_replacement(&bed, &spec, 9.0).await;
     assert_eq!(report.outcome, Outcome::RolledBack, "{report:#?}");
     let reason = report.reason.clone().unwrap_or_default();
     assert!(
@@ -316,26 +324,9 @@ async fn a_breach_with_on_breach_cancel_cancels_and_offers_the_resume() {
     let mut bed = bed(GroupSetup::default(), "").await;
     bed.run_drainer();
     bed.run_kubelets();
-    let value = Arc::new(std::sync::Mutex::new(0.0));
-    let url = support::prometheus(value.clone()).await;
-    let slo = Prometheus::new(&url, "errors_total < 5".parse().unwrap()).unwrap();
     let mut spec = bed.spec(one_at_a_time());
     spec.on_breach = quiesce_roll::run::OnBreach::Cancel;
-    let breaking = value.clone();
-    let report = roll(
-        &bed.refresh,
-        Some(&slo),
-        bed.sandbox.client(),
-        &spec,
-        empty_preflight(),
-        &move |p| {
-            if p.replaced >= 1 {
-                *breaking.lock().unwrap() = 7.0;
-            }
-        },
-    )
-    .await
-    .unwrap();
+    let report = broken_by_the_first_replacement(&bed, &spec, 7.0).await;
     assert_eq!(report.outcome, Outcome::Cancelled, "{report:#?}");
     assert!(
         report.reason.clone().unwrap_or_default().contains("was 7"),
