@@ -68,16 +68,7 @@ async fn ungated(
     bed: &support::Bed,
     spec: &quiesce_roll::run::RollSpec,
 ) -> quiesce_roll::report::RollReport {
-    roll::<_, Prometheus>(
-        &bed.refresh,
-        None,
-        bed.sandbox.client(),
-        spec,
-        empty_preflight(),
-        &|_| {},
-    )
-    .await
-    .unwrap()
+    ungated_with(&bed.refresh, bed.sandbox.client(), spec).await
 }
 
 /// The roll gated on `errors_total < 5`, which the first replacement breaks (to `value`).
@@ -395,4 +386,64 @@ async fn a_gate_red_past_hold_max_ends_held_and_cancelled() {
         report.replaced.len() <= 1,
         "at most the held instance went: {report:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_alarm_of_the_refresh_rolls_it_back_by_itself_with_auto_rollback() {
+    let mut bed = bed(GroupSetup::default(), "").await;
+    bed.run_drainer();
+    bed.run_kubelets();
+    tokio::task::block_in_place(|| {
+        bed.cloudwatch(
+            "Action=PutMetricAlarm&AlarmName=5xx&MetricName=errors&Namespace=app&Statistic=Sum\
+             &Period=60&EvaluationPeriods=1&Threshold=1&ComparisonOperator=GreaterThanThreshold",
+        )
+    });
+    let mut spec = bed.spec(Preferences {
+        alarms: vec!["5xx".into()],
+        auto_rollback: true,
+        ..one_at_a_time()
+    });
+    spec.on_breach = quiesce_roll::run::OnBreach::Hold;
+    let refresh = bed.refresh.clone();
+    let client = bed.sandbox.client();
+    let rolling = tokio::spawn(async move { ungated_with(&refresh, client, &spec).await });
+    bed.wait_for(
+        "a first instance on version 2",
+        Duration::from_secs(60),
+        || async {
+            bed.members()
+                .await
+                .iter()
+                .any(|(_, s, v)| s == "InService" && v == "2")
+        },
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        bed.cloudwatch("Action=SetAlarmState&AlarmName=5xx&StateValue=ALARM&StateReason=test")
+    });
+    let report = tokio::time::timeout(Duration::from_secs(240), rolling)
+        .await
+        .expect("the roll ends")
+        .unwrap();
+    assert_eq!(report.outcome, Outcome::RolledBack, "{report:#?}");
+    assert!(
+        report.reason.as_deref().unwrap_or_default().contains("5xx"),
+        "{report:#?}"
+    );
+    let members = bed.members().await;
+    assert!(
+        members.iter().all(|(_, s, v)| s == "InService" && v == "1"),
+        "back on version 1: {members:?}"
+    );
+}
+
+async fn ungated_with(
+    refresh: &quiesce_roll::aws::AwsRefresh,
+    client: kube::Client,
+    spec: &quiesce_roll::run::RollSpec,
+) -> quiesce_roll::report::RollReport {
+    roll::<_, Prometheus>(refresh, None, client, spec, empty_preflight(), &|_| {})
+        .await
+        .unwrap()
 }

@@ -323,6 +323,11 @@ async fn create(sandbox: &Sandbox, object: Value) {
 /// One EC2 Query API call to moto (launch templates: aws-sdk-ec2 is no dependency for two
 /// set-up calls); the response body.
 fn ec2_call(addr: &str, body: &str) -> String {
+    query_call(addr, "ec2", body)
+}
+
+/// One Query-protocol call of `service` (its signing name) to moto, unsigned; the answer.
+fn query_call(addr: &str, service: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
@@ -331,7 +336,7 @@ fn ec2_call(addr: &str, body: &str) -> String {
     write!(
         stream,
         "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential=testing/20261201/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=testing/20261201/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
@@ -367,6 +372,13 @@ pub async fn ready_pods(sandbox: &Sandbox, selector: &str) -> usize {
 }
 
 impl Bed {
+    /// A CloudWatch (Query protocol) call to moto: alarms for the refresh's
+    /// AlarmSpecification (aws-sdk-cloudwatch is no dependency for two test calls).
+    pub fn cloudwatch(&self, body: &str) -> String {
+        let addr = self.moto.url().trim_start_matches("http://").to_string();
+        query_call(&addr, "monitoring", &format!("{body}&Version=2010-08-01"))
+    }
+
     /// The production drainer (queue loop and handler) answering every hook of the group.
     pub fn run_drainer(&mut self) -> Arc<Handler<AutoScaling>> {
         let settings = Settings {
