@@ -1,7 +1,7 @@
 //! `quiesce roll` as an operator or CI runs it: the real binary against moto (Auto Scaling with
 //! Instance Refresh, SQS, launch templates) and the sandbox, with the production drainer
-//! answering the hooks. Pre-flight refuses with its reasons and fixes in JSON; the roll then
-//! completes and says so in `roll.outcome`.
+//! answering the hooks. Pre-flight refuses with its reasons and fixes in JSON; the roll to an
+//! AMI (a new launch template version) then completes and says so in `roll.outcome`.
 
 #[path = "../../roll/tests/support/mod.rs"]
 mod support;
@@ -14,13 +14,7 @@ fn quiesce_roll(
     extra: &[&str],
 ) -> (i32, serde_json::Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_quiesce"))
-        .args([
-            "roll",
-            "--asg",
-            support::GROUP,
-            "--launch-template-version",
-            "2",
-        ])
+        .args(["roll", "--asg", support::GROUP])
         .args([
             "--min-healthy",
             "66",
@@ -60,7 +54,12 @@ async fn the_binary_refuses_without_a_drainer_then_rolls_the_group() {
         quiesce_roll(
             &bed,
             &kubeconfig,
-            &["--drainer-lease", "kube-system/quiesce-drainer"],
+            &[
+                "--launch-template-version",
+                "2",
+                "--drainer-lease",
+                "kube-system/quiesce-drainer",
+            ],
         )
     });
     assert_eq!(code, 1, "{json:#}");
@@ -87,7 +86,11 @@ async fn the_binary_refuses_without_a_drainer_then_rolls_the_group() {
     bed.run_drainer();
     bed.run_kubelets();
     let (code, json) = tokio::task::block_in_place(|| {
-        quiesce_roll(&bed, &kubeconfig, &["--drainer-lease", "none"])
+        quiesce_roll(
+            &bed,
+            &kubeconfig,
+            &["--image-id", "ami-0new", "--drainer-lease", "none"],
+        )
     });
     assert_eq!(json["roll"]["outcome"], "complete", "{json:#}");
     assert_eq!(code, 0);
@@ -101,8 +104,8 @@ async fn the_binary_refuses_without_a_drainer_then_rolls_the_group() {
         bed.members()
             .await
             .iter()
-            .all(|(_, s, v)| s == "InService" && v == "2"),
-        "{:?}",
+            .all(|(_, s, v)| s == "InService" && v == "3"),
+        "every instance on the AMI's new launch template version 3: {:?}",
         bed.members().await
     );
 }

@@ -156,6 +156,34 @@ impl AwsRefresh {
         }))
     }
 
+    /// Makes `image` a new version of the group's launch template, from the version the group
+    /// launches now (EC2 `CreateLaunchTemplateVersion`): what `--image-id` rolls to.
+    pub async fn version_for_image(
+        &self,
+        ec2: &quiesce_aws::ec2::Ec2,
+        group: &str,
+        image: &str,
+    ) -> Result<String, RefreshError> {
+        let fail = |message: String| RefreshError {
+            call: "CreateLaunchTemplateVersion",
+            group: group.to_string(),
+            message,
+        };
+        let facts = self
+            .group(group)
+            .await?
+            .ok_or_else(|| fail("no such group".into()))?;
+        let template = facts
+            .launch_template_id
+            .ok_or_else(|| fail("the group launches from no launch template".into()))?;
+        let source = facts
+            .launch_template_version
+            .unwrap_or_else(|| "$Default".into());
+        ec2.create_launch_template_version(&template, &source, image)
+            .await
+            .map_err(|e| fail(e.to_string()))
+    }
+
     /// `TerminateInstanceInAutoScalingGroup` without decrementing: how a retained instance is
     /// let go once a person fixed what kept it (User Guide, "Manage retained instances": they
     /// stay until terminated by hand; the group has replaced them already).

@@ -7,18 +7,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// What the group is rolled to. Auto Scaling's desired configuration is a launch template
-/// version; an AMI becomes one (a new version of the group's template with that image).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Desired {
-    /// A version of the group's launch template (`3`; `$Latest` and `$Default` cannot be
-    /// rolled back).
-    LaunchTemplateVersion(String),
-    /// An image for a new version of the group's launch template.
-    ImageId(String),
-}
-
 /// The refresh's preferences (`RefreshPreferences`), as `quiesce roll` exposes them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Preferences {

@@ -17,15 +17,25 @@ fn camel(snake: &str) -> String {
         .collect()
 }
 
-/// The operations called on the SDK client in `source`: the method after each `.client`.
+/// The operations called in `source`: the method after each `.client` (Auto Scaling's SDK
+/// client) and each `ec2.` (quiesce-aws's EC2 Query client).
 fn calls(source: &str) -> BTreeSet<String> {
     let lines: Vec<&str> = source.lines().map(str::trim).collect();
-    lines
+    let mut out: BTreeSet<String> = lines
         .windows(2)
         .filter(|w| w[0] == ".client" || w[0].ends_with(".client"))
         .filter_map(|w| w[1].strip_prefix('.')?.strip_suffix("()"))
         .map(|op| format!("autoscaling:{}", camel(op)))
-        .collect()
+        .collect();
+    for line in &lines {
+        if let Some(rest) = line.split("ec2.").nth(1)
+            && let Some((op, _)) = rest.split_once('(')
+            && op.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        {
+            out.insert(format!("ec2:{}", camel(op)));
+        }
+    }
+    out
 }
 
 #[test]

@@ -61,7 +61,8 @@ pub struct Args {
     /// `$Default` cannot be rolled back).
     #[arg(long, conflicts_with = "image_id", required_unless_present_any = ["release", "image_id"])]
     pub launch_template_version: Option<String>,
-    /// Roll to this AMI (not built yet: make it a launch template version first, see below).
+    /// Roll to this AMI: once pre-flight passes it becomes a new version of the group's launch
+    /// template (EC2 CreateLaunchTemplateVersion from the version the group launches now).
     #[arg(long)]
     pub image_id: Option<String>,
     /// Pre-flight only: print every reason not to roll, change nothing.
@@ -164,9 +165,8 @@ Example:
     --slo-prometheus http://prometheus:9090 \\
     --slo 'sum(rate(http_requests_total{code=~\"5..\"}[1m])) < 0.5' --on-breach rollback
 
-An AMI: make it a launch template version first, then roll to that version:
-  aws ec2 create-launch-template-version --launch-template-id lt-… --source-version 6 \\
-    --launch-template-data ImageId=ami-…";
+An AMI instead of a version: --image-id ami-… makes it a new version of the group's launch
+template (from the version the group launches now) once pre-flight passes, and rolls to it.";
 
 /// Runs `quiesce roll`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -219,13 +219,6 @@ async fn roll(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let group = args.asg.clone().context("--asg is required")?;
-    let Some(version) = args.launch_template_version.clone() else {
-        bail!(
-            "--image-id is not built yet: create a launch template version with that ImageId \
-             (aws ec2 create-launch-template-version --source-version N --launch-template-data \
-             ImageId=AMI) and pass --launch-template-version"
-        );
-    };
     let preferences = preferences(&args)?;
     let on_breach = match args.on_breach {
         Breach::Hold => OnBreach::Hold,
@@ -238,7 +231,8 @@ async fn roll(args: Args) -> anyhow::Result<ExitCode> {
     };
     let intent = Intent {
         preferences: &preferences,
-        version: Some(&version),
+        // An AMI becomes a numbered version: nothing a rollback could not return to.
+        version: args.launch_template_version.as_deref(),
         rollback: on_breach == OnBreach::Rollback || args.auto_rollback,
         skip_undrainable: undrainable == Undrainable::Skip,
         drain: options,
@@ -273,6 +267,16 @@ async fn roll(args: Args) -> anyhow::Result<ExitCode> {
         let slo = match (&args.slo_prometheus, &args.slo) {
             (Some(url), Some(objective)) => Some(Prometheus::new(url, objective.clone())?),
             _ => None,
+        };
+        let version = match (&args.launch_template_version, &args.image_id) {
+            (Some(v), _) => v.clone(),
+            (None, Some(image)) => {
+                let ec2 = quiesce_aws::ec2::Ec2::new(&aws_config)?;
+                let v = aws.version_for_image(&ec2, &group, image).await?;
+                tracing::info!(%image, version = %v, "the AMI is a new launch template version");
+                v
+            }
+            (None, None) => bail!("give --launch-template-version or --image-id"),
         };
         let spec = RollSpec {
             group: group.clone(),
