@@ -338,6 +338,8 @@ def _finish(action: Action, result: str, by: str) -> None:
     elif any(a.active for a in siblings):
         return
     abandoned = result == "ABANDON" or any(a.result == "ABANDON" for a in siblings)
+    if abandoned and action.transition == TERMINATING and _retains(action):
+        return
     backend, group, state = action.backend, action.group, action.state
     if action.transition == LAUNCHING and not abandoned:
         state.lifecycle_state = "InService"
@@ -351,6 +353,12 @@ def _finish(action: Action, result: str, by: str) -> None:
         if action.transition == LAUNCHING:
             # An abandoned launch is replaced: desired capacity has not changed.
             group.set_desired_capacity(group.desired_capacity)
+
+
+def _retains(action: Action) -> bool:
+    """Whether the group's instance lifecycle policy keeps the abandoned instance
+    (refresh_ext.py models it; without it every instance goes)."""
+    return False
 
 
 def _timeouts() -> None:
@@ -640,6 +648,12 @@ def main() -> None:
     print(f"moto ready: http://127.0.0.1:{port}", flush=True)
     server.serve_forever()
 
+
+# Instance Refresh and instance lifecycle policies (tests/moto/refresh_ext.py).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import refresh_ext  # noqa: E402
+
+refresh_ext.install(sys.modules[__name__])
 
 if __name__ == "__main__":
     main()

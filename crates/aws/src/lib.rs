@@ -8,7 +8,8 @@
 //! - [`hook`]: how often to heartbeat a hook and how long a drain may hold it;
 //! - [`record`]: the action in flight, kept on the Node so a restarted drainer resumes it;
 //! - [`hooks`] and [`queue`]: the Auto Scaling and SQS calls, behind traits so the lab's
-//!   simulated group runs the same drainer; [`sdk`]: one SDK configuration for both.
+//!   simulated group runs the same drainer; [`sdk`]: one SDK configuration for both;
+//! - [`roll_gate`]: the hold `quiesce roll` puts on the drainer while its SLO gate is red.
 
 pub mod ec2;
 pub mod event;
@@ -17,4 +18,5 @@ pub mod hooks;
 pub mod instance;
 pub mod queue;
 pub mod record;
+pub mod roll_gate;
 pub mod sdk;

@@ -50,6 +50,9 @@ enum Command {
     Drainer(cmd::drainer::Args),
     /// Replace every node of a sandbox node group under live traffic; count dropped requests.
     Lab(cmd::lab::Args),
+    /// Roll a node group to a new launch template version: pre-flight, Instance Refresh with
+    /// the drainer on every hook, an SLO gate that holds, cancels or rolls back.
+    Roll(cmd::roll::Args),
 }
 
 /// Hidden subcommands: the programs of `quiesce lab`'s container image, which is this binary
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => cmd::audit::run(args),
         Command::Drainer(args) => cmd::drainer::run(args),
         Command::Lab(args) => cmd::lab::run(args),
+        Command::Roll(args) => cmd::roll::run(args),
     };
     match outcome {
         Ok(code) => code,

@@ -26,6 +26,7 @@ use tracing::Instrument;
 
 use crate::claim::{Claims, Taken};
 use crate::error::{Error, Result};
+use crate::gate_hold::GateWait;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::needs;
@@ -382,7 +383,14 @@ impl<H: LifecycleHooks> Handler<H> {
         loop {
             match record.phase {
                 Phase::Received => {
-                    record.deadline = self.deadline(action, name, timing).await?;
+                    // `quiesce roll`'s SLO gate: hold (heartbeating) before anything changes.
+                    let wait = crate::gate_hold::wait(&self.nodes, name, slice_end);
+                    let since = match self.renewing(name, record, wait).await?? {
+                        GateWait::Open => None,
+                        GateWait::Reopened(at) => Some(at),
+                        GateWait::SliceEnded(why) => return Ok(Disposition::Later(why)),
+                    };
+                    record.deadline = self.deadline(action, name, timing, since).await?;
                     record.phase = Phase::Draining;
                     tracing::info!(node = %name, deadline = %record.deadline, "draining for the terminate hook");
                     self.claims.write(name, record).await?;
@@ -475,12 +483,14 @@ impl<H: LifecycleHooks> Handler<H> {
 
     /// The drain's deadline from the node's workload, as an RFC 3339 time.
     /// It counts from when the instance entered the wait state (the event's time), not from
-    /// when the message was read: after an outage the hook has less time left.
+    /// when the message was read: after an outage the hook has less time left. A hold by the
+    /// roll gate is not the drain's time: then it counts from `since`, when the gate opened.
     async fn deadline(
         &self,
         action: &LifecycleAction,
         node: &str,
         timing: HookTiming,
+        since: Option<Timestamp>,
     ) -> Result<String> {
         let snapshot = self
             .cluster
@@ -495,12 +505,14 @@ impl<H: LifecycleHooks> Handler<H> {
         tracing::info!(%node, ?needs, "deadline from the workload");
         let allowed = SignedDuration::try_from(allowed).unwrap_or(SignedDuration::MAX);
         let now = Timestamp::now();
-        let since = action
-            .time
-            .as_deref()
-            .and_then(|t| t.parse::<Timestamp>().ok())
-            .filter(|t| *t <= now)
-            .unwrap_or(now);
+        let since = since.unwrap_or_else(|| {
+            action
+                .time
+                .as_deref()
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .filter(|t| *t <= now)
+                .unwrap_or(now)
+        });
         Ok(since.checked_add(allowed).unwrap_or(now).to_string())
     }
 

@@ -4,6 +4,7 @@
 //! - [`handler`]: one terminate message, start to finish, restart-safe through the record on
 //!   the Node; [`launch`]: the launch hook;
 //! - [`claim`]: the record on the Node as the lock that keeps one actor per node's action;
+//! - [`gate_hold`]: `quiesce roll`'s SLO gate, honoured before a node is drained;
 //! - [`worker`]: the queue loop (visibility kept while working, delete only when done);
 //! - [`service`]: the in-cluster Deployment's leader election and HTTP endpoints;
 //! - [`settings`], [`error`], [`client`], [`nodes`], [`needs`], [`lease`], [`liveness`],
@@ -14,6 +15,7 @@ pub mod args;
 pub mod claim;
 pub mod client;
 pub mod error;
+pub mod gate_hold;
 pub mod handler;
 pub mod launch;
 pub mod lease;

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod drain;
 pub mod drainer;
 pub mod lab;
+pub mod roll;
 pub mod sandbox;
 
 use std::path::Path;
