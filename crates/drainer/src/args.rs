@@ -48,6 +48,26 @@ pub struct DrainSwitches {
         overrides_with = "exclude_from_load_balancers"
     )]
     pub keep_in_load_balancers: bool,
+    /// With the load-balancer label, do not also taint the node
+    /// `ToBeDeletedByClusterAutoscaler:NoSchedule` (the taint on which the AWS Load Balancer
+    /// Controller deregisters the node and kube-proxy fails its health check). For clusters
+    /// where Cluster Autoscaler's use of that taint must not be imitated.
+    #[arg(
+        long,
+        env = "QUIESCE_NO_FENCE_TAINT",
+        value_parser = BoolishValueParser::new(),
+        overrides_with = "fence_taint"
+    )]
+    pub no_fence_taint: bool,
+    /// Taint the node `ToBeDeletedByClusterAutoscaler:NoSchedule` along with the
+    /// load-balancer label (the default), re-applied if it disappears during the drain.
+    #[arg(
+        long,
+        env = "QUIESCE_FENCE_TAINT",
+        value_parser = BoolishValueParser::new(),
+        overrides_with = "no_fence_taint"
+    )]
+    pub fence_taint: bool,
 }
 
 impl DrainSwitches {
@@ -63,6 +83,7 @@ impl DrainSwitches {
             } else {
                 self.exclude_from_load_balancers || exclude_by_default
             },
+            fence_taint: !self.no_fence_taint,
         }
     }
 
