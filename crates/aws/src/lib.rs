@@ -8,9 +8,11 @@
 //! - [`hook`]: how often to heartbeat a hook and how long a drain may hold it;
 //! - [`record`]: the action in flight, kept on the Node so a restarted drainer resumes it;
 //! - [`hooks`] and [`queue`]: the Auto Scaling and SQS calls, behind traits so the lab's
-//!   simulated group runs the same drainer; [`sdk`]: one SDK configuration for both.
+//!   simulated group runs the same drainer; [`sdk`]: one SDK configuration for both;
+//! - [`elbv2`]: the target groups an instance is in, and when it has left them.
 
 pub mod ec2;
+pub mod elbv2;
 pub mod event;
 pub mod hook;
 pub mod hooks;
