@@ -169,11 +169,12 @@ impl Elbv2Error {
 /// The load-balancer calls the drainer makes.
 pub trait LoadBalancers: Send + Sync {
     /// Every target group in which `instance` is a target now (serving or draining), each
-    /// classified with the instance's Auto Scaling group `asg`.
+    /// classified with the instance's Auto Scaling group `asg` (`None`: the instance is not
+    /// leaving by its group, so no group attachment deregisters it).
     fn memberships<'a>(
         &'a self,
         instance: &'a str,
-        asg: &'a str,
+        asg: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<Membership>, Elbv2Error>>;
     /// The instance's state in `group` now (`DescribeTargetHealth`).
     fn state<'a>(
@@ -420,7 +421,7 @@ impl Elbv2 {
         Ok(arns)
     }
 
-    async fn find(&self, instance: &str, asg: &str) -> Result<Vec<Membership>, Elbv2Error> {
+    async fn find(&self, instance: &str, asg: Option<&str>) -> Result<Vec<Membership>, Elbv2Error> {
         let groups = self.groups().await?;
         let mut members = Vec::new();
         for group in groups.iter() {
@@ -434,7 +435,10 @@ impl Elbv2 {
         }
         let arns: Vec<String> = members.iter().map(|(g, _)| g.arn.clone()).collect();
         let tags = self.controller_tags(&arns).await?;
-        let attached = self.attached(asg).await?;
+        let attached = match asg {
+            Some(asg) => self.attached(asg).await?,
+            None => Arc::default(),
+        };
         let mut found = Vec::new();
         for (group, state) in members {
             let owner = match tags.get(&group.arn).cloned().flatten() {
@@ -460,7 +464,7 @@ impl LoadBalancers for Elbv2 {
     fn memberships<'a>(
         &'a self,
         instance: &'a str,
-        asg: &'a str,
+        asg: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<Membership>, Elbv2Error>> {
         Box::pin(self.find(instance, asg))
     }

@@ -129,7 +129,7 @@ async fn groups_are_found_over_pages_classified_and_deregistered_targets_drain()
     }
 
     let lb = Elbv2::new(&config, DEFAULT_RATE);
-    let mut found = lb.memberships(&instance, "workers").await.unwrap();
+    let mut found = lb.memberships(&instance, Some("workers")).await.unwrap();
     found.sort_by(|a, b| a.group.name.cmp(&b.group.name));
     let summary: Vec<(&str, &Owner, u64)> = found
         .iter()
@@ -161,6 +161,16 @@ async fn groups_are_found_over_pages_classified_and_deregistered_targets_drain()
             .iter()
             .all(|m| m.state == TargetState::Serving("healthy".into())),
         "{found:?}"
+    );
+
+    // Drained by hand, not by its group: no attachment deregisters it, so the group's own
+    // target group counts as anyone else's.
+    let by_hand = lb.memberships(&instance, None).await.unwrap();
+    assert!(
+        by_hand
+            .iter()
+            .any(|m| m.group.name == "asg-tg" && m.group.owner == Owner::Foreign),
+        "{by_hand:?}"
     );
 
     // Deregistered, the target drains for the group's delay, then it is out.
