@@ -1,0 +1,177 @@
+//! `quiesce drain --wait-load-balancers` (issue 17): the real binary against the sandbox and
+//! moto's ELBv2 (tests/moto/elbv2_ext.py, with its stand-in for the AWS Load Balancer
+//! Controller), the AWS SDK configured the usual way, from the environment.
+
+use std::time::Duration;
+
+use aws_sdk_elasticloadbalancingv2::types::{Tag, TargetDescription, TargetGroupAttribute};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::PostParams;
+use quiesce_sandbox::scenario::Scenario;
+use quiesce_sandbox::{Sandbox, SandboxOptions};
+use quiesce_testbed::moto::Moto;
+use serde_json::{Value, json};
+
+/// An instance of moto's EC2 (launched by a one-instance Auto Scaling group).
+async fn instance(config: &aws_config::SdkConfig) -> String {
+    let asg = aws_sdk_autoscaling::Client::new(config);
+    asg.create_launch_configuration()
+        .launch_configuration_name("lc")
+        .image_id("ami-12c6146b")
+        .instance_type("t3.medium")
+        .send()
+        .await
+        .unwrap();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name("g")
+        .launch_configuration_name("lc")
+        .min_size(1)
+        .max_size(1)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    let groups = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names("g")
+        .send()
+        .await
+        .unwrap();
+    groups.auto_scaling_groups()[0].instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_waits_for_the_controller_to_deregister_the_fenced_node() {
+    let moto = tokio::task::spawn_blocking(Moto::start)
+        .await
+        .unwrap()
+        .expect("moto starts (scripts/test --setup installs it in the venv)");
+    let config = quiesce_aws::sdk::sdk_config(&quiesce_aws::sdk::AwsOptions {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(moto.url().to_string()),
+    })
+    .await
+    .into_builder()
+    .credentials_provider(aws_sdk_autoscaling::config::SharedCredentialsProvider::new(
+        aws_sdk_autoscaling::config::Credentials::new("testing", "testing", None, None, "test"),
+    ))
+    .build();
+    let instance = instance(&config).await;
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&config);
+    let arn = elb
+        .create_target_group()
+        .name("k8s-web")
+        .protocol("HTTP".into())
+        .port(80)
+        .vpc_id(moto.default_vpc().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .target_groups()[0]
+        .target_group_arn()
+        .unwrap()
+        .to_string();
+    elb.modify_target_group_attributes()
+        .target_group_arn(&arn)
+        .attributes(
+            TargetGroupAttribute::builder()
+                .key("deregistration_delay.timeout_seconds")
+                .value("2")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    elb.add_tags()
+        .resource_arns(&arn)
+        .tags(
+            Tag::builder()
+                .key("elbv2.k8s.aws/cluster")
+                .value("lab")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    elb.register_targets()
+        .target_group_arn(&arn)
+        .targets(TargetDescription::builder().id(&instance).build())
+        .send()
+        .await
+        .unwrap();
+
+    let sandbox = Sandbox::start(SandboxOptions {
+        scenario: Scenario::nodes_only(2),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": "web-node", "labels": {"kubernetes.io/hostname": "web-node"}},
+        "spec": {"providerID": format!("aws:///us-east-1a/{instance}")},
+    }))
+    .unwrap();
+    Api::<Node>::all(sandbox.client())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+    moto.post(
+        "/_quiesce/elbv2/controller",
+        &json!({"apiServer": sandbox.url(), "cluster": "lab"}),
+    )
+    .unwrap();
+    let kubeconfig = tempfile::NamedTempFile::new().unwrap();
+    sandbox.write_kubeconfig(kubeconfig.path()).unwrap();
+
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_quiesce"));
+    cmd.args([
+        "drain",
+        "web-node",
+        "--timeout",
+        "60s",
+        "--exclude-from-load-balancers",
+        "--wait-load-balancers",
+        "--output",
+        "json",
+    ])
+    .arg("--kubeconfig")
+    .arg(kubeconfig.path())
+    .env("AWS_ENDPOINT_URL", moto.url())
+    .env("AWS_REGION", "us-east-1")
+    .env("AWS_ACCESS_KEY_ID", "testing")
+    .env("AWS_SECRET_ACCESS_KEY", "testing")
+    .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .expect("quiesce drain finished within 120s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let phase = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "targets-deregistered")
+        .unwrap_or_else(|| panic!("the phase is in the report: {report:#}"));
+    let seconds = phase["seconds"].as_f64().unwrap();
+    eprintln!("targets-deregistered at {seconds:.2}s (2 s delay)");
+    let log = moto.elbv2_log().unwrap();
+    let at = |event: &str| {
+        log.iter()
+            .find(|e| e["event"] == event && e["target"] == instance.as_str())
+            .and_then(|e| e["at"].as_f64())
+            .unwrap_or_else(|| panic!("{event} in {log:#?}"))
+    };
+    assert!(at("drained") - at("deregistered") >= 1.5, "{log:#?}");
+    assert!(
+        seconds >= 1.5,
+        "the drain waited for the 2 s delay: {report:#}"
+    );
+    sandbox.shutdown().await;
+}
