@@ -3,56 +3,12 @@
 
 use std::time::Duration;
 
-use aws_sdk_elasticloadbalancingv2::types::{Tag, TargetDescription, TargetGroupAttribute};
 use quiesce_aws::elbv2::{CONTROLLER_TAG, DEFAULT_RATE, Elbv2, LoadBalancers, Owner, TargetState};
 use quiesce_aws::sdk::{AwsOptions, sdk_config};
+use quiesce_testbed::aws::{instance, target_group, with_test_credentials};
 use quiesce_testbed::moto::Moto;
 use serde_json::json;
 use tokio::time::Instant;
-
-async fn group(
-    elb: &aws_sdk_elasticloadbalancingv2::Client,
-    vpc: &str,
-    name: &str,
-    delay: u64,
-    target_type: &str,
-    tags: &[(&str, &str)],
-) -> String {
-    let arn = elb
-        .create_target_group()
-        .name(name)
-        .protocol("HTTP".into())
-        .port(80)
-        .vpc_id(vpc)
-        .target_type(target_type.into())
-        .send()
-        .await
-        .unwrap()
-        .target_groups()[0]
-        .target_group_arn()
-        .unwrap()
-        .to_string();
-    elb.modify_target_group_attributes()
-        .target_group_arn(&arn)
-        .attributes(
-            TargetGroupAttribute::builder()
-                .key("deregistration_delay.timeout_seconds")
-                .value(delay.to_string())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    for (key, value) in tags {
-        elb.add_tags()
-            .resource_arns(&arn)
-            .tags(Tag::builder().key(*key).value(*value).build())
-            .send()
-            .await
-            .unwrap();
-    }
-    arn
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_are_found_over_pages_classified_and_deregistered_targets_drain() {
@@ -67,66 +23,20 @@ async fn groups_are_found_over_pages_classified_and_deregistered_targets_drain()
         region: Some("us-east-1".into()),
         endpoint_url: Some(moto.url().to_string()),
     })
-    .await
-    .into_builder()
-    .credentials_provider(aws_sdk_autoscaling::config::SharedCredentialsProvider::new(
-        aws_sdk_autoscaling::config::Credentials::new("testing", "testing", None, None, "test"),
-    ))
-    .build();
+    .await;
+    let config = with_test_credentials(config);
     let elb = aws_sdk_elasticloadbalancingv2::Client::new(&config);
     let vpc = moto.default_vpc().unwrap();
-    let asg = aws_sdk_autoscaling::Client::new(&config);
 
-    let controller = group(
-        &elb,
-        &vpc,
-        "k8s-web",
-        3,
-        "instance",
-        &[(CONTROLLER_TAG, "prod")],
-    )
-    .await;
-    let foreign = group(&elb, &vpc, "terraform", 2, "instance", &[("team", "edge")]).await;
-    let attached = group(&elb, &vpc, "asg-tg", 300, "instance", &[]).await;
-    let _pods = group(&elb, &vpc, "k8s-ip", 10, "ip", &[(CONTROLLER_TAG, "prod")]).await;
-    let _empty = group(&elb, &vpc, "empty", 10, "instance", &[]).await;
-
-    asg.create_launch_configuration()
-        .launch_configuration_name("lc")
-        .image_id("ami-12c6146b")
-        .instance_type("t3.medium")
-        .send()
-        .await
-        .unwrap();
+    let attached = target_group(&elb, &vpc, "asg-tg", "instance", 300, &[], &[]).await;
     // moto registers the group's instances in its attached target groups, as AWS does.
-    asg.create_auto_scaling_group()
-        .auto_scaling_group_name("workers")
-        .launch_configuration_name("lc")
-        .min_size(1)
-        .max_size(1)
-        .availability_zones("us-east-1a")
-        .target_group_arns(&attached)
-        .send()
-        .await
-        .unwrap();
-    let groups = asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("workers")
-        .send()
-        .await
-        .unwrap();
-    let instance = groups.auto_scaling_groups()[0].instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
-    for arn in [&controller, &foreign] {
-        elb.register_targets()
-            .target_group_arn(arn)
-            .targets(TargetDescription::builder().id(&instance).build())
-            .send()
-            .await
-            .unwrap();
-    }
+    let instance = instance(&config, "workers", std::slice::from_ref(&attached)).await;
+    let ours = [(CONTROLLER_TAG, "prod")];
+    target_group(&elb, &vpc, "k8s-web", "instance", 3, &ours, &[&instance]).await;
+    let team = [("team", "edge")];
+    target_group(&elb, &vpc, "terraform", "instance", 2, &team, &[&instance]).await;
+    target_group(&elb, &vpc, "k8s-ip", "ip", 10, &ours, &[]).await;
+    target_group(&elb, &vpc, "empty", "instance", 10, &[], &[]).await;
 
     let lb = Elbv2::new(&config, DEFAULT_RATE);
     let mut found = lb.memberships(&instance, Some("workers")).await.unwrap();

@@ -4,45 +4,14 @@
 
 use std::time::Duration;
 
-use aws_sdk_elasticloadbalancingv2::types::{Tag, TargetDescription, TargetGroupAttribute};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::PostParams;
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::{Sandbox, SandboxOptions};
+use quiesce_testbed::aws::{instance, target_group, with_test_credentials};
 use quiesce_testbed::moto::Moto;
 use serde_json::{Value, json};
-
-/// An instance of moto's EC2 (launched by a one-instance Auto Scaling group).
-async fn instance(config: &aws_config::SdkConfig) -> String {
-    let asg = aws_sdk_autoscaling::Client::new(config);
-    asg.create_launch_configuration()
-        .launch_configuration_name("lc")
-        .image_id("ami-12c6146b")
-        .instance_type("t3.medium")
-        .send()
-        .await
-        .unwrap();
-    asg.create_auto_scaling_group()
-        .auto_scaling_group_name("g")
-        .launch_configuration_name("lc")
-        .min_size(1)
-        .max_size(1)
-        .availability_zones("us-east-1a")
-        .send()
-        .await
-        .unwrap();
-    let groups = asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names("g")
-        .send()
-        .await
-        .unwrap();
-    groups.auto_scaling_groups()[0].instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_waits_for_the_controller_to_deregister_the_fenced_node() {
@@ -54,55 +23,13 @@ async fn the_drain_waits_for_the_controller_to_deregister_the_fenced_node() {
         region: Some("us-east-1".into()),
         endpoint_url: Some(moto.url().to_string()),
     })
-    .await
-    .into_builder()
-    .credentials_provider(aws_sdk_autoscaling::config::SharedCredentialsProvider::new(
-        aws_sdk_autoscaling::config::Credentials::new("testing", "testing", None, None, "test"),
-    ))
-    .build();
-    let instance = instance(&config).await;
+    .await;
+    let config = with_test_credentials(config);
+    let instance = instance(&config, "g", &[]).await;
     let elb = aws_sdk_elasticloadbalancingv2::Client::new(&config);
-    let arn = elb
-        .create_target_group()
-        .name("k8s-web")
-        .protocol("HTTP".into())
-        .port(80)
-        .vpc_id(moto.default_vpc().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .target_groups()[0]
-        .target_group_arn()
-        .unwrap()
-        .to_string();
-    elb.modify_target_group_attributes()
-        .target_group_arn(&arn)
-        .attributes(
-            TargetGroupAttribute::builder()
-                .key("deregistration_delay.timeout_seconds")
-                .value("2")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    elb.add_tags()
-        .resource_arns(&arn)
-        .tags(
-            Tag::builder()
-                .key("elbv2.k8s.aws/cluster")
-                .value("lab")
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    elb.register_targets()
-        .target_group_arn(&arn)
-        .targets(TargetDescription::builder().id(&instance).build())
-        .send()
-        .await
-        .unwrap();
+    let vpc = moto.default_vpc().unwrap();
+    let tag = [("elbv2.k8s.aws/cluster", "lab")];
+    target_group(&elb, &vpc, "k8s-web", "instance", 2, &tag, &[&instance]).await;
 
     let sandbox = Sandbox::start(SandboxOptions {
         scenario: Scenario::nodes_only(2),

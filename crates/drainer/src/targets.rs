@@ -394,27 +394,12 @@ impl<H: LifecycleHooks> Handler<H> {
             }
             Err(err) => return Err(err),
         };
-        if plan.wait.is_empty() {
-            // Nothing to wait for: only the skipped groups to mention.
-            run(
-                lb,
-                &self.cluster,
-                node,
-                &action.instance_id,
-                &plan,
-                &self.settings.cordon,
-                started,
-            )
-            .await?;
-            return Ok(TargetsEnd::Done);
-        }
         let settings = &self.settings.load_balancers;
         let bound = plan.bound(settings.timeout);
         let deadline = started + crate::handler::remaining(&record.deadline)?;
         let until = (started + bound).min(deadline);
         let stop = slice_end.map_or(until, |end| end.min(until));
         let names: Vec<&str> = plan.wait.iter().map(|(g, _)| g.name.as_str()).collect();
-        tracing::info!(node, bound = %humantime::format_duration(bound), "the wait for load balancers is bounded");
         let waited = match self
             .renewing(
                 node,
@@ -441,6 +426,8 @@ impl<H: LifecycleHooks> Handler<H> {
         };
         let seconds = started.elapsed().as_secs_f64();
         match waited {
+            // Nothing was waited for (the skipped groups are announced): no phase.
+            Waited::Out if plan.wait.is_empty() => Ok(TargetsEnd::Done),
             Waited::Out => {
                 tracing::info!(node, groups = ?names, seconds, "targets deregistered");
                 self.metrics

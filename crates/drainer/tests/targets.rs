@@ -9,7 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_elasticloadbalancingv2::types::{Tag, TargetDescription, TargetGroupAttribute};
+use aws_sdk_elasticloadbalancingv2::types::TargetDescription;
 use k8s_openapi::api::core::v1::{Event, Node};
 use kube::Api;
 use quiesce_aws::elbv2::{CONTROLLER_TAG, DEFAULT_RATE, Elbv2, TargetState};
@@ -20,6 +20,7 @@ use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, LoadBalancerWait, OnLbDrainTimeout, Settings};
 use quiesce_kube::cluster::Cordon;
 use quiesce_kube::kube_cluster::{EXCLUDE_LB_LABEL, FENCE_TAINT};
+use quiesce_testbed::aws::target_group;
 use serde_json::{Value, json};
 use support::{Bed, bed};
 
@@ -55,51 +56,15 @@ impl<'a> Lb<'a> {
     /// An instance-mode target group with `delay` seconds of deregistration delay, tagged as
     /// the controller's when `controller`, holding `instances`.
     async fn group(&self, name: &str, delay: u64, controller: bool, instances: &[&str]) -> String {
-        let arn = self
-            .elb
-            .create_target_group()
-            .name(name)
-            .protocol("HTTP".into())
-            .port(80)
-            .vpc_id(&self.vpc)
-            .send()
-            .await
-            .unwrap()
-            .target_groups()[0]
-            .target_group_arn()
-            .unwrap()
-            .to_string();
-        self.elb
-            .modify_target_group_attributes()
-            .target_group_arn(&arn)
-            .attributes(
-                TargetGroupAttribute::builder()
-                    .key("deregistration_delay.timeout_seconds")
-                    .value(delay.to_string())
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        if controller {
-            self.elb
-                .add_tags()
-                .resource_arns(&arn)
-                .tags(Tag::builder().key(CONTROLLER_TAG).value(CLUSTER).build())
-                .send()
-                .await
-                .unwrap();
-        }
-        for instance in instances {
-            self.elb
-                .register_targets()
-                .target_group_arn(&arn)
-                .targets(TargetDescription::builder().id(*instance).build())
-                .send()
-                .await
-                .unwrap();
-        }
-        arn
+        let tags: &[(&str, &str)] = if controller {
+            &[(CONTROLLER_TAG, CLUSTER)]
+        } else {
+            &[]
+        };
+        target_group(
+            &self.elb, &self.vpc, name, "instance", delay, tags, instances,
+        )
+        .await
     }
 
     async fn state(&self, arn: &str, instance: &str) -> TargetState {
