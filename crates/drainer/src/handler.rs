@@ -452,6 +452,13 @@ impl<H: LifecycleHooks> Handler<H> {
     ) -> Result<()> {
         let reason = record.reason.clone().unwrap_or_default();
         let message = if record.found_cordoned {
+            self.cluster
+                .unfence(name, &self.settings.cordon)
+                .await
+                .map_err(|source| Error::Drain {
+                    node: name.to_string(),
+                    source,
+                })?;
             format!("terminate hook abandoned (the node stays cordoned as it was found): {reason}")
         } else {
             self.cluster

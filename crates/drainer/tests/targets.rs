@@ -233,19 +233,24 @@ async fn continue_comes_only_after_both_controller_groups_dropped_the_fenced_nod
 async fn a_target_still_draining_at_the_bound_follows_the_policy_with_the_reason() {
     let bed = bed(3, 0, 30, "").await;
     let lb = Lb::new(&bed);
-    let (first, second) = (bed.instances[0].clone(), bed.instances[1].clone());
-    lb.group("slow", 300, true, &[&first, &second]).await;
-    // A label the user set on node-1 is theirs: the ABANDON leaves it.
-    Api::<Node>::all(bed.sandbox.client())
-        .patch(
+    let [first, second, third] = [0, 1, 2].map(|i| bed.instances[i].clone());
+    lb.group("slow", 300, true, &[&first, &second, &third])
+        .await;
+    // A label the user set on node-1 is theirs: the ABANDON leaves it. node-2 was cordoned
+    // by an operator before its hook: it stays cordoned, but not fenced.
+    let nodes = Api::<Node>::all(bed.sandbox.client());
+    for (node, patch) in [
+        (
             "node-1",
-            &Default::default(),
-            &kube::api::Patch::Merge(
-                json!({"metadata": {"labels": {EXCLUDE_LB_LABEL: "maintenance"}}}),
-            ),
-        )
-        .await
-        .unwrap();
+            json!({"metadata": {"labels": {EXCLUDE_LB_LABEL: "maintenance"}}}),
+        ),
+        ("node-2", json!({"spec": {"unschedulable": true}})),
+    ] {
+        nodes
+            .patch(node, &Default::default(), &kube::api::Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
     let bounded = LoadBalancerWait {
         timeout: Some(Duration::from_secs(3)),
         ..LoadBalancerWait::default()
@@ -272,12 +277,21 @@ async fn a_target_still_draining_at_the_bound_follows_the_policy_with_the_reason
     );
     assert!(!quiesce_core::capacity::is_cordoned(&node));
 
+    lb.handle(&abandoning, &second, "ABANDON").await;
+    let node = bed.node("node-2").await;
+    assert!(
+        quiesce_core::capacity::is_cordoned(&node),
+        "the operator's cordon stays"
+    );
+    assert!(!has_taint(&node), "but not the fence: {node:?}");
+    assert_eq!(label(&node), None, "{node:?}");
+
     let continuing = lb.handler(LoadBalancerWait {
         on_timeout: OnLbDrainTimeout::Continue,
         ..bounded
     });
-    lb.handle(&continuing, &second, "CONTINUE").await;
-    let warned = events(&bed, "node-2", "TargetsStillDraining").await;
+    lb.handle(&continuing, &third, "CONTINUE").await;
+    let warned = events(&bed, "node-3", "TargetsStillDraining").await;
     assert!(
         warned
             .iter()

@@ -142,22 +142,7 @@ impl Cluster for KubeCluster {
     }
 
     async fn uncordon(&self, node: &str, cordon: &Cordon) -> Result<()> {
-        self.patch_conditionally(node, |current| {
-            let mut patch = json!({"spec": {"unschedulable": null}});
-            if cordon.exclude_from_load_balancers && label_of(current) == Some(LABEL_VALUE) {
-                patch["metadata"]["labels"] = json!({EXCLUDE_LB_LABEL: null});
-            }
-            let mut gone = Vec::new();
-            gone.extend(cordon.taint.as_deref().map(parse_taint));
-            if cordon.fences() {
-                gone.push(fence_taint());
-            }
-            if !gone.is_empty() {
-                patch["spec"]["taints"] = json!(taints_without(current, &gone));
-            }
-            Ok(Some(patch))
-        })
-        .await
+        self.lift(node, cordon, true).await
     }
 
     async fn keep_fenced(&self, node: &str, cordon: &Cordon) -> Infallible {
@@ -489,6 +474,38 @@ impl KubeCluster {
                 field: "metadata.resourceVersion",
             })?;
         Ok((current, version))
+    }
+
+    /// Takes the drain's fence off the node (its load-balancer label if ours, the fence taint,
+    /// the extra taint) and leaves it cordoned: for a node an operator had cordoned before the
+    /// drain, which stays cordoned when the drain gives up but must not stay out of its load
+    /// balancers for it.
+    pub async fn unfence(&self, node: &str, cordon: &Cordon) -> Result<()> {
+        self.lift(node, cordon, false).await
+    }
+
+    /// Removes the fence, and the cordon too if `uncordon`.
+    async fn lift(&self, node: &str, cordon: &Cordon, uncordon: bool) -> Result<()> {
+        self.patch_conditionally(node, |current| {
+            let mut patch = if uncordon {
+                json!({"spec": {"unschedulable": null}})
+            } else {
+                json!({})
+            };
+            if cordon.exclude_from_load_balancers && label_of(current) == Some(LABEL_VALUE) {
+                patch["metadata"]["labels"] = json!({EXCLUDE_LB_LABEL: null});
+            }
+            let mut gone = Vec::new();
+            gone.extend(cordon.taint.as_deref().map(parse_taint));
+            if cordon.fences() {
+                gone.push(fence_taint());
+            }
+            if !gone.is_empty() {
+                patch["spec"]["taints"] = json!(taints_without(current, &gone));
+            }
+            Ok((patch != json!({})).then_some(patch))
+        })
+        .await
     }
 
     /// Merge-patches the node with what `build` makes of its current state (`None`: nothing to
