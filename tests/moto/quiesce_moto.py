@@ -29,6 +29,9 @@ the next `count` calls of that API action fail with that status and error code, 
 protocol's own error shape (SQS's JSON protocol, Auto Scaling's query XML); `GET` lists what is
 still armed; `DELETE` disarms everything.
 
+ELBv2 deregistration delays, paging and a stand-in for the AWS Load Balancer Controller are in
+elbv2_ext.py (installed below, served under `/_quiesce/elbv2`).
+
 Known simplifications: scale-in picks the first InService
 unprotected instance instead of the default termination policy; SNS targets get the same JSON;
 warm pools, Standby, detach and EC2 TerminateInstances bypass the hooks.
@@ -523,6 +526,10 @@ def _locked_call_action(self):
 as_responses.AutoScalingResponse.call_action = _locked_call_action
 
 
+import elbv2_ext  # noqa: E402  (this directory is the script's, so first on sys.path)
+
+elbv2_ext.install(sys.modules[__name__])
+
 # --- the server ----------------------------------------------------------------------------------
 
 
@@ -607,6 +614,8 @@ class Introspection:
     def __call__(self, environ, start_response):
         if environ.get("PATH_INFO") == "/_quiesce/faults":
             return _faults_endpoint(environ, start_response)
+        if environ.get("PATH_INFO", "").startswith("/_quiesce/elbv2"):
+            return elbv2_ext.endpoint(environ, start_response)
         if FAULTS:
             answered = _injected(environ, start_response)
             if answered is not None:

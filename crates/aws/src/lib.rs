@@ -10,8 +10,10 @@
 //! - [`hooks`] and [`queue`]: the Auto Scaling and SQS calls, behind traits so the lab's
 //!   simulated group runs the same drainer; [`sdk`]: one SDK configuration for both;
 //! - [`roll_gate`]: the hold `quiesce roll` puts on the drainer while its SLO gate is red.
+//! - [`elbv2`]: the target groups an instance is in, and when it has left them.
 
 pub mod ec2;
+pub mod elbv2;
 pub mod event;
 pub mod hook;
 pub mod hooks;

@@ -13,7 +13,7 @@ use clap::builder::BoolishValueParser;
 use quiesce_core::DrainOptions;
 use quiesce_kube::cluster::Cordon;
 
-use crate::{BadMessage, Settings, UnknownInstance};
+use crate::{BadMessage, LoadBalancerWait, OnLbDrainTimeout, Settings, UnknownInstance};
 
 /// How a node is drained and fenced, for every entry point. Flags take `true`/`false`,
 /// `yes`/`no`, `1`/`0` from their environment variable.
@@ -48,6 +48,57 @@ pub struct DrainSwitches {
         overrides_with = "exclude_from_load_balancers"
     )]
     pub keep_in_load_balancers: bool,
+    /// With the load-balancer label, do not also taint the node
+    /// `ToBeDeletedByClusterAutoscaler:NoSchedule` (the taint on which the AWS Load Balancer
+    /// Controller deregisters the node and kube-proxy fails its health check). For clusters
+    /// where Cluster Autoscaler's use of that taint must not be imitated.
+    #[arg(
+        long,
+        env = "QUIESCE_NO_FENCE_TAINT",
+        value_parser = BoolishValueParser::new(),
+        overrides_with = "fence_taint"
+    )]
+    pub no_fence_taint: bool,
+    /// Taint the node `ToBeDeletedByClusterAutoscaler:NoSchedule` along with the
+    /// load-balancer label (the default), re-applied if it disappears during the drain.
+    #[arg(
+        long,
+        env = "QUIESCE_FENCE_TAINT",
+        value_parser = BoolishValueParser::new(),
+        overrides_with = "no_fence_taint"
+    )]
+    pub fence_taint: bool,
+    /// Before calling the node done, wait until its instance is no longer a target of any
+    /// ELBv2 target group routing to it (needs AWS credentials and the ELBv2 read permissions;
+    /// the default of `quiesce drainer` and the Lambda).
+    #[arg(
+        long,
+        env = "QUIESCE_WAIT_LOAD_BALANCERS",
+        value_parser = BoolishValueParser::new(),
+        overrides_with = "no_wait_load_balancers"
+    )]
+    pub wait_load_balancers: bool,
+    /// Do not wait for load-balancer deregistration (the default of `quiesce drain`).
+    #[arg(
+        long,
+        env = "QUIESCE_NO_WAIT_LOAD_BALANCERS",
+        value_parser = BoolishValueParser::new(),
+        overrides_with = "wait_load_balancers"
+    )]
+    pub no_wait_load_balancers: bool,
+    /// The longest wait for load-balancer deregistration, counted in the drain's deadline
+    /// (default: the largest deregistration delay of the waited target groups plus 30s).
+    #[arg(long, env = "QUIESCE_LB_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub lb_drain_timeout: Option<Duration>,
+    /// What a target still draining at the end of that wait leads to: `abandon` the hook (the
+    /// node is uncordoned and kept) or `continue` anyway.
+    #[arg(long, env = "QUIESCE_ON_LB_DRAIN_TIMEOUT", default_value = "abandon", value_parser = parse_on_lb_timeout)]
+    pub on_lb_drain_timeout: OnLbDrainTimeout,
+    /// Deregister the instance from target groups nobody else will (neither this cluster's
+    /// AWS Load Balancer Controller nor the Auto Scaling group; needs
+    /// `elasticloadbalancing:DeregisterTargets`) instead of skipping them with a warning.
+    #[arg(long, env = "QUIESCE_DEREGISTER_FOREIGN_TARGETS", value_parser = BoolishValueParser::new())]
+    pub deregister_foreign_targets: bool,
 }
 
 impl DrainSwitches {
@@ -63,6 +114,22 @@ impl DrainSwitches {
             } else {
                 self.exclude_from_load_balancers || exclude_by_default
             },
+            fence_taint: !self.no_fence_taint,
+        }
+    }
+
+    /// The wait for load-balancer deregistration; `wait_by_default` is the command's own
+    /// default.
+    pub fn load_balancers(&self, wait_by_default: bool) -> LoadBalancerWait {
+        LoadBalancerWait {
+            enabled: if self.no_wait_load_balancers {
+                false
+            } else {
+                self.wait_load_balancers || wait_by_default
+            },
+            timeout: self.lb_drain_timeout,
+            on_timeout: self.on_lb_drain_timeout,
+            deregister_foreign: self.deregister_foreign_targets,
         }
     }
 
@@ -123,6 +190,7 @@ impl HandlerArgs {
             launch_timeout: self.launch_timeout,
             drain: self.drain.options(true),
             cordon: self.drain.cordon(true),
+            load_balancers: self.drain.load_balancers(true),
             max_drains: self.max_concurrent,
             ..Settings::default()
         }
@@ -130,6 +198,10 @@ impl HandlerArgs {
 }
 
 fn parse_unknown(s: &str) -> Result<UnknownInstance, String> {
+    s.parse()
+}
+
+fn parse_on_lb_timeout(s: &str) -> Result<OnLbDrainTimeout, String> {
     s.parse()
 }
 

@@ -43,6 +43,9 @@ pub enum Error {
         /// The instance.
         instance: String,
     },
+    /// An ELBv2 call of the load-balancer wait failed.
+    #[error(transparent)]
+    LoadBalancers(#[from] quiesce_aws::elbv2::Elbv2Error),
     /// An Auto Scaling call failed.
     #[error(transparent)]
     Hook(#[from] HookError),
@@ -108,6 +111,9 @@ impl Error {
             // Auto Scaling answers throttling and service errors that pass; a validation error
             // (no such hook) does not, but it is rare enough that a retry costs nothing.
             Error::Hook(_) | Error::Ec2(_) | Error::Unfinished { .. } => true,
+            // ELBv2 throttles Describe calls per account (the controller's too): wait and
+            // retry; a missing permission stays missing.
+            Error::LoadBalancers(err) => err.transient,
             Error::Record(_) | Error::Deadline { .. } | Error::NewerSchema { .. } => false,
             // Someone else holds it now; retrying in place would only race them.
             Error::Held { .. } | Error::LostClaim { .. } | Error::HookGone { .. } => false,

@@ -32,6 +32,7 @@ use crate::metrics::Metrics;
 use crate::needs;
 use crate::nodes::NodeIndex;
 use crate::settings::{Settings, UnknownInstance};
+use crate::targets::TargetsEnd;
 
 /// How a handled action ended, for logs, metrics and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,7 @@ pub struct Handler<H> {
     drains: tokio::sync::Semaphore,
     active: Mutex<HashSet<String>>,
     pub(crate) launches: Mutex<HashMap<String, Instant>>,
+    pub(crate) load_balancers: Option<Arc<dyn quiesce_aws::elbv2::LoadBalancers>>,
 }
 
 /// Removes a token from the active set when its work ends, however it ends.
@@ -128,6 +130,7 @@ impl<H: LifecycleHooks> Handler<H> {
             liveness: Arc::default(),
             active: Mutex::default(),
             launches: Mutex::default(),
+            load_balancers: None,
         }
     }
 
@@ -418,6 +421,19 @@ impl<H: LifecycleHooks> Handler<H> {
                     self.claims.write(name, record).await?;
                 }
                 Phase::Completing => {
+                    match self
+                        .targets_deregistered(action, name, record, slice_end)
+                        .await?
+                    {
+                        TargetsEnd::Done => {}
+                        TargetsEnd::Paused(why) => return Ok(Disposition::Later(why)),
+                        TargetsEnd::GiveUp(reason) => {
+                            record.phase = Phase::Abandoning;
+                            record.reason = Some(reason);
+                            self.claims.write(name, record).await?;
+                            continue;
+                        }
+                    }
                     self.complete(action, HookResult::Continue).await?;
                     record.phase = Phase::Continued;
                     self.finish(name, record).await;
@@ -444,6 +460,13 @@ impl<H: LifecycleHooks> Handler<H> {
     ) -> Result<()> {
         let reason = record.reason.clone().unwrap_or_default();
         let message = if record.found_cordoned {
+            self.cluster
+                .unfence(name, &self.settings.cordon)
+                .await
+                .map_err(|source| Error::Drain {
+                    node: name.to_string(),
+                    source,
+                })?;
             format!("terminate hook abandoned (the node stays cordoned as it was found): {reason}")
         } else {
             self.cluster
@@ -501,7 +524,8 @@ impl<H: LifecycleHooks> Handler<H> {
                 source,
             })?;
         let needs = needs::of(&snapshot, node, self.settings.replacement_startup);
-        let allowed = drain_deadline(needs, timing, self.settings.drain_margin);
+        let allowed = drain_deadline(needs, timing, self.settings.drain_margin)
+            + self.targets_budget(action).await?;
         tracing::info!(%node, ?needs, "deadline from the workload");
         let allowed = SignedDuration::try_from(allowed).unwrap_or(SignedDuration::MAX);
         let now = Timestamp::now();
@@ -635,7 +659,7 @@ impl<H: LifecycleHooks> Handler<H> {
     /// as the claim is lost ([`Error::LostClaim`]), or could not be renewed for the whole
     /// hold time (the renew deadline: another actor may take over from then on; a transient
     /// error, so the action is tried again, claim first).
-    async fn renewing<F: Future>(
+    pub(crate) async fn renewing<F: Future>(
         &self,
         node: &str,
         record: &InFlight,
@@ -716,7 +740,7 @@ enum SliceEnd {
 }
 
 /// Time left until an RFC 3339 deadline (zero once passed).
-fn remaining(deadline: &str) -> Result<Duration> {
+pub(crate) fn remaining(deadline: &str) -> Result<Duration> {
     let at: Timestamp =
         deadline
             .parse()

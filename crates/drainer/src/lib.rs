@@ -5,6 +5,7 @@
 //!   the Node; [`launch`]: the launch hook;
 //! - [`claim`]: the record on the Node as the lock that keeps one actor per node's action;
 //! - [`gate_hold`]: `quiesce roll`'s SLO gate, honoured before a node is drained;
+//! - [`targets`]: before CONTINUE, the wait for the instance to leave its load balancers;
 //! - [`worker`]: the queue loop (visibility kept while working, delete only when done);
 //! - [`service`]: the in-cluster Deployment's leader election and HTTP endpoints;
 //! - [`settings`], [`error`], [`client`], [`nodes`], [`needs`], [`lease`], [`liveness`],
@@ -25,9 +26,10 @@ pub mod needs;
 pub mod nodes;
 pub mod service;
 pub mod settings;
+pub mod targets;
 pub mod worker;
 
 pub use error::Error;
 pub use handler::{Disposition, Done, Handler};
-pub use settings::{Settings, UnknownInstance};
+pub use settings::{LoadBalancerWait, OnLbDrainTimeout, Settings, UnknownInstance};
 pub use worker::{BadMessage, WorkerSettings};

@@ -43,7 +43,7 @@ impl Default for Metrics {
         registry.register("drains", "Drains by result", drains.clone());
         registry.register(
             "drain_phase_seconds",
-            "Seconds from the start of a drain to the end of each phase",
+            "Seconds from the start of a drain to the end of each phase (targets-deregistered: the seconds of the wait for load balancers after the drain)",
             phases.clone(),
         );
         registry.register(
@@ -125,6 +125,14 @@ impl Metrics {
         self.evictions
             .get_or_create(&label("result", "refused"))
             .inc_by(refused);
+    }
+
+    /// A phase measured outside the drain engine (`targets-deregistered`) ended `seconds`
+    /// after it started.
+    pub fn phase(&self, name: &str, seconds: f64) {
+        self.phases
+            .get_or_create(&label("phase", name))
+            .observe(seconds);
     }
 
     /// A heartbeat was sent (`ok`) or failed (`error`).

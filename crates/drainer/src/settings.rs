@@ -30,6 +30,58 @@ impl FromStr for UnknownInstance {
     }
 }
 
+/// What happens when the instance is still a draining target of a load balancer at the end
+/// of the wait for it (`--on-lb-drain-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnLbDrainTimeout {
+    /// ABANDON the hook (the safe default: connections still routed to the instance would be
+    /// cut by its termination).
+    #[default]
+    Abandon,
+    /// CONTINUE anyway, with a warning on the node.
+    Continue,
+}
+
+impl FromStr for OnLbDrainTimeout {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "abandon" => Ok(OnLbDrainTimeout::Abandon),
+            "continue" => Ok(OnLbDrainTimeout::Continue),
+            other => Err(format!(
+                "load-balancer drain timeout policy {other:?}: expected abandon or continue"
+            )),
+        }
+    }
+}
+
+/// The wait for the instance to leave its load balancers' target groups before CONTINUE
+/// (see [`crate::targets`]).
+#[derive(Debug, Clone)]
+pub struct LoadBalancerWait {
+    /// Whether to wait at all (it needs the ELBv2 read permissions).
+    pub enabled: bool,
+    /// The longest wait; `None`: the largest deregistration delay of the waited groups plus
+    /// [`crate::targets::MARGIN`].
+    pub timeout: Option<Duration>,
+    /// What a target still draining at the end of the wait leads to.
+    pub on_timeout: OnLbDrainTimeout,
+    /// Deregister the instance from target groups nobody else will (not the controller's,
+    /// not the Auto Scaling group's) instead of skipping them with a warning.
+    pub deregister_foreign: bool,
+}
+
+impl Default for LoadBalancerWait {
+    fn default() -> Self {
+        LoadBalancerWait {
+            enabled: true,
+            timeout: None,
+            on_timeout: OnLbDrainTimeout::Abandon,
+            deregister_foreign: false,
+        }
+    }
+}
+
 /// How the drainer drains. Defaults suit a node that is about to be terminated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -67,6 +119,10 @@ pub struct Settings {
     /// outage): the step is retried in place, the message kept hidden and the hook
     /// heartbeated, instead of returning the message and burning one of its receives.
     pub max_retry_pause: Duration,
+    /// The wait for load-balancer deregistration before CONTINUE; it runs only when the
+    /// handler has a [`quiesce_aws::elbv2::LoadBalancers`] client
+    /// ([`crate::Handler::with_load_balancers`]).
+    pub load_balancers: LoadBalancerWait,
 }
 
 impl Default for Settings {
@@ -88,6 +144,7 @@ impl Default for Settings {
             claim_hold: Duration::from_secs(60),
             max_drains: 4,
             max_retry_pause: Duration::from_secs(30),
+            load_balancers: LoadBalancerWait::default(),
         }
     }
 }

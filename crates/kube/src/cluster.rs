@@ -71,6 +71,19 @@ pub struct Cordon {
     /// Add `node.kubernetes.io/exclude-from-external-load-balancers` so cloud load balancers
     /// stop sending new connections before the pods go (NTH issue #316, cited by Karpenter).
     pub exclude_from_load_balancers: bool,
+    /// With [`Cordon::exclude_from_load_balancers`], also taint the node
+    /// `ToBeDeletedByClusterAutoscaler:NoSchedule`: the AWS Load Balancer Controller
+    /// deregisters a node on that taint (not on a cordon), and kube-proxy fails its `/healthz`
+    /// for it (KEP-3836), which takes the node out of load balancers probing kube-proxy. Off
+    /// where Cluster Autoscaler's own use of the taint must not be imitated.
+    pub fence_taint: bool,
+}
+
+impl Cordon {
+    /// Whether the drain taints the node with [`crate::kube_cluster::FENCE_TAINT`].
+    pub fn fences(&self) -> bool {
+        self.exclude_from_load_balancers && self.fence_taint
+    }
 }
 
 /// What the API server said to one eviction.
@@ -116,8 +129,16 @@ pub trait Cluster: Sync {
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot>> + Send;
     /// Marks the node unschedulable (plus `cordon`'s extras).
     fn cordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>> + Send;
-    /// Undoes [`Cluster::cordon`].
+    /// Undoes [`Cluster::cordon`]: the load-balancer label goes only if the drain set it.
     fn uncordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>> + Send;
+    /// Keeps the fence taint on the cordoned node, applying it again whenever it disappears
+    /// (Cluster Autoscaler clears `ToBeDeletedByClusterAutoscaler` taints at its start; the
+    /// load balancer controller would then register the node again). Runs until dropped.
+    fn keep_fenced(
+        &self,
+        node: &str,
+        cordon: &Cordon,
+    ) -> impl Future<Output = std::convert::Infallible> + Send;
     /// Posts one Eviction with the pod's UID as precondition.
     fn evict(&self, pod: &PodFacts) -> impl Future<Output = Result<Eviction>> + Send;
     /// Starts a rolling restart of a Deployment (what `kubectl rollout restart` does).

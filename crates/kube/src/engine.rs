@@ -114,7 +114,11 @@ pub async fn drain<C: Cluster>(
         record: Mutex::new(record),
         progress,
     };
-    let result = run.execute(stale).await;
+    // The fence is kept while the drain runs: a taint cleared meanwhile is put back.
+    let result = tokio::select! {
+        result = run.execute(stale) => result,
+        never = cluster.keep_fenced(&spec.node, &spec.cordon) => match never {},
+    };
     let mut report = run.report.into_inner().unwrap_or_else(|p| p.into_inner());
     match result {
         Ok(()) => {

@@ -40,6 +40,14 @@ pub enum Error {
         /// What was wrong with it.
         why: String,
     },
+    /// A conditional write of the Node (the fence, the record) kept meeting conflicts.
+    #[error("node {node}: {why}")]
+    Contended {
+        /// The node.
+        node: String,
+        /// How often it was tried.
+        why: String,
+    },
 }
 
 impl Error {

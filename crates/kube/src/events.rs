@@ -34,6 +34,11 @@ pub enum Reason {
     /// The lifecycle hook was no longer active (it timed out or was completed elsewhere), so
     /// the drainer stopped working on the node.
     LifecycleExpired,
+    /// A target group nobody will deregister the node from (not the cluster's load balancer
+    /// controller's, not the Auto Scaling group's) was left as it is.
+    TargetGroupSkipped,
+    /// The node was still a draining target of a load balancer when the wait for it ended.
+    TargetsStillDraining,
 }
 
 impl Reason {
@@ -48,6 +53,8 @@ impl Reason {
             Reason::DrainFailed => "DrainFailed",
             Reason::LifecycleAbandoned => "LifecycleAbandoned",
             Reason::LifecycleExpired => "LifecycleExpired",
+            Reason::TargetGroupSkipped => "TargetGroupSkipped",
+            Reason::TargetsStillDraining => "TargetsStillDraining",
         }
     }
 
@@ -61,7 +68,9 @@ impl Reason {
             | Reason::Ungated
             | Reason::DrainFailed
             | Reason::LifecycleAbandoned
-            | Reason::LifecycleExpired => EventType::Warning,
+            | Reason::LifecycleExpired
+            | Reason::TargetGroupSkipped
+            | Reason::TargetsStillDraining => EventType::Warning,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! [`Cluster`] over kube-rs: the only place that knows URLs, verbs and status codes.
 
 use std::collections::BTreeSet;
+use std::convert::Infallible;
 use std::ops::ControlFlow;
 use std::time::{Duration, SystemTime};
 
@@ -30,9 +31,15 @@ use crate::watch_set::{Tracked, drive, wait_until, watch};
 
 /// The label that takes a node out of cloud load balancers' target sets.
 pub const EXCLUDE_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+/// The value the drain gives [`EXCLUDE_LB_LABEL`]: an uncordon removes the label only with
+/// this value, since users set it for their own reasons.
+pub const LABEL_VALUE: &str = "quiesce";
+/// The taint that fences a node from the AWS Load Balancer Controller's instance targets and
+/// kube-proxy's health check (see [`Cordon::fence_taint`]).
+pub const FENCE_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 /// How long [`KubeCluster::snapshot`] keeps retrying a read the server failed.
 const READ_PATIENCE: Duration = Duration::from_secs(30);
-/// How many times a record write re-reads after a resourceVersion conflict before giving up.
+/// How many times a conditional Node write re-reads after a resourceVersion conflict before giving up.
 const RECORD_ATTEMPTS: usize = 5;
 
 /// A [`Cluster`] backed by a kube-rs [`Client`].
@@ -89,14 +96,6 @@ impl KubeCluster {
             other => other,
         }
     }
-
-    async fn patch_node(&self, node: &str, patch: serde_json::Value) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        nodes
-            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        Ok(())
-    }
 }
 
 impl Cluster for KubeCluster {
@@ -121,31 +120,71 @@ impl Cluster for KubeCluster {
     }
 
     async fn cordon(&self, node: &str, cordon: &Cordon) -> Result<()> {
-        let mut patch = json!({"spec": {"unschedulable": true}});
-        if cordon.exclude_from_load_balancers {
-            patch["metadata"] = json!({"labels": {EXCLUDE_LB_LABEL: "quiesce"}});
-        }
-        if let Some(taint) = &cordon.taint {
-            let (taints, version) = self.taints_without(node, taint).await?;
-            let mut taints = taints;
-            taints.push(parse_taint(taint));
-            patch["spec"]["taints"] = json!(taints);
-            patch["metadata"]["resourceVersion"] = json!(version);
-        }
-        self.patch_node(node, patch).await
+        self.patch_conditionally(node, |current| {
+            let mut patch = json!({"spec": {"unschedulable": true}});
+            // A label the user set (any value) is theirs: left as it is, and not removed later.
+            if cordon.exclude_from_load_balancers && label_of(current).is_none() {
+                patch["metadata"]["labels"] = json!({EXCLUDE_LB_LABEL: LABEL_VALUE});
+            }
+            let mut wanted = Vec::new();
+            wanted.extend(cordon.taint.as_deref().map(parse_taint));
+            if cordon.fences() && !has_fence_taint(current) {
+                wanted.push(fence_taint());
+            }
+            if !wanted.is_empty() {
+                let mut taints = taints_without(current, &wanted);
+                taints.extend(wanted);
+                patch["spec"]["taints"] = json!(taints);
+            }
+            Ok(Some(patch))
+        })
+        .await
     }
 
     async fn uncordon(&self, node: &str, cordon: &Cordon) -> Result<()> {
-        let mut patch = json!({"spec": {"unschedulable": null}});
-        if cordon.exclude_from_load_balancers {
-            patch["metadata"] = json!({"labels": {EXCLUDE_LB_LABEL: null}});
+        self.lift(node, cordon, true).await
+    }
+
+    async fn keep_fenced(&self, node: &str, cordon: &Cordon) -> Infallible {
+        if cordon.fences() {
+            let api: Api<Node> = Api::all(self.client.clone());
+            let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+            let mut nodes = watch(api, config);
+            while let Some(event) = nodes.next().await {
+                let current = match event {
+                    Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => n,
+                    Ok(_) => continue,
+                    Err(err) => {
+                        tracing::warn!(node, %err, "watching the fenced node failed; the watcher relists");
+                        continue;
+                    }
+                };
+                if !quiesce_core::capacity::is_cordoned(&current) || has_fence_taint(&current) {
+                    continue;
+                }
+                tracing::warn!(
+                    node,
+                    taint = FENCE_TAINT,
+                    "the fence taint was removed while the node is drained (Cluster Autoscaler \
+                     clears it at its start); applying it again"
+                );
+                let put_back = self
+                    .patch_conditionally(node, |current| {
+                        Ok((quiesce_core::capacity::is_cordoned(current)
+                            && !has_fence_taint(current))
+                        .then(|| {
+                            let mut taints = taints_without(current, &[]);
+                            taints.push(fence_taint());
+                            json!({"spec": {"taints": taints}})
+                        }))
+                    })
+                    .await;
+                if let Err(err) = put_back {
+                    tracing::warn!(node, %err, "could not apply the fence taint again; the next change of the node tries again");
+                }
+            }
         }
-        if let Some(taint) = &cordon.taint {
-            let (taints, version) = self.taints_without(node, taint).await?;
-            patch["spec"]["taints"] = json!(taints);
-            patch["metadata"]["resourceVersion"] = json!(version);
-        }
-        self.patch_node(node, patch).await
+        std::future::pending().await
     }
 
     async fn evict(&self, pod: &PodFacts) -> Result<Eviction> {
@@ -200,34 +239,23 @@ impl Cluster for KubeCluster {
     }
 
     async fn write_record(&self, node: &str, mine: Option<&DrainRecord>) -> Result<()> {
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        for _ in 0..RECORD_ATTEMPTS {
-            let (current, version) = self.node_and_version(node).await?;
+        self.patch_conditionally(node, |current| {
             let value = match mine {
                 None => serde_json::Value::Null,
                 Some(mine) => {
-                    let mut merged = DrainRecord::of(&current)?.unwrap_or_else(DrainRecord::new);
+                    let mut merged = DrainRecord::of(current)?.unwrap_or_else(DrainRecord::new);
                     merged.merge(mine);
                     json!(serde_json::to_string(&merged).map_err(kube::Error::SerdeError)?)
                 }
             };
-            // The resourceVersion in a merge patch is a precondition: 409 if the Node changed
-            // since the read (apimachinery's optimistic concurrency for patches).
-            let patch = json!({"metadata": {"resourceVersion": version, "annotations": {record::ANNOTATION: value}}});
-            match nodes
-                .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    tracing::debug!(node, "drain record changed meanwhile; re-reading");
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(Error::Record {
-            node: node.to_string(),
-            why: format!("the Node kept changing; {RECORD_ATTEMPTS} writes met a conflict"),
+            Ok(Some(
+                json!({"metadata": {"annotations": {record::ANNOTATION: value}}}),
+            ))
+        })
+        .await
+        .map_err(|err| match err {
+            Error::Contended { node, why } => Error::Record { node, why },
+            other => other,
         })
     }
 
@@ -448,23 +476,117 @@ impl KubeCluster {
         Ok((current, version))
     }
 
-    async fn taints_without(
+    /// Takes the drain's fence off the node (its load-balancer label if ours, the fence taint,
+    /// the extra taint) and leaves it cordoned: for a node an operator had cordoned before the
+    /// drain, which stays cordoned when the drain gives up but must not stay out of its load
+    /// balancers for it.
+    pub async fn unfence(&self, node: &str, cordon: &Cordon) -> Result<()> {
+        self.lift(node, cordon, false).await
+    }
+
+    /// Removes the fence, and the cordon too if `uncordon`.
+    async fn lift(&self, node: &str, cordon: &Cordon, uncordon: bool) -> Result<()> {
+        self.patch_conditionally(node, |current| {
+            let mut patch = if uncordon {
+                json!({"spec": {"unschedulable": null}})
+            } else {
+                json!({})
+            };
+            if cordon.exclude_from_load_balancers && label_of(current) == Some(LABEL_VALUE) {
+                patch["metadata"]["labels"] = json!({EXCLUDE_LB_LABEL: null});
+            }
+            let mut gone = Vec::new();
+            gone.extend(cordon.taint.as_deref().map(parse_taint));
+            if cordon.fences() {
+                gone.push(fence_taint());
+            }
+            if !gone.is_empty() {
+                patch["spec"]["taints"] = json!(taints_without(current, &gone));
+            }
+            Ok((patch != json!({})).then_some(patch))
+        })
+        .await
+    }
+
+    /// Merge-patches the node with what `build` makes of its current state (`None`: nothing to
+    /// change), with the read's resourceVersion as precondition (apimachinery's optimistic
+    /// concurrency for patches: 409 if the Node changed since the read). Taints are a list a
+    /// merge patch replaces whole, and the record is merged from what was read: neither may
+    /// drop what another writer added meanwhile. Re-read and rebuilt on a conflict.
+    async fn patch_conditionally(
         &self,
         node: &str,
-        taint: &str,
-    ) -> Result<(Vec<serde_json::Value>, String)> {
-        let wanted = parse_taint(taint);
-        let (current, version) = self.node_and_version(node).await?;
-        let taints = current
-            .spec
-            .and_then(|s| s.taints)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|t| !(t.key == wanted["key"] && t.effect == wanted["effect"]))
-            .map(|t| json!(t))
-            .collect();
-        Ok((taints, version))
+        build: impl Fn(&Node) -> Result<Option<serde_json::Value>>,
+    ) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        for _ in 0..RECORD_ATTEMPTS {
+            let (current, version) = self.node_and_version(node).await?;
+            let Some(mut patch) = build(&current)? else {
+                return Ok(());
+            };
+            patch["metadata"]["resourceVersion"] = json!(version);
+            match nodes
+                .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    tracing::debug!(node, "node changed meanwhile; re-reading");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(Error::Contended {
+            node: node.to_string(),
+            why: format!("the Node kept changing; {RECORD_ATTEMPTS} writes met a conflict"),
+        })
     }
+}
+
+/// The load-balancer label's value on `node`, if it has the label.
+fn label_of(node: &Node) -> Option<&str> {
+    node.metadata
+        .labels
+        .as_ref()?
+        .get(EXCLUDE_LB_LABEL)
+        .map(String::as_str)
+}
+
+/// Whether `node` carries [`FENCE_TAINT`] with effect NoSchedule (anyone's).
+fn has_fence_taint(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.key == FENCE_TAINT && t.effect == "NoSchedule")
+        })
+}
+
+/// The fence taint, valued as Cluster Autoscaler values its own (the Unix time it was set), so
+/// that Cluster Autoscaler reads it without complaint.
+fn fence_taint() -> serde_json::Value {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    json!({"key": FENCE_TAINT, "value": now.to_string(), "effect": "NoSchedule"})
+}
+
+/// The node's taints without those matching one of `unwanted` by key and effect.
+fn taints_without(node: &Node, unwanted: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| {
+            !unwanted
+                .iter()
+                .any(|w| t.key == w["key"] && t.effect == w["effect"])
+        })
+        .map(|t| json!(t))
+        .collect()
 }
 
 /// `key=value:Effect` (or `key:Effect`) as a taint object; the effect defaults to NoSchedule.

@@ -34,6 +34,9 @@ pub enum PhaseName {
     ReplacementsReady,
     /// No volume is attached to the node any more.
     VolumesDetached,
+    /// The instance is no longer a target of the load balancers that route to it (issue 17):
+    /// measured by the drainer and by `quiesce drain --wait-load-balancers`, after the drain.
+    TargetsDeregistered,
 }
 
 impl PhaseName {
@@ -46,6 +49,7 @@ impl PhaseName {
             PhaseName::PodsGone => "pods-gone",
             PhaseName::ReplacementsReady => "replacements-ready",
             PhaseName::VolumesDetached => "volumes-detached",
+            PhaseName::TargetsDeregistered => "targets-deregistered",
         }
     }
 }

@@ -119,7 +119,8 @@ async fn invoke(
         AutoScaling::new(&shared.aws),
         shared.settings.clone(),
         Arc::new(Metrics::default()),
-    );
+    )
+    .with_aws_load_balancers(&shared.aws);
     let left = event
         .context
         .deadline()

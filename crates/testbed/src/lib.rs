@@ -6,6 +6,8 @@
 //! on loopback, so the same scenarios can run against both and expose where the sandbox lies.
 //! There is no kubelet: [`kubelet`] is a stand-in, a client of the API like any other.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 mod certs;
 pub mod chromium;
 pub mod helm;

@@ -113,14 +113,70 @@ impl Moto {
         })
     }
 
-    /// A plain HTTP/1.1 GET on loopback: no HTTP client crate for one introspection call.
+    /// The ELBv2 extension's log (`GET /_quiesce/elbv2/log`, tests/moto/elbv2_ext.py):
+    /// deregistrations, ends of deregistration delays and lifecycle completions, each with its
+    /// Unix time `at`, oldest first, so a test checks their order on the server's one clock.
+    pub fn elbv2_log(&self) -> Result<Vec<serde_json::Value>, Error> {
+        let body = self.get("/_quiesce/elbv2/log")?;
+        serde_json::from_slice(&body).map_err(|e| Error::Process {
+            what: "parsing /_quiesce/elbv2/log".into(),
+            detail: format!("{e}: {}", String::from_utf8_lossy(&body)),
+        })
+    }
+
+    /// `POST path` with a JSON body to one of the extensions' endpoints (`/_quiesce/elbv2`,
+    /// `/_quiesce/elbv2/controller`, `/_quiesce/faults`); the answer's body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<Vec<u8>, Error> {
+        self.request("POST", path, &body.to_string())
+    }
+
+    /// The id of moto's default VPC, for resources that need one (a target group): one EC2
+    /// Query call, unsigned (moto routes by the credential scope and checks no signature).
+    pub fn default_vpc(&self) -> Result<String, Error> {
+        let body = self.request_with(
+            "POST",
+            "/",
+            "Action=DescribeVpcs&Version=2016-11-15&Filter.1.Name=isDefault&Filter.1.Value.1=true",
+            "Content-Type: application/x-www-form-urlencoded\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=testing/20261201/us-east-1/ec2/aws4_request, \
+             SignedHeaders=host, Signature=0\r\n",
+        )?;
+        let text = String::from_utf8_lossy(&body);
+        text.split("<vpcId>")
+            .nth(1)
+            .and_then(|rest| rest.split("</vpcId>").next())
+            .map(str::to_string)
+            .ok_or_else(|| Error::Process {
+                what: "DescribeVpcs".into(),
+                detail: format!("no default VPC in {text}"),
+            })
+    }
+
     fn get(&self, path: &str) -> Result<Vec<u8>, Error> {
+        self.request("GET", path, "")
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) -> Result<Vec<u8>, Error> {
+        self.request_with(method, path, body, "Content-Type: application/json\r\n")
+    }
+
+    /// A plain HTTP/1.1 request on loopback with `headers` (each ending in CRLF): no HTTP
+    /// client crate for introspection calls.
+    fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &str,
+    ) -> Result<Vec<u8>, Error> {
         let mut stream = TcpStream::connect(&self.addr)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(
             stream,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{headers}\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            body.len()
         )?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
@@ -128,13 +184,13 @@ impl Moto {
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .ok_or_else(|| Error::Process {
-                what: format!("GET {path}"),
+                what: format!("{method} {path}"),
                 detail: "no end of headers in the response".into(),
             })?;
         let head = String::from_utf8_lossy(&response[..split]);
         if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
             return Err(Error::Process {
-                what: format!("GET {path}"),
+                what: format!("{method} {path}"),
                 detail: head.lines().next().unwrap_or_default().to_string(),
             });
         }

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use quiesce_aws::elbv2::{DEFAULT_RATE, Elbv2};
+use quiesce_aws::sdk::{AwsOptions, sdk_config};
 use quiesce_drainer::args::DrainSwitches;
+use quiesce_drainer::targets;
 use quiesce_kube::engine::{self, DrainSpec};
 use quiesce_kube::kube_cluster::KubeCluster;
 use quiesce_kube::report::{DrainReport, GateEnd, Outcome, Stage};
@@ -56,7 +59,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn drain(args: Args) -> anyhow::Result<ExitCode> {
     let config = super::kube_config(args.kubeconfig.as_deref()).await?;
-    let cluster = KubeCluster::new(kube::Client::try_from(config)?);
+    let client = kube::Client::try_from(config)?;
+    let cluster = KubeCluster::new(client.clone());
     let spec = DrainSpec {
         node: args.node.clone(),
         options: args.switches.options(args.delete_emptydir_data),
@@ -73,7 +77,14 @@ async fn drain(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("  {pod}: {}", stage_word(stage));
         }
     };
-    let report = engine::drain(&cluster, &spec, &progress).await?;
+    let mut report = engine::drain(&cluster, &spec, &progress).await?;
+    // Off by default by hand: it needs AWS credentials.
+    let load_balancers = args.switches.load_balancers(false);
+    if load_balancers.enabled && report.outcome == Outcome::Drained {
+        let aws = sdk_config(&AwsOptions::default()).await;
+        let lb = Elbv2::new(&aws, DEFAULT_RATE);
+        targets::after_drain(&client, &lb, &spec.cordon, &load_balancers, &mut report).await?;
+    }
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Text => print_text(&report),

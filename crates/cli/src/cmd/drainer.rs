@@ -96,13 +96,16 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
         identity: Some(identity.clone()),
         ..args.handler.settings()
     };
-    let handler = Arc::new(Handler::new(
-        client.clone(),
-        nodes,
-        AutoScaling::new(&aws),
-        settings,
-        Arc::new(Metrics::default()),
-    ));
+    let handler = Arc::new(
+        Handler::new(
+            client.clone(),
+            nodes,
+            AutoScaling::new(&aws),
+            settings,
+            Arc::new(Metrics::default()),
+        )
+        .with_aws_load_balancers(&aws),
+    );
     let queue = Arc::new(Sqs::new(&aws, &args.queue_url));
     let lock = LeaseLock::new(client, &args.namespace, &args.lease_name, &identity, timing);
     let workers = WorkerSettings {

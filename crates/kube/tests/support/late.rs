@@ -78,6 +78,9 @@ impl Cluster for Late {
     async fn uncordon(&self, node: &str, cordon: &Cordon) -> Result<()> {
         self.inner.uncordon(node, cordon).await
     }
+    async fn keep_fenced(&self, node: &str, cordon: &Cordon) -> std::convert::Infallible {
+        self.inner.keep_fenced(node, cordon).await
+    }
     async fn evict(&self, pod: &PodFacts) -> Result<Eviction> {
         self.inner.evict(pod).await
     }
