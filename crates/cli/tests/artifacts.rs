@@ -242,3 +242,54 @@ fn normalize(path: &Path) -> PathBuf {
     }
     out
 }
+
+/// cfn-lint from the venv scripts/test builds (tests/requirements.txt), or from PATH.
+fn cfn_lint(dir: &Path, templates: &[&Path]) -> std::process::Output {
+    let program = std::env::var_os("QUIESCE_VENV")
+        .map(|venv| Path::new(&venv).join("bin/cfn-lint"))
+        .unwrap_or_else(|| "cfn-lint".into());
+    Command::new(&program)
+        .current_dir(dir)
+        .args(templates)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {}: {e} (scripts/test installs it into its venv)",
+                program.display()
+            )
+        })
+}
+
+/// The templates users deploy pass AWS's own linter, which knows every resource type's
+/// properties and allowed values: a misspelt property or a wrong `!GetAtt` fails here rather
+/// than in a user's `aws cloudformation deploy`. A copy with a misspelt property must fail, so
+/// a linter that checks nothing cannot pass this test.
+#[test]
+fn the_cloudformation_and_sam_templates_pass_cfn_lint() {
+    let templates = [
+        Path::new("deploy/cloudformation/node-group-hooks.yaml"),
+        Path::new("deploy/sam/template.yaml"),
+    ];
+    let out = cfn_lint(&repo(), &templates);
+    assert!(
+        out.status.success(),
+        "cfn-lint found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    let hooks = read("deploy/cloudformation/node-group-hooks.yaml");
+    std::fs::write(
+        &broken,
+        hooks.replacen("DefaultResult:", "DefaultOutcome:", 1),
+    )
+    .unwrap();
+    let out = cfn_lint(dir.path(), &[&broken]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stdout).contains("DefaultOutcome"),
+        "cfn-lint accepted a misspelt property:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
