@@ -10,17 +10,19 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use quiesce_core::DrainOptions;
+use quiesce_drainer::Settings;
+use quiesce_drainer::client::Timeouts;
 use quiesce_drainer::metrics::Metrics;
-use quiesce_drainer::nodes::NodeIndex;
-use quiesce_drainer::{Handler, Settings, WorkerSettings};
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::{Sandbox, SandboxOptions};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::asg::{Group, GroupOptions, Replacement};
+use crate::chaos::Witness;
+use crate::chaos::fleet::{self, Incarnation};
+use crate::chaos::invariants::Invariants;
 use crate::dataplane::{App, AppBehaviour, Balancer, Listen, PodServers, Registry};
 use crate::kernel::{KernelReport, PrivateNetns, Proxier, ServicePort};
 use crate::timeline::{Timeline, watch_cluster};
@@ -117,6 +119,8 @@ pub struct LabReport {
     pub replacements: Vec<Replacement>,
     /// The drainer's Prometheus metrics at the end.
     pub drainer_metrics: String,
+    /// The roll's guarantees, judged from the sandbox's and the group's own record.
+    pub invariants: Invariants,
 }
 
 /// One phase of the run.
@@ -127,6 +131,9 @@ pub struct PhaseTime {
     /// How long it took.
     pub seconds: f64,
 }
+
+/// The plain run's one drainer, as the audit log and the group's history name it.
+const DRAINER: &str = "drainer";
 
 /// The Services the traffic goes to.
 const SERVICES: [&str; 2] = ["web", "api"];
@@ -374,28 +381,20 @@ pub async fn run(
         timeline.clone(),
     )
     .await?;
-    let (nodes, keep_index) = NodeIndex::watched(client.clone());
-    let index = tokio::spawn(keep_index);
+    let witness = Witness::start(&sandbox, &group)?;
     let metrics = Arc::new(Metrics::default());
-    let handler = Arc::new(Handler::new(
-        client.clone(),
-        nodes,
-        group.clone(),
-        drainer_settings(opts.mode),
-        metrics.clone(),
-    ));
-    let (stop, stopped) = watch::channel(false);
-    let queue: Arc<Group> = Arc::new(group.clone());
-    let worker = tokio::spawn(quiesce_drainer::worker::run(
-        queue.clone(),
-        handler,
-        WorkerSettings {
-            wait: Duration::from_secs(1),
-            retry_after: Duration::from_secs(1),
-            ..WorkerSettings::default()
+    let drainer = Incarnation::start(
+        &fleet::Spec {
+            url: sandbox.url().to_string(),
+            identity: DRAINER.into(),
+            settings: drainer_settings(opts.mode),
+            timeouts: Timeouts::default(),
+            lease: None,
+            metrics: metrics.clone(),
         },
-        stopped,
-    ));
+        1,
+        &group,
+    )?;
     let ticker = async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
@@ -424,12 +423,10 @@ pub async fn run(
         }
         None => None,
     };
-    stop.send_replace(true);
-    let _ = worker.await;
-    index.abort();
+    drainer.shutdown().await;
     drop(servers);
-    drop(queue);
     drop(cluster_watch);
+    let invariants = witness.judge(&sandbox, &group, &[DRAINER.into()], requests.failed)?;
     sandbox.shutdown().await;
     phases.push(PhaseTime {
         name: "total".into(),
@@ -450,6 +447,7 @@ pub async fn run(
             phases,
             replacements,
             drainer_metrics: metrics.encode(),
+            invariants,
         },
         timeline,
     ))

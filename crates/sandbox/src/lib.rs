@@ -117,6 +117,12 @@ impl Sandbox {
         std::fs::write(path, yaml).map_err(|e| fail(e.to_string()))
     }
 
+    /// The API server's store: its watch history is the record an outside check (the chaos
+    /// lab's invariants) reads the cluster's past from.
+    pub fn store(&self) -> std::sync::Arc<api::Store> {
+        self.api.store()
+    }
+
     /// Arms injected API failures.
     pub fn faults(&self) -> FaultInjector {
         self.api.faults()

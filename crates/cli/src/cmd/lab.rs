@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use quiesce_lab::chaos::invariants::Invariants;
 use quiesce_lab::run::{Dataplane, LabOptions, LabReport, Mode};
 
 /// Output format.
@@ -68,8 +69,8 @@ pub struct Args {
     pub report: Option<PathBuf>,
 }
 
-/// Runs the lab. Exit 0 when the run completed (in quiesce mode: every node replaced and no
-/// request failed), 1 otherwise.
+/// Runs the lab. Exit 0 when the run completed (in quiesce mode: every node replaced, no
+/// request failed and every invariant held), 1 otherwise.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.rps > 0.0 && args.rps <= 5000.0,
@@ -144,7 +145,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Output::Text => print_text(&mut out, &report)?,
     }
     let ok = report.mode == Mode::Naive
-        || (report.nodes_replaced == report.nodes && report.requests.failed == 0);
+        || (report.nodes_replaced == report.nodes
+            && report.requests.failed == 0
+            && report.invariants.all_held());
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -179,6 +182,7 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
         writeln!(out, "failed by cause: {cause} {n}")?;
     }
     writeln!(out, "dataplane: {}", report.dataplane)?;
+    print_invariants(out, &report.invariants)?;
     if let Some(kernel) = &report.kernel {
         writeln!(
             out,
@@ -192,4 +196,22 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
         "requests: {} sent, {} failed",
         report.requests.sent, report.requests.failed
     )
+}
+
+/// One line per invariant: held, or violated with the first violation.
+fn print_invariants(out: &mut impl Write, invariants: &Invariants) -> std::io::Result<()> {
+    for (name, verdict) in invariants.each() {
+        match verdict.violations.as_slice() {
+            [] => writeln!(out, "{name} held ({} checked)", verdict.checked)?,
+            [first, rest @ ..] => {
+                let more = if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (and {} more)", rest.len())
+                };
+                writeln!(out, "{name} violated: {first}{more}")?
+            }
+        }
+    }
+    Ok(())
 }

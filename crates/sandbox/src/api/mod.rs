@@ -72,6 +72,13 @@ pub struct Audited {
     pub path: String,
     /// The query string, e.g. `watch=true&resourceVersion=5`.
     pub query: String,
+    /// The store's resourceVersion when the request arrived: where it falls in the watch
+    /// history, so a check can read the cluster as the request found it.
+    pub revision: u64,
+    /// The response's status code; `None` while (or if never) answered, e.g. a hung request.
+    pub status: Option<u16>,
+    /// The injected fault this request hit, if any.
+    pub fault: Option<FaultKind>,
 }
 
 pub(crate) struct Shared {
