@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::asg::{Group, GroupOptions, Replacement};
-use crate::chaos::Witness;
 use crate::chaos::fleet::{self, Incarnation};
 use crate::chaos::invariants::Invariants;
+use crate::chaos::{self, Witness};
 use crate::dataplane::{App, AppBehaviour, Balancer, Listen, PodServers, Registry};
 use crate::kernel::{KernelReport, PrivateNetns, Proxier, ServicePort};
 use crate::timeline::{Timeline, watch_cluster};
@@ -121,6 +121,8 @@ pub struct LabReport {
     pub drainer_metrics: String,
     /// The roll's guarantees, judged from the sandbox's and the group's own record.
     pub invariants: Invariants,
+    /// How the drainer was broken on purpose ([`chaos::SABOTAGE`]), if it was.
+    pub sabotage: Option<&'static str>,
 }
 
 /// One phase of the run.
@@ -383,11 +385,15 @@ pub async fn run(
     .await?;
     let witness = Witness::start(&sandbox, &group)?;
     let metrics = Arc::new(Metrics::default());
+    let (settings, sabotage) = chaos::sabotaged(drainer_settings(opts.mode))?;
+    if let Some(how) = sabotage {
+        progress(&format!("the drainer is broken on purpose: {how}"));
+    }
     let drainer = Incarnation::start(
         &fleet::Spec {
             url: sandbox.url().to_string(),
             identity: DRAINER.into(),
-            settings: drainer_settings(opts.mode),
+            settings,
             timeouts: Timeouts::default(),
             lease: None,
             metrics: metrics.clone(),
@@ -448,6 +454,7 @@ pub async fn run(
             replacements,
             drainer_metrics: metrics.encode(),
             invariants,
+            sabotage,
         },
         timeline,
     ))

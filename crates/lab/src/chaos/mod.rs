@@ -12,6 +12,7 @@ pub mod record;
 
 use std::sync::Arc;
 
+use quiesce_drainer::Settings;
 use quiesce_sandbox::Sandbox;
 use quiesce_sandbox::api::Store;
 
@@ -56,5 +57,29 @@ impl Witness {
             failed,
         )?;
         Ok(Invariants::check(&evidence, drainers))
+    }
+}
+
+/// The environment variable that breaks the lab's drainer on purpose, so a test can prove the
+/// checks catch a drainer that breaks its guarantee. Read only here, by the lab's own wiring:
+/// no other face of quiesce looks at it, and the lab says so loudly when it is set.
+pub const SABOTAGE: &str = "QUIESCE_LAB_SABOTAGE";
+
+/// The one sabotage: CONTINUE once the node's pods are gone, without waiting for their
+/// replacements (the replacement gate skipped, and with it the surge that only serves it:
+/// with the gate off, a plan that counts on a surge waits for pods nobody restarts).
+pub const SKIP_REPLACEMENT_GATE: &str = "skip-replacement-gate";
+
+/// `settings` as the lab's drainers run them: broken as [`SABOTAGE`] asks, if it is set.
+/// Returns the sabotage applied, to be reported.
+pub fn sabotaged(mut settings: Settings) -> anyhow::Result<(Settings, Option<&'static str>)> {
+    match std::env::var(SABOTAGE).ok().as_deref() {
+        None | Some("") => Ok((settings, None)),
+        Some(SKIP_REPLACEMENT_GATE) => {
+            settings.replacement_gate = false;
+            settings.drain.surge_all = false;
+            Ok((settings, Some(SKIP_REPLACEMENT_GATE)))
+        }
+        Some(other) => anyhow::bail!("{SABOTAGE}={other:?}: expected {SKIP_REPLACEMENT_GATE}"),
     }
 }
