@@ -20,9 +20,10 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::asg::{Group, GroupOptions, Replacement};
-use crate::chaos::fleet::{self, Incarnation};
+use crate::chaos::conductor::ChaosReport;
+use crate::chaos::fleet;
 use crate::chaos::invariants::Invariants;
-use crate::chaos::{self, Witness};
+use crate::chaos::{self, ChaosOptions, Drainers, Witness};
 use crate::dataplane::{App, AppBehaviour, Balancer, Listen, PodServers, Registry};
 use crate::kernel::{KernelReport, PrivateNetns, Proxier, ServicePort};
 use crate::timeline::{Timeline, watch_cluster};
@@ -79,6 +80,8 @@ pub struct LabOptions {
     pub settle: Duration,
     /// What carries the traffic.
     pub dataplane: Dataplane,
+    /// Inject faults and play drainer restarts (`--chaos`).
+    pub chaos: Option<ChaosOptions>,
 }
 
 impl Default for LabOptions {
@@ -93,6 +96,7 @@ impl Default for LabOptions {
             heartbeat_timeout: Duration::from_secs(30),
             settle: Duration::from_secs(2),
             dataplane: Dataplane::Userspace,
+            chaos: None,
         }
     }
 }
@@ -123,6 +127,9 @@ pub struct LabReport {
     pub invariants: Invariants,
     /// How the drainer was broken on purpose ([`chaos::SABOTAGE`]), if it was.
     pub sabotage: Option<&'static str>,
+    /// With `--chaos`: `seed`, `faults.injected` by kind, `drainer.restarts`.
+    #[serde(flatten)]
+    pub chaos: Option<ChaosReport>,
 }
 
 /// One phase of the run.
@@ -133,9 +140,6 @@ pub struct PhaseTime {
     /// How long it took.
     pub seconds: f64,
 }
-
-/// The plain run's one drainer, as the audit log and the group's history name it.
-const DRAINER: &str = "drainer";
 
 /// The Services the traffic goes to.
 const SERVICES: [&str; 2] = ["web", "api"];
@@ -389,17 +393,20 @@ pub async fn run(
     if let Some(how) = sabotage {
         progress(&format!("the drainer is broken on purpose: {how}"));
     }
-    let drainer = Incarnation::start(
-        &fleet::Spec {
+    let drainers = Drainers::start(
+        &sandbox,
+        &group,
+        fleet::Spec {
             url: sandbox.url().to_string(),
-            identity: DRAINER.into(),
+            identity: String::new(),
             settings,
             timeouts: Timeouts::default(),
             lease: None,
             metrics: metrics.clone(),
         },
-        1,
-        &group,
+        opts.chaos.as_ref(),
+        opts.nodes,
+        timeline.clone(),
     )?;
     let ticker = async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -429,10 +436,11 @@ pub async fn run(
         }
         None => None,
     };
-    drainer.shutdown().await;
+    let callers = drainers.callers();
+    let chaos = drainers.finish(&sandbox, &group).await;
     drop(servers);
     drop(cluster_watch);
-    let invariants = witness.judge(&sandbox, &group, &[DRAINER.into()], requests.failed)?;
+    let invariants = witness.judge(&sandbox, &group, &callers, requests.failed)?;
     sandbox.shutdown().await;
     phases.push(PhaseTime {
         name: "total".into(),
@@ -455,6 +463,7 @@ pub async fn run(
             drainer_metrics: metrics.encode(),
             invariants,
             sabotage,
+            chaos,
         },
         timeline,
     ))

@@ -138,6 +138,11 @@ impl Sandbox {
         self.api.audited()
     }
 
+    /// A handle on the audit log for a task that follows it (see [`api::ApiServer::audit_log`]).
+    pub fn audit_log(&self) -> api::AuditLog {
+        self.api.audit_log()
+    }
+
     /// Stops the simulation, then the API.
     pub async fn shutdown(self) {
         self.workloads.stop().await;

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use quiesce_lab::chaos::ChaosOptions;
+use quiesce_lab::chaos::conductor::ChaosReport;
 use quiesce_lab::chaos::invariants::Invariants;
+use quiesce_lab::chaos::schedule::Classes;
 use quiesce_lab::run::{Dataplane, LabOptions, LabReport, Mode};
 
 /// Output format.
@@ -67,6 +70,17 @@ pub struct Args {
     /// Also write a self-contained HTML timeline here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Inject API, AWS and drainer faults from a seeded schedule while the roll runs, and
+    /// check the guarantees (I1–I5) from the sandbox's and the group's own record.
+    #[arg(long)]
+    pub chaos: bool,
+    /// The chaos schedule's seed: the same seed, the same schedule.
+    #[arg(long, default_value_t = 1, requires = "chaos")]
+    pub seed: u64,
+    /// The fault classes to inject: a comma-separated list of api, aws, delivery, restart,
+    /// handover, race, or all.
+    #[arg(long, default_value = "all", requires = "chaos")]
+    pub faults: Classes,
 }
 
 /// Runs the lab. Exit 0 when the run completed (in quiesce mode: every node replaced, no
@@ -113,6 +127,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         propagation_delay: args.propagation_delay,
         drain_delay: args.drain_delay,
         dataplane,
+        chaos: args.chaos.then(|| ChaosOptions {
+            seed: args.seed,
+            classes: args.faults.clone(),
+        }),
         ..LabOptions::default()
     };
     if opts.mode == Mode::Quiesce && opts.drain_delay <= opts.propagation_delay {
@@ -182,6 +200,9 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
         writeln!(out, "failed by cause: {cause} {n}")?;
     }
     writeln!(out, "dataplane: {}", report.dataplane)?;
+    if let Some(chaos) = &report.chaos {
+        print_chaos(out, chaos)?;
+    }
     print_invariants(out, &report.invariants)?;
     if let Some(kernel) = &report.kernel {
         writeln!(
@@ -214,4 +235,30 @@ fn print_invariants(out: &mut impl Write, invariants: &Invariants) -> std::io::R
         }
     }
     Ok(())
+}
+
+/// The faults that hit, by kind, and the drainer's stops.
+fn print_chaos(out: &mut impl Write, chaos: &ChaosReport) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "chaos seed {}", chaos.seed)?;
+    writeln!(out, "{:<32} {:>6}", "fault", "hits")?;
+    for (kind, n) in &chaos.faults.injected {
+        writeln!(out, "{kind:<32} {n:>6}")?;
+    }
+    writeln!(out, "{:<32} {:>6}", "total", chaos.faults.total)?;
+    for r in &chaos.drainer.restarts {
+        writeln!(
+            out,
+            "drainer {} stopped while {} {}{}",
+            r.drainer,
+            r.phase.name(),
+            r.node,
+            if r.handover {
+                " (the standby took the Lease over)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    writeln!(out)
 }

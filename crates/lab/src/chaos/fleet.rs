@@ -19,14 +19,20 @@ use tokio::task::JoinHandle;
 use crate::asg::Group;
 
 /// How the lab's drainers read the queue: a short long-poll and quick retries, so a run
-/// does not wait on them.
+/// does not wait on them; and a visibility timeout well inside the lab's short hook
+/// heartbeat timeout (30 s), so the message of a drainer that died comes back to another one
+/// before its hook expires (production hooks wait minutes to hours).
 pub fn worker_settings() -> WorkerSettings {
     WorkerSettings {
         wait: Duration::from_secs(1),
         retry_after: Duration::from_secs(1),
+        visibility: Duration::from_secs(8),
         ..WorkerSettings::default()
     }
 }
+
+/// How long a drainer stopped as on SIGTERM may finish its work.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The Lease the chaos lab's replicas elect a leader on.
 pub const LEASE: &str = "quiesce-drainer";
@@ -118,11 +124,12 @@ impl Incarnation {
     }
 
     /// Stops as on SIGTERM: the messages in hand are finished (or given back), the Lease
-    /// released.
+    /// released; what is still running after the grace period is stopped, as the kubelet
+    /// does after terminationGracePeriodSeconds.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
         if let Some(work) = self.tasks.first_mut() {
-            let _ = work.await;
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, work).await;
         }
     }
 }

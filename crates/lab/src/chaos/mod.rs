@@ -4,11 +4,16 @@
 //! - [`record`]: the outside record (the sandbox's watch history and audit log, the group's
 //!   history) and the cluster replayed from it;
 //! - [`invariants`]: I1–I5 judged from that record alone;
-//! - [`fleet`]: the drainers the lab runs, each a production queue loop with its own client.
+//! - [`fleet`]: the drainers the lab runs, each a production queue loop with its own client;
+//! - [`schedule`]: the faults a seed asks for; [`aws`]: the AWS side of them, inside the
+//!   simulated group; [`conductor`]: plays the schedule against the roll and counts what hit.
 
+pub mod aws;
+pub mod conductor;
 pub mod fleet;
 pub mod invariants;
 pub mod record;
+pub mod schedule;
 
 use std::sync::Arc;
 
@@ -17,8 +22,12 @@ use quiesce_sandbox::Sandbox;
 use quiesce_sandbox::api::Store;
 
 use crate::asg::Group;
+use crate::timeline::Timeline;
+use conductor::{ChaosReport, Conductor};
+use fleet::{Incarnation, Spec};
 use invariants::Invariants;
 use record::{Baseline, Evidence, RecordError};
+use schedule::{Classes, Schedule};
 
 /// Keeps the outside record of a roll from its start: the cluster as it was, and the group
 /// stamping its history with the sandbox's revisions.
@@ -81,5 +90,92 @@ pub fn sabotaged(mut settings: Settings) -> anyhow::Result<(Settings, Option<&'s
             Ok((settings, Some(SKIP_REPLACEMENT_GATE)))
         }
         Some(other) => anyhow::bail!("{SABOTAGE}={other:?}: expected {SKIP_REPLACEMENT_GATE}"),
+    }
+}
+
+/// What `--chaos` asks.
+#[derive(Debug, Clone)]
+pub struct ChaosOptions {
+    /// The schedule's seed.
+    pub seed: u64,
+    /// The fault classes injected.
+    pub classes: Classes,
+}
+
+/// The drainers of a run: one for a plain run, the conductor's replicas for a chaos run.
+pub enum Drainers {
+    /// The plain run's one drainer.
+    Plain(Incarnation),
+    /// The chaos run's.
+    Chaos(Conductor),
+}
+
+/// The plain run's drainer, as the audit log and the group's history name it.
+const PLAIN: &str = "drainer";
+
+impl Drainers {
+    /// Starts the drainers for `spec` (its identity is replaced), playing `chaos` if given
+    /// over `actions` terminate actions.
+    pub fn start(
+        sandbox: &Sandbox,
+        group: &Group,
+        spec: Spec,
+        chaos: Option<&ChaosOptions>,
+        actions: usize,
+        timeline: Timeline,
+    ) -> anyhow::Result<Drainers> {
+        Ok(match chaos {
+            None => Drainers::Plain(Incarnation::start(
+                &Spec {
+                    identity: PLAIN.into(),
+                    ..spec
+                },
+                1,
+                group,
+            )?),
+            Some(c) => {
+                let schedule = Schedule::from_seed(c.seed, actions, &c.classes);
+                let spec = Spec {
+                    // A stopped drainer's claim lapses soon, so a standby takes over within
+                    // the hook's heartbeat timeout.
+                    // The lab runs on a compressed clock (a 30 s hook heartbeat timeout): retries
+                    // back off to 2 s, not 30, and the drain gets a minute more, so a burst of
+                    // injected faults costs seconds, not the drain's deadline.
+                    settings: Settings {
+                        claim_hold: std::time::Duration::from_secs(6),
+                        max_retry_pause: std::time::Duration::from_secs(2),
+                        drain_margin: spec.settings.drain_margin
+                            + std::time::Duration::from_secs(60),
+                        ..spec.settings
+                    },
+                    timeouts: quiesce_drainer::client::Timeouts {
+                        connect: std::time::Duration::from_secs(2),
+                        operation: std::time::Duration::from_secs(3),
+                        read: std::time::Duration::from_secs(30),
+                    },
+                    ..spec
+                };
+                Drainers::Chaos(Conductor::start(sandbox, group, &spec, schedule, timeline)?)
+            }
+        })
+    }
+
+    /// The audit callers (by prefix) that are drainers.
+    pub fn callers(&self) -> Vec<String> {
+        vec![match self {
+            Drainers::Plain(_) => PLAIN.to_string(),
+            Drainers::Chaos(_) => conductor::PREFIX.to_string(),
+        }]
+    }
+
+    /// Stops the drainers as on SIGTERM; for a chaos run, what it injected.
+    pub async fn finish(self, sandbox: &Sandbox, group: &Group) -> Option<ChaosReport> {
+        match self {
+            Drainers::Plain(d) => {
+                d.shutdown().await;
+                None
+            }
+            Drainers::Chaos(c) => Some(c.finish(sandbox, group).await),
+        }
     }
 }

@@ -89,6 +89,18 @@ pub(crate) struct Shared {
     shutdown: watch::Sender<bool>,
 }
 
+/// A shared handle on an API server's audit log (see [`ApiServer::audit_log`]).
+#[derive(Clone)]
+pub struct AuditLog(Arc<Shared>);
+
+impl AuditLog {
+    /// The entries from index `from` on, in arrival order.
+    pub fn since(&self, from: usize) -> Vec<Audited> {
+        let log = self.0.audited.lock().unwrap_or_else(|p| p.into_inner());
+        log.get(from..).map(<[Audited]>::to_vec).unwrap_or_default()
+    }
+}
+
 /// A running API server.
 pub struct ApiServer {
     url: String,
@@ -189,6 +201,12 @@ impl ApiServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// A handle on the audit log that outlives borrows of the server, for an observer task
+    /// that follows the log while the server runs.
+    pub fn audit_log(&self) -> AuditLog {
+        AuditLog(self.shared.clone())
     }
 
     /// Stops serving; open watch streams end.
