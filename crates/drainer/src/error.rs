@@ -108,9 +108,14 @@ impl Error {
             // Auto Scaling answers throttling and service errors that pass; a validation error
             // (no such hook) does not, but it is rare enough that a retry costs nothing.
             Error::Hook(_) | Error::Ec2(_) | Error::Unfinished { .. } => true,
+            // Another actor holds the action: wait in place (every try is a conditional take)
+            // until it finishes or its claim lapses. Given back instead, the message would
+            // come back every retry and reach the dead-letter queue's maxReceiveCount (5 at
+            // 10 s) before a crashed holder's claim (60 s) lapses.
+            Error::Held { .. } => true,
             Error::Record(_) | Error::Deadline { .. } | Error::NewerSchema { .. } => false,
-            // Someone else holds it now; retrying in place would only race them.
-            Error::Held { .. } | Error::LostClaim { .. } | Error::HookGone { .. } => false,
+            // We lost it, or the hook is over: stop.
+            Error::LostClaim { .. } | Error::HookGone { .. } => false,
         }
     }
 }
