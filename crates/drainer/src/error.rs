@@ -114,9 +114,14 @@ impl Error {
             // ELBv2 throttles Describe calls per account (the controller's too): wait and
             // retry; a missing permission stays missing.
             Error::LoadBalancers(err) => err.transient,
+            // Another actor holds the action: wait in place (every try is a conditional take)
+            // until it finishes or its claim lapses. Given back instead, the message would
+            // come back every retry and reach the dead-letter queue's maxReceiveCount (5 at
+            // 10 s) before a crashed holder's claim (60 s) lapses.
+            Error::Held { .. } => true,
             Error::Record(_) | Error::Deadline { .. } | Error::NewerSchema { .. } => false,
-            // Someone else holds it now; retrying in place would only race them.
-            Error::Held { .. } | Error::LostClaim { .. } | Error::HookGone { .. } => false,
+            // We lost it, or the hook is over: stop.
+            Error::LostClaim { .. } | Error::HookGone { .. } => false,
         }
     }
 }

@@ -78,16 +78,20 @@ pub struct Handler<H> {
     liveness: Arc<Liveness>,
     drains: tokio::sync::Semaphore,
     active: Mutex<HashSet<String>>,
+    /// Woken whenever a token leaves `active`.
+    released: Arc<tokio::sync::Notify>,
     pub(crate) launches: Mutex<HashMap<String, Instant>>,
     pub(crate) load_balancers: Option<Arc<dyn quiesce_aws::elbv2::LoadBalancers>>,
 }
 
-/// Removes a token from the active set when its work ends, however it ends.
-struct Active<'a>(&'a Mutex<HashSet<String>>, String);
+/// Removes a token from the active set when its work ends, however it ends, and wakes the
+/// duplicates waiting for it.
+struct Active<'a>(&'a Mutex<HashSet<String>>, String, &'a tokio::sync::Notify);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
         lock(self.0).remove(&self.1);
+        self.2.notify_waiters();
     }
 }
 
@@ -129,6 +133,7 @@ impl<H: LifecycleHooks> Handler<H> {
             metrics,
             liveness: Arc::default(),
             active: Mutex::default(),
+            released: Arc::default(),
             launches: Mutex::default(),
             load_balancers: None,
         }
@@ -171,13 +176,30 @@ impl<H: LifecycleHooks> Handler<H> {
                 action.hook, action.group
             ));
         }
-        if !lock(&self.active).insert(action.token.clone()) {
-            return Disposition::Later(format!(
-                "action {} for {} is already being worked on",
-                action.token, action.instance_id
-            ));
+        // A duplicate of an action this handler is working on waits for that work, its
+        // message kept hidden by the caller meanwhile, and then finds the action final: given
+        // back at once instead, it would come back every retry and burn its receives into
+        // the dead-letter queue while the drain goes on.
+        loop {
+            let released = self.released.notified();
+            if lock(&self.active).insert(action.token.clone()) {
+                break;
+            }
+            let waited = match slice_end {
+                Some(end) => tokio::time::timeout_at(end, released).await.is_ok(),
+                None => {
+                    released.await;
+                    true
+                }
+            };
+            if !waited {
+                return Disposition::Later(format!(
+                    "action {} for {} is already being worked on",
+                    action.token, action.instance_id
+                ));
+            }
         }
-        let _active = Active(&self.active, action.token.clone());
+        let _active = Active(&self.active, action.token.clone(), &self.released);
         // `instrument`, not `enter`: a span entered across an await leaks onto other tasks.
         let span = tracing::info_span!("lifecycle", instance = %action.instance_id, group = %action.group, transition = ?action.transition);
         let result = async {
@@ -341,6 +363,18 @@ impl<H: LifecycleHooks> Handler<H> {
     ) -> Result<Disposition> {
         let node = self.nodes.find(&action.instance_id).await?;
         let Some(node) = node else {
+            // A late or duplicate message of an action that is over (its instance gone with
+            // its node) is no drainer's to keep: left, it would come back until the
+            // dead-letter queue took it.
+            let check = self.hooks.check(action).await?;
+            if check != InstanceCheck::Waiting {
+                tracing::info!(
+                    ?check,
+                    "no node and the instance is not waiting: a stale message"
+                );
+                self.metrics.drain("expired", None);
+                return Ok(Disposition::Done(Done::Expired));
+            }
             return self.unknown(action).await;
         };
         let name = node.name_any();

@@ -28,7 +28,7 @@ impl<H: LifecycleHooks> Handler<H> {
             .or_insert_with(Instant::now);
         let give_up = first + self.settings.launch_timeout;
         let stop = slice_end.map_or(give_up, |s| s.min(give_up));
-        let ready = self
+        let beating = self
             .heartbeating(action, timing, async {
                 loop {
                     match self.launched(action).await {
@@ -42,7 +42,19 @@ impl<H: LifecycleHooks> Handler<H> {
                     tokio::time::sleep(Duration::from_secs(1).min(stop - Instant::now())).await;
                 }
             })
-            .await?;
+            .await;
+        let ready = match beating {
+            Ok(ready) => ready,
+            // Completed before (a duplicate, or a redelivery after a lost delete) or timed
+            // out: nothing is left to do, and the message must go, not come back until the
+            // dead-letter queue takes it.
+            Err(Error::HookGone { .. }) => {
+                tracing::info!("the launch hook is no longer active");
+                lock(&self.launches).remove(&action.token);
+                return Ok(Disposition::Done(Done::Expired));
+            }
+            Err(err) => return Err(err),
+        };
         if ready {
             self.complete(action, HookResult::Continue).await?;
             lock(&self.launches).remove(&action.token);

@@ -116,10 +116,12 @@ pub async fn lead<Q, H>(
         tracing::info!("acquired the lease; reading the queue");
         let (_keep, never) = watch::channel(false);
         let (q, h, s) = (queue.clone(), handler.clone(), settings.clone());
-        let working = tokio::spawn(async move {
+        // Aborted when this loop ends or is dropped: a leader whose `lead` is cancelled must
+        // not leave its queue loop acting on its own.
+        let mut working = AbortOnDrop(tokio::spawn(async move {
             let _keep = _keep;
             worker::run(q, h, s, never).await
-        });
+        }));
         let mut renewed = Instant::now();
         let why = loop {
             live.beat("lease", promise);
@@ -137,13 +139,22 @@ pub async fn lead<Q, H>(
                 break "no renewal succeeded within the renew deadline";
             }
         };
-        working.abort();
-        let _ = working.await;
+        working.0.abort();
+        let _ = (&mut working.0).await;
         live.forget("queue");
         tracing::warn!(why, "stopped reading the queue");
     }
     if let Err(err) = lock.release(timing.retry_period).await {
         tracing::warn!(%err, "could not release the lease; the standby waits for it to expire");
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

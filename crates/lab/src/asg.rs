@@ -44,6 +44,9 @@ pub struct GroupOptions {
     pub boot: Duration,
     /// The instance refresh's MinHealthyPercentage: 100 launches before terminating.
     pub min_healthy_percentage: u32,
+    /// The queue's redrive policy `maxReceiveCount`: a message received this many times and
+    /// still not deleted moves to the dead-letter queue instead of being delivered again.
+    pub max_receives: u32,
 }
 
 impl Default for GroupOptions {
@@ -55,6 +58,8 @@ impl Default for GroupOptions {
             heartbeat_timeout: Duration::from_secs(30),
             boot: Duration::from_secs(1),
             min_healthy_percentage: 100,
+            // The CloudFormation template's default.
+            max_receives: 5,
         }
     }
 }
@@ -92,6 +97,7 @@ struct Action {
 #[derive(Debug, Clone)]
 struct Message {
     id: String,
+    token: String,
     body: String,
     visible_at: Instant,
     receipt: String,
@@ -103,6 +109,10 @@ struct Inner {
     instances: BTreeMap<String, Instance>,
     actions: HashMap<String, Action>,
     queue: Vec<Message>,
+    dead_letters: Vec<Message>,
+    history: Vec<Record>,
+    interference: Option<Arc<dyn Interference>>,
+    revision: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
     /// Numbers tokens and messages.
     serial: u64,
     /// Numbers nodes: the next launched one is `node-<launched + 1>`.
@@ -124,6 +134,143 @@ pub struct Replacement {
     pub result: String,
 }
 
+/// The calls a drainer makes on the group, as Auto Scaling and SQS name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Call {
+    /// `ReceiveMessage`.
+    ReceiveMessage,
+    /// `DeleteMessage`.
+    DeleteMessage,
+    /// `ChangeMessageVisibility`.
+    ChangeMessageVisibility,
+    /// `RecordLifecycleActionHeartbeat`.
+    RecordLifecycleActionHeartbeat,
+    /// `CompleteLifecycleAction`.
+    CompleteLifecycleAction,
+}
+
+/// What an injected fault does to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// The service fails the call (`InternalFailure`, HTTP 500) without acting on it.
+    Error,
+    /// The service throttles the call (`Throttling: Rate exceeded`) without acting on it.
+    Throttle,
+    /// The call takes effect, but its answer never comes back: the caller waits until it is
+    /// stopped (the lab restarts it meanwhile).
+    AnswerLost,
+    /// The call never reaches the service and never returns (the caller is stopped).
+    Stall,
+}
+
+/// How a lifecycle event reaches the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Added to the queue this long after the instance entered its wait state.
+    pub after: Duration,
+    /// The hook's own notification (`Service: "AWS Auto Scaling"`, fields at the top level)
+    /// instead of the EventBridge event.
+    pub notification: bool,
+}
+
+/// What interferes with the group: the chaos lab's AWS-side faults. Asked before each call
+/// and for each new lifecycle event; without one the group is the well-behaved service.
+pub trait Interference: Send + Sync {
+    /// The fault `caller`'s `call` about `token` (empty for a receive) meets, if any.
+    fn fault(&self, call: Call, caller: &str, token: &str) -> Option<Fault>;
+    /// How the event of a new action (its token) is delivered: one item per message.
+    fn deliveries(&self, token: &str, launching: bool) -> Vec<Delivery>;
+}
+
+/// One entry of the group's own history, in order.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Record {
+    /// Seconds since the group was adopted.
+    pub t: f64,
+    /// The sandbox's resourceVersion at that moment (0 without a revision source, see
+    /// [`Group::record_revisions`]).
+    pub revision: u64,
+    /// What happened.
+    pub event: GroupEvent,
+}
+
+/// What the group did or was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum GroupEvent {
+    /// An instance entered a wait state: a lifecycle action began.
+    ActionStarted {
+        /// The action's token.
+        token: String,
+        /// The instance.
+        instance: String,
+        /// Its node.
+        node: String,
+        /// A launch (not a terminate) hook.
+        launching: bool,
+    },
+    /// A message with the action's event was put on the queue.
+    Sent {
+        /// The message.
+        message: String,
+        /// The action.
+        token: String,
+    },
+    /// A caller completed an action (`completed`) or tried to complete one no longer active.
+    Completed {
+        /// The action.
+        token: String,
+        /// CONTINUE or ABANDON.
+        result: String,
+        /// Who called.
+        caller: String,
+        /// Whether the call completed the action (else it was no longer active).
+        completed: bool,
+    },
+    /// The heartbeat timeout applied the default result.
+    Expired {
+        /// The action.
+        token: String,
+    },
+    /// A caller received a message.
+    Received {
+        /// The message.
+        message: String,
+        /// Its action.
+        token: String,
+        /// Who received it.
+        caller: String,
+    },
+    /// A caller deleted a message.
+    Deleted {
+        /// The message.
+        message: String,
+        /// Its action.
+        token: String,
+        /// Who deleted it.
+        caller: String,
+    },
+    /// The redrive policy moved a message to the dead-letter queue.
+    DeadLettered {
+        /// The message.
+        message: String,
+        /// Its action.
+        token: String,
+    },
+    /// An injected fault hit a caller's call.
+    Fault {
+        /// The call.
+        call: Call,
+        /// What it did.
+        fault: Fault,
+        /// Whose call.
+        caller: String,
+        /// The action it was about (empty for a receive).
+        token: String,
+    },
+}
+
 /// The simulated group. Cheap to clone.
 #[derive(Clone)]
 pub struct Group {
@@ -132,7 +279,13 @@ pub struct Group {
     timeline: Timeline,
     inner: Arc<Mutex<Inner>>,
     changed: Arc<watch::Sender<u64>>,
+    /// Whose calls these are, in the history (see [`Group::as_caller`]).
+    caller: Arc<str>,
+    started: Instant,
 }
+
+/// The caller name of a group handle that was not given one.
+pub const DEFAULT_CALLER: &str = "drainer";
 
 fn hex(n: u64) -> String {
     format!("{n:017x}")
@@ -170,6 +323,8 @@ impl Group {
             timeline,
             inner: Arc::new(Mutex::new(inner)),
             changed: Arc::new(watch::channel(0).0),
+            caller: Arc::from(DEFAULT_CALLER),
+            started: Instant::now(),
         };
         tokio::spawn(group.clone().expire_actions());
         Ok(group)
@@ -177,6 +332,62 @@ impl Group {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The same group, with this handle's calls recorded as `caller`'s: one handle per
+    /// drainer, so the history says who completed and deleted what.
+    pub fn as_caller(&self, caller: &str) -> Group {
+        Group {
+            caller: Arc::from(caller),
+            ..self.clone()
+        }
+    }
+
+    /// Lets `interference` fail calls and shape deliveries from now on.
+    pub fn interfere(&self, interference: Arc<dyn Interference>) {
+        self.lock().interference = Some(interference);
+    }
+
+    /// Stamps every history entry with `revision()` (the sandbox's resourceVersion), so the
+    /// history lines up with the watch history.
+    pub fn record_revisions(&self, revision: impl Fn() -> u64 + Send + Sync + 'static) {
+        self.lock().revision = Some(Arc::new(revision));
+    }
+
+    /// Everything the group did and was asked, in order.
+    pub fn history(&self) -> Vec<Record> {
+        self.lock().history.clone()
+    }
+
+    /// Messages in the dead-letter queue now.
+    pub fn dead_letters(&self) -> usize {
+        self.lock().dead_letters.len()
+    }
+
+    fn note(&self, inner: &mut Inner, event: GroupEvent) {
+        let revision = inner.revision.as_ref().map_or(0, |r| r());
+        inner.history.push(Record {
+            t: self.started.elapsed().as_secs_f64(),
+            revision,
+            event,
+        });
+    }
+
+    /// The fault this handle's `call` meets; recorded when one does.
+    fn fault(&self, call: Call, token: &str) -> Option<Fault> {
+        let interference = self.lock().interference.clone()?;
+        let fault = interference.fault(call, &self.caller, token)?;
+        let mut inner = self.lock();
+        self.note(
+            &mut inner,
+            GroupEvent::Fault {
+                call,
+                fault,
+                caller: self.caller.to_string(),
+                token: token.to_string(),
+            },
+        );
+        Some(fault)
     }
 
     fn bump(&self) {
@@ -385,13 +596,14 @@ impl Group {
         };
         // The event as EventBridge delivers it to an SQS target (Amazon EC2 Auto Scaling User
         // Guide, "Amazon EventBridge events for Amazon EC2 Auto Scaling").
+        let time = k8s_openapi::jiff::Timestamp::now().to_string();
         let event = json!({
             "version": "0",
             "id": format!("{token}-event"),
             "detail-type": detail_type,
             "source": "aws.autoscaling",
             "account": "123456789012",
-            "time": k8s_openapi::jiff::Timestamp::now().to_string(),
+            "time": time,
             "region": "us-east-1",
             "resources": [format!("arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:lab:autoScalingGroupName/{}", self.opts.name)],
             "detail": {
@@ -404,19 +616,73 @@ impl Group {
                 "Destination": destination,
             }
         });
+        // The hook's own notification to an SQS target (same guide, "Configure a notification
+        // target for lifecycle notifications").
+        let notification = json!({
+            "Origin": origin,
+            "LifecycleHookName": hook,
+            "Destination": destination,
+            "AccountId": "123456789012",
+            "RequestId": format!("{token}-request"),
+            "LifecycleTransition": transition,
+            "AutoScalingGroupName": self.opts.name,
+            "Service": "AWS Auto Scaling",
+            "Time": time,
+            "EC2InstanceId": instance,
+            "LifecycleActionToken": token,
+        });
         self.timeline.record(
             "hook-started",
             self.node_of(instance),
             json!({"instance": instance, "transition": transition}),
         );
-        {
+        let deliveries = {
+            let mut inner = self.lock();
+            let node = inner
+                .instances
+                .get(instance)
+                .map(|i| i.node.clone())
+                .unwrap_or_default();
+            self.note(
+                &mut inner,
+                GroupEvent::ActionStarted {
+                    token: token.clone(),
+                    instance: instance.to_string(),
+                    node,
+                    launching,
+                },
+            );
+            inner.interference.clone().map_or_else(
+                || {
+                    vec![Delivery {
+                        after: Duration::ZERO,
+                        notification: false,
+                    }]
+                },
+                |i| i.deliveries(&token, launching),
+            )
+        };
+        for delivery in deliveries {
+            let body = if delivery.notification {
+                notification.to_string()
+            } else {
+                event.to_string()
+            };
             let mut inner = self.lock();
             inner.serial += 1;
             let id = format!("msg-{}", inner.serial);
+            self.note(
+                &mut inner,
+                GroupEvent::Sent {
+                    message: id.clone(),
+                    token: token.clone(),
+                },
+            );
             inner.queue.push(Message {
                 id,
-                body: event.to_string(),
-                visible_at: Instant::now(),
+                token: token.clone(),
+                body,
+                visible_at: Instant::now() + delivery.after,
                 receipt: String::new(),
                 receives: 0,
             });
@@ -432,6 +698,20 @@ impl Group {
                 return;
             };
             action.done = true;
+            let event = if by == "timeout" {
+                GroupEvent::Expired {
+                    token: token.to_string(),
+                }
+            } else {
+                GroupEvent::Completed {
+                    token: token.to_string(),
+                    result: result.as_str().to_string(),
+                    caller: by.to_string(),
+                    completed: true,
+                }
+            };
+            self.note(&mut inner, event);
+            let action = inner.actions.get(token).expect("looked up above");
             let (instance, launching) = (action.instance.clone(), action.launching);
             let next = match (launching, result) {
                 (true, HookResult::Continue) => State::InService,
@@ -563,12 +843,22 @@ impl LifecycleHooks for Group {
     }
 
     async fn heartbeat(&self, action: &LifecycleAction) -> Result<(), HookError> {
+        let fault = self.fault(Call::RecordLifecycleActionHeartbeat, &action.token);
+        if let Some(err) = hook_error(fault, "RecordLifecycleActionHeartbeat", action) {
+            return Err(err);
+        }
+        if fault == Some(Fault::Stall) {
+            return std::future::pending().await;
+        }
         if !self.active(action) {
             return Err(Group::not_active("RecordLifecycleActionHeartbeat", action));
         }
         let timeout = self.opts.heartbeat_timeout;
         if let Some(a) = self.lock().actions.get_mut(&action.token) {
             a.expires = (Instant::now() + timeout).min(a.give_up);
+        }
+        if fault == Some(Fault::AnswerLost) {
+            return std::future::pending().await;
         }
         Ok(())
     }
@@ -578,11 +868,77 @@ impl LifecycleHooks for Group {
         action: &LifecycleAction,
         result: HookResult,
     ) -> Result<Completion, HookError> {
-        if !self.active(action) {
-            return Ok(Completion::NotActive);
+        let fault = self.fault(Call::CompleteLifecycleAction, &action.token);
+        if let Some(err) = hook_error(fault, "CompleteLifecycleAction", action) {
+            return Err(err);
         }
-        self.finish(&action.token, result, "api");
-        Ok(Completion::Completed)
+        if fault == Some(Fault::Stall) {
+            return std::future::pending().await;
+        }
+        let completion = if self.active(action) {
+            self.finish(&action.token, result, &self.caller);
+            Completion::Completed
+        } else {
+            let mut inner = self.lock();
+            self.note(
+                &mut inner,
+                GroupEvent::Completed {
+                    token: action.token.clone(),
+                    result: result.as_str().to_string(),
+                    caller: self.caller.to_string(),
+                    completed: false,
+                },
+            );
+            Completion::NotActive
+        };
+        if fault == Some(Fault::AnswerLost) {
+            return std::future::pending().await;
+        }
+        Ok(completion)
+    }
+}
+
+/// The error an injected [`Fault::Error`] or [`Fault::Throttle`] answers a hook call with, as
+/// Auto Scaling words them.
+fn hook_error(
+    fault: Option<Fault>,
+    call: &'static str,
+    action: &LifecycleAction,
+) -> Option<HookError> {
+    let message = match fault? {
+        Fault::Error => "InternalFailure: injected fault",
+        Fault::Throttle => "Throttling: Rate exceeded",
+        Fault::AnswerLost | Fault::Stall => return None,
+    };
+    Some(HookError {
+        call,
+        instance: action.instance_id.clone(),
+        message: message.into(),
+    })
+}
+
+/// The same for a queue call, as SQS words them.
+fn queue_error(fault: Option<Fault>, call: &'static str) -> Option<QueueError> {
+    let message = match fault? {
+        Fault::Error => "InternalError: injected fault",
+        Fault::Throttle => "ThrottlingException: Rate exceeded",
+        Fault::AnswerLost | Fault::Stall => return None,
+    };
+    Some(QueueError {
+        call,
+        message: message.into(),
+    })
+}
+
+impl Group {
+    /// The message a receipt handle names, and its action's token.
+    fn message_of(&self, receipt: &str) -> (String, String) {
+        self.lock()
+            .queue
+            .iter()
+            .find(|m| m.receipt == receipt)
+            .map(|m| (m.id.clone(), m.token.clone()))
+            .unwrap_or_default()
     }
 }
 
@@ -593,13 +949,34 @@ impl Queue for Group {
         wait: Duration,
         visibility: Duration,
     ) -> Result<Vec<Received>, QueueError> {
+        let fault = self.fault(Call::ReceiveMessage, "");
+        if let Some(err) = queue_error(fault, "ReceiveMessage") {
+            return Err(err);
+        }
+        if fault.is_some() {
+            return std::future::pending().await;
+        }
         let deadline = Instant::now() + wait;
         let mut changes = self.changed.subscribe();
         loop {
             let now = Instant::now();
             let (out, next_visible) = {
-                let mut inner = self.lock();
+                let mut guard = self.lock();
+                let inner = &mut *guard;
                 let mut out = Vec::new();
+                let mut notes = Vec::new();
+                let max_receives = self.opts.max_receives;
+                let (dead, live): (Vec<_>, Vec<_>) = std::mem::take(&mut inner.queue)
+                    .into_iter()
+                    .partition(|m| m.visible_at <= now && m.receives >= max_receives);
+                inner.queue = live;
+                for m in dead {
+                    notes.push(GroupEvent::DeadLettered {
+                        message: m.id.clone(),
+                        token: m.token.clone(),
+                    });
+                    inner.dead_letters.push(m);
+                }
                 for m in inner.queue.iter_mut() {
                     if out.len() as u32 >= max.max(1) {
                         break;
@@ -608,6 +985,11 @@ impl Queue for Group {
                         m.receives += 1;
                         m.receipt = format!("{}#{}", m.id, m.receives);
                         m.visible_at = now + visibility;
+                        notes.push(GroupEvent::Received {
+                            message: m.id.clone(),
+                            token: m.token.clone(),
+                            caller: self.caller.to_string(),
+                        });
                         out.push(Received {
                             id: m.id.clone(),
                             receipt: m.receipt.clone(),
@@ -615,6 +997,9 @@ impl Queue for Group {
                             receive_count: m.receives,
                         });
                     }
+                }
+                for note in notes {
+                    self.note(inner, note);
                 }
                 let next = inner.queue.iter().map(|m| m.visible_at).min();
                 (out, next)
@@ -628,21 +1013,60 @@ impl Queue for Group {
     }
 
     async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
-        self.lock().queue.retain(|m| m.receipt != receipt);
+        let (message, token) = self.message_of(receipt);
+        let fault = self.fault(Call::DeleteMessage, &token);
+        if let Some(err) = queue_error(fault, "DeleteMessage") {
+            return Err(err);
+        }
+        if fault == Some(Fault::Stall) {
+            return std::future::pending().await;
+        }
+        {
+            let mut inner = self.lock();
+            let before = inner.queue.len();
+            inner.queue.retain(|m| m.receipt != receipt);
+            if inner.queue.len() < before {
+                self.note(
+                    &mut inner,
+                    GroupEvent::Deleted {
+                        message,
+                        token,
+                        caller: self.caller.to_string(),
+                    },
+                );
+            }
+        }
+        if fault == Some(Fault::AnswerLost) {
+            return std::future::pending().await;
+        }
         Ok(())
     }
 
     async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError> {
-        let mut inner = self.lock();
-        match inner.queue.iter_mut().find(|m| m.receipt == receipt) {
-            Some(m) => {
-                m.visible_at = Instant::now() + visibility;
-                Ok(())
-            }
-            None => Err(QueueError {
-                call: "ChangeMessageVisibility",
-                message: format!("ReceiptHandleIsInvalid: {receipt}"),
-            }),
+        let (_, token) = self.message_of(receipt);
+        let fault = self.fault(Call::ChangeMessageVisibility, &token);
+        if let Some(err) = queue_error(fault, "ChangeMessageVisibility") {
+            return Err(err);
         }
+        if fault == Some(Fault::Stall) {
+            return std::future::pending().await;
+        }
+        let answer = {
+            let mut inner = self.lock();
+            match inner.queue.iter_mut().find(|m| m.receipt == receipt) {
+                Some(m) => {
+                    m.visible_at = Instant::now() + visibility;
+                    Ok(())
+                }
+                None => Err(QueueError {
+                    call: "ChangeMessageVisibility",
+                    message: format!("ReceiptHandleIsInvalid: {receipt}"),
+                }),
+            }
+        };
+        if fault == Some(Fault::AnswerLost) {
+            return std::future::pending().await;
+        }
+        answer
     }
 }

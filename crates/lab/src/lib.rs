@@ -10,10 +10,13 @@
 //! - [`timeline`]: what happened when, for the report;
 //! - [`report`]: the self-contained HTML timeline;
 //! - [`asg`]: the simulated Auto Scaling group whose lifecycle hooks the drainer completes;
-//! - [`run`]: one whole run, quiesce or naive.
+//! - [`run`]: one whole run, quiesce or naive;
+//! - [`chaos`]: the drainers a run starts, faults injected into a run, and the guarantees
+//!   checked from the outside record.
 
 pub mod app;
 pub mod asg;
+pub mod chaos;
 pub mod dataplane;
 pub mod kernel;
 pub mod pods;

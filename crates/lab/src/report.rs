@@ -136,7 +136,7 @@ const PAGE_TAIL: &str = r###"</script>
   table(document.getElementById("phases"), ["phase", "seconds"], phaseRows);
 
   // ---- model ----
-  var nodes = {}, nodeOrder = [], pods = {}, podOrder = [], endpoints = {}, rules = [], evictions = [], others = [];
+  var nodes = {}, nodeOrder = [], pods = {}, podOrder = [], endpoints = {}, rules = [], evictions = [], others = [], faults = [];
   function node(name) {
     if (!nodes[name]) { nodes[name] = { name: name, others: [] }; nodeOrder.push(name); }
     return nodes[name];
@@ -178,6 +178,7 @@ const PAGE_TAIL: &str = r###"</script>
       case "rules": rules.push(e); break;
       case "eviction": evictions.push(e); break;
       case "endpoints": (endpoints[e.subject] = endpoints[e.subject] || []).push([e.t, +(d.ready || 0)]); break;
+      case "fault": case "drainer-stopped": faults.push(e); break;
       default: others.push(e);
     }
   });
@@ -220,6 +221,17 @@ const PAGE_TAIL: &str = r###"</script>
   }
   var gridTop = y + 10;
   y += 22;
+
+  // the chaos lab's faults (API and AWS, where they hit) and drainer stops: one row
+  if (faults.length) {
+    text(8, y + 8, "faults", "panel");
+    faults.forEach(function (e) {
+      var stop = e.kind === "drainer-stopped";
+      mark("path", { d: "M" + (x(e.t) - 4) + " " + y + " l8 10 m0 -10 l-8 10", stroke: stop ? "#6a1b9a" : "#c62828", "stroke-width": 2 },
+        (stop ? "drainer stopped" : "fault " + ((e.detail || {}).kind || e.subject)) + " at " + s(e.t) + " " + JSON.stringify(e.detail || {}));
+    });
+    y += 34;
+  }
 
   // events that belong to no node (the group's, the run's phases): one row of markers
   var loose = others.filter(function (e) { return !nodes[e.subject]; });

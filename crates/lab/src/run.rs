@@ -12,17 +12,20 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use quiesce_core::DrainOptions;
+use quiesce_drainer::Settings;
+use quiesce_drainer::client::Timeouts;
 use quiesce_drainer::metrics::Metrics;
-use quiesce_drainer::nodes::NodeIndex;
-use quiesce_drainer::{Handler, Settings, WorkerSettings};
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::{Sandbox, SandboxOptions};
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::asg::{Group, GroupOptions, Replacement};
+use crate::chaos::conductor::ChaosReport;
+use crate::chaos::fleet;
+use crate::chaos::invariants::Invariants;
+use crate::chaos::{self, ChaosOptions, Drainers, Witness};
 use crate::dataplane::{Balancer, Registry};
 use crate::kernel::{KernelReport, PrivateNetns, Proxier, ServicePort};
 use crate::pods::process::Isolation;
@@ -83,6 +86,8 @@ pub struct LabOptions {
     pub dataplane: Dataplane,
     /// How long the app works on each request, so that requests are in flight when pods stop.
     pub work: Duration,
+    /// Inject faults and play drainer restarts (`--chaos`).
+    pub chaos: Option<ChaosOptions>,
 }
 
 impl Default for LabOptions {
@@ -98,6 +103,7 @@ impl Default for LabOptions {
             settle: Duration::from_secs(2),
             dataplane: Dataplane::Userspace,
             work: Duration::from_millis(2),
+            chaos: None,
         }
     }
 }
@@ -130,6 +136,13 @@ pub struct LabReport {
     pub replacements: Vec<Replacement>,
     /// The drainer's Prometheus metrics at the end.
     pub drainer_metrics: String,
+    /// The roll's guarantees, judged from the sandbox's and the group's own record.
+    pub invariants: Invariants,
+    /// How the drainer was broken on purpose ([`chaos::SABOTAGE`]), if it was.
+    pub sabotage: Option<&'static str>,
+    /// With `--chaos`: `seed`, `faults.injected` by kind, `drainer.restarts`.
+    #[serde(flatten)]
+    pub chaos: Option<ChaosReport>,
 }
 
 /// One phase of the run.
@@ -402,28 +415,27 @@ pub async fn run(
         timeline.clone(),
     )
     .await?;
-    let (nodes, keep_index) = NodeIndex::watched(client.clone());
-    let index = tokio::spawn(keep_index);
+    let witness = Witness::start(&sandbox, &group)?;
     let metrics = Arc::new(Metrics::default());
-    let handler = Arc::new(Handler::new(
-        client.clone(),
-        nodes,
-        group.clone(),
-        drainer_settings(opts.mode),
-        metrics.clone(),
-    ));
-    let (stop, stopped) = watch::channel(false);
-    let queue: Arc<Group> = Arc::new(group.clone());
-    let worker = tokio::spawn(quiesce_drainer::worker::run(
-        queue.clone(),
-        handler,
-        WorkerSettings {
-            wait: Duration::from_secs(1),
-            retry_after: Duration::from_secs(1),
-            ..WorkerSettings::default()
+    let (settings, sabotage) = chaos::sabotaged(drainer_settings(opts.mode))?;
+    if let Some(how) = sabotage {
+        progress(&format!("the drainer is broken on purpose: {how}"));
+    }
+    let drainers = Drainers::start(
+        &sandbox,
+        &group,
+        fleet::Spec {
+            url: sandbox.url().to_string(),
+            identity: String::new(),
+            settings,
+            timeouts: Timeouts::default(),
+            lease: None,
+            metrics: metrics.clone(),
         },
-        stopped,
-    ));
+        opts.chaos.as_ref(),
+        opts.nodes,
+        timeline.clone(),
+    )?;
     let ticker = async {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.tick().await;
@@ -452,15 +464,14 @@ pub async fn run(
         }
         None => None,
     };
-    stop.send_replace(true);
-    let _ = worker.await;
-    index.abort();
+    let callers = drainers.callers();
+    let chaos = drainers.finish(&sandbox, &group).await;
     let mut pods = Vec::new();
     for r in runtimes {
         pods.extend(r.stop().await);
     }
-    drop(queue);
     drop(cluster_watch);
+    let invariants = witness.judge(&sandbox, &group, &callers, requests.failed)?;
     sandbox.shutdown().await;
     phases.push(PhaseTime {
         name: "total".into(),
@@ -483,6 +494,9 @@ pub async fn run(
             phases,
             replacements,
             drainer_metrics: metrics.encode(),
+            invariants,
+            sabotage,
+            chaos,
         },
         timeline,
     ))

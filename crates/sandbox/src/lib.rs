@@ -117,6 +117,12 @@ impl Sandbox {
         std::fs::write(path, yaml).map_err(|e| fail(e.to_string()))
     }
 
+    /// The API server's store: its watch history is the record an outside check (the chaos
+    /// lab's invariants) reads the cluster's past from.
+    pub fn store(&self) -> std::sync::Arc<api::Store> {
+        self.api.store()
+    }
+
     /// Arms injected API failures.
     pub fn faults(&self) -> FaultInjector {
         self.api.faults()
@@ -130,6 +136,11 @@ impl Sandbox {
     /// Requests that carried [`api::AUDIT_HEADER`] (see there).
     pub fn audited(&self) -> Vec<api::Audited> {
         self.api.audited()
+    }
+
+    /// A handle on the audit log for a task that follows it (see [`api::ApiServer::audit_log`]).
+    pub fn audit_log(&self) -> api::AuditLog {
+        self.api.audit_log()
     }
 
     /// Stops the simulation, then the API.

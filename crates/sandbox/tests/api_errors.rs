@@ -278,3 +278,55 @@ async fn injected_faults_hit_the_matching_requests_only() {
     pods.get("a").await.expect("cleared faults do not fire");
     server.shutdown().await;
 }
+
+/// A fault aimed at one caller hits only that caller's requests, and the audit log says which
+/// request it hit, what each was answered and where it fell in the watch history.
+#[tokio::test]
+async fn a_fault_for_one_caller_spares_the_others_and_the_audit_log_names_its_hit() {
+    use quiesce_sandbox::api::AUDIT_HEADER;
+    let server = server().await;
+    let client_as = |caller: &str| {
+        let mut config = kube::Config::new(server.url().parse().unwrap());
+        config
+            .headers
+            .push((AUDIT_HEADER.parse().unwrap(), caller.parse().unwrap()));
+        kube::Client::try_from(config).unwrap()
+    };
+    let target: Api<Pod> = Api::namespaced(client_as("drainer-a#1"), "default");
+    let other: Api<Pod> = Api::namespaced(client_as("observer"), "default");
+    server.faults().inject_for_caller(
+        "drainer-a",
+        Some("GET"),
+        Some("pods"),
+        1,
+        FaultKind::InternalError,
+    );
+    other
+        .list(&Default::default())
+        .await
+        .expect("another caller is spared");
+    let (code, _, _) = api_error(target.list(&Default::default()).await.unwrap_err());
+    assert_eq!(code, 500);
+    target
+        .list(&Default::default())
+        .await
+        .expect("one use only");
+    let audited = server.audited();
+    let faults: Vec<_> = audited
+        .iter()
+        .map(|a| (a.caller.as_str(), a.status, a.fault))
+        .collect();
+    assert_eq!(
+        faults,
+        [
+            ("observer", Some(200), None),
+            ("drainer-a#1", Some(500), Some(FaultKind::InternalError)),
+            ("drainer-a#1", Some(200), None),
+        ]
+    );
+    assert!(
+        audited
+            .iter()
+            .all(|a| a.revision == server.store().resource_version())
+    );
+}

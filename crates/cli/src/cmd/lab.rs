@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use quiesce_lab::chaos::ChaosOptions;
+use quiesce_lab::chaos::conductor::ChaosReport;
+use quiesce_lab::chaos::invariants::Invariants;
+use quiesce_lab::chaos::schedule::Classes;
 use quiesce_lab::pods::process::Isolation;
 use quiesce_lab::run::{Dataplane, LabOptions, LabReport, Mode};
 
@@ -69,10 +73,21 @@ pub struct Args {
     /// Also write a self-contained HTML timeline here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Inject API, AWS and drainer faults from a seeded schedule while the roll runs, and
+    /// check the guarantees (I1–I5) from the sandbox's and the group's own record.
+    #[arg(long)]
+    pub chaos: bool,
+    /// The chaos schedule's seed: the same seed, the same schedule.
+    #[arg(long, default_value_t = 1, requires = "chaos")]
+    pub seed: u64,
+    /// The fault classes to inject: a comma-separated list of api, aws, delivery, restart,
+    /// handover, race, or all.
+    #[arg(long, default_value = "all", requires = "chaos")]
+    pub faults: Classes,
 }
 
-/// Runs the lab. Exit 0 when the run completed (in quiesce mode: every node replaced and no
-/// request failed), 1 otherwise.
+/// Runs the lab. Exit 0 when the run completed (in quiesce mode: every node replaced, no
+/// request failed and every invariant held), 1 otherwise.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.rps > 0.0 && args.rps <= 5000.0,
@@ -115,6 +130,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         propagation_delay: args.propagation_delay,
         drain_delay: args.drain_delay,
         dataplane,
+        chaos: args.chaos.then(|| ChaosOptions {
+            seed: args.seed,
+            classes: args.faults.clone(),
+        }),
         ..LabOptions::default()
     };
     if opts.mode == Mode::Quiesce && opts.drain_delay <= opts.propagation_delay {
@@ -147,7 +166,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Output::Text => print_text(&mut out, &report)?,
     }
     let ok = report.mode == Mode::Naive
-        || (report.nodes_replaced == report.nodes && report.requests.failed == 0);
+        || (report.nodes_replaced == report.nodes
+            && report.requests.failed == 0
+            && report.invariants.all_held());
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -207,6 +228,10 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
             .join(", ")
     )?;
     writeln!(out, "dataplane: {}", report.dataplane)?;
+    if let Some(chaos) = &report.chaos {
+        print_chaos(out, chaos)?;
+    }
+    print_invariants(out, &report.invariants)?;
     if let Some(kernel) = &report.kernel {
         writeln!(
             out,
@@ -220,4 +245,48 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
         "requests: {} sent, {} failed",
         report.requests.sent, report.requests.failed
     )
+}
+
+/// One line per invariant: held, or violated with the first violation.
+fn print_invariants(out: &mut impl Write, invariants: &Invariants) -> std::io::Result<()> {
+    for (name, verdict) in invariants.each() {
+        match verdict.violations.as_slice() {
+            [] => writeln!(out, "{name} held ({} checked)", verdict.checked)?,
+            [first, rest @ ..] => {
+                let more = if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (and {} more)", rest.len())
+                };
+                writeln!(out, "{name} violated: {first}{more}")?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The faults that hit, by kind, and the drainer's stops.
+fn print_chaos(out: &mut impl Write, chaos: &ChaosReport) -> std::io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "chaos seed {}", chaos.seed)?;
+    writeln!(out, "{:<32} {:>6}", "fault", "hits")?;
+    for (kind, n) in &chaos.faults.injected {
+        writeln!(out, "{kind:<32} {n:>6}")?;
+    }
+    writeln!(out, "{:<32} {:>6}", "total", chaos.faults.total)?;
+    for r in &chaos.drainer.restarts {
+        writeln!(
+            out,
+            "drainer {} stopped while {} {}{}",
+            r.drainer,
+            r.phase.name(),
+            r.node,
+            if r.handover {
+                " (the standby took the Lease over)"
+            } else {
+                ""
+            }
+        )?;
+    }
+    writeln!(out)
 }

@@ -21,7 +21,7 @@ use super::status::ApiError;
 const HANG_LIMIT: Duration = Duration::from_secs(600);
 
 /// What an injected fault does to the request it hits.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultKind {
     /// Answer 500 InternalError without touching the store.
     InternalError,
@@ -58,6 +58,8 @@ impl FaultKind {
 
 #[derive(Debug)]
 struct Rule {
+    /// Prefix of the [`super::AUDIT_HEADER`] value a request must carry (`None`: any request).
+    caller: Option<String>,
     method: Option<String>,
     plural: Option<String>,
     remaining: usize,
@@ -89,7 +91,7 @@ impl FaultInjector {
         count: usize,
         kind: FaultKind,
     ) {
-        self.push(method, plural, count, None, kind);
+        self.push(None, method, plural, count, None, kind);
     }
 
     /// Like [`FaultInjector::inject`], for every matching request during `period` from now
@@ -102,6 +104,7 @@ impl FaultInjector {
         kind: FaultKind,
     ) {
         self.push(
+            None,
             method,
             plural,
             usize::MAX,
@@ -110,8 +113,24 @@ impl FaultInjector {
         );
     }
 
+    /// Like [`FaultInjector::inject`], for requests whose [`super::AUDIT_HEADER`] starts with
+    /// `caller` only: a test aims faults at the client under test and spares the rest (the
+    /// simulated controllers, the test's own observers), and the audit log tells which of
+    /// that client's requests each fault hit.
+    pub fn inject_for_caller(
+        &self,
+        caller: &str,
+        method: Option<&str>,
+        plural: Option<&str>,
+        count: usize,
+        kind: FaultKind,
+    ) {
+        self.push(Some(caller), method, plural, count, None, kind);
+    }
+
     fn push(
         &self,
+        caller: Option<&str>,
         method: Option<&str>,
         plural: Option<&str>,
         remaining: usize,
@@ -119,6 +138,7 @@ impl FaultInjector {
         kind: FaultKind,
     ) {
         self.lock().push(Rule {
+            caller: caller.map(String::from),
             method: method.map(str::to_ascii_uppercase),
             plural: plural.map(String::from),
             remaining,
@@ -137,12 +157,22 @@ impl FaultInjector {
     }
 
     /// The fault a request hits, consuming one use of the first matching rule.
-    fn take(&self, method: &str, plural: &str, watch: bool, resumes: bool) -> Option<FaultKind> {
+    fn take(
+        &self,
+        caller: Option<&str>,
+        method: &str,
+        plural: &str,
+        watch: bool,
+        resumes: bool,
+    ) -> Option<FaultKind> {
         let mut rules = self.lock();
         let now = Instant::now();
         rules.retain(|r| r.until.is_none_or(|u| u > now));
         let i = rules.iter().position(|r| {
             r.remaining > 0
+                && r.caller
+                    .as_deref()
+                    .is_none_or(|c| caller.is_some_and(|k| k.starts_with(c)))
                 && r.method.as_deref().is_none_or(|m| m == method)
                 && r.plural.as_deref().is_none_or(|p| p == plural)
                 && (!r.kind.watch_only() || watch)
@@ -156,10 +186,13 @@ impl FaultInjector {
         Some(kind)
     }
 
-    /// Applies the fault (if any) a request hits: waits, answers in its place, or marks a
-    /// watch to be cut. `shutdown` ends a hung request when the server stops.
+    /// Applies the fault (if any) a request from `caller` hits: waits, answers in its place,
+    /// or marks a watch to be cut; `hit` hears which fault before it takes effect. `shutdown`
+    /// ends a hung request when the server stops.
     pub(crate) async fn apply(
         &self,
+        caller: Option<&str>,
+        hit: impl FnOnce(FaultKind),
         method: &str,
         plural: &str,
         params: &HashMap<String, String>,
@@ -170,9 +203,10 @@ impl FaultInjector {
         let resumes = params
             .get("resourceVersion")
             .is_some_and(|rv| !rv.is_empty() && rv != "0");
-        let Some(fault) = self.take(method, plural, watch, resumes) else {
+        let Some(fault) = self.take(caller, method, plural, watch, resumes) else {
             return Applied::Serve(None);
         };
+        hit(fault);
         match fault {
             FaultKind::InternalError => {
                 Applied::Respond(status(&ApiError::internal_error("injected fault")))

@@ -132,24 +132,72 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(caller) = headers
+    let caller = headers
         .get(super::AUDIT_HEADER)
         .and_then(|v| v.to_str().ok())
-    {
-        shared
-            .audited
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(super::Audited {
-                caller: caller.to_string(),
-                method: method.to_string(),
-                path: uri.path().to_string(),
-                query: uri.query().unwrap_or_default().to_string(),
-            });
+        .map(str::to_string);
+    let index = caller.as_ref().map(|caller| {
+        let mut log = shared.audited.lock().unwrap_or_else(|p| p.into_inner());
+        log.push(super::Audited {
+            caller: caller.clone(),
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            query: uri.query().unwrap_or_default().to_string(),
+            revision: shared.store.resource_version(),
+            status: None,
+            fault: None,
+        });
+        log.len() - 1
+    });
+    let entry = AuditEntry {
+        shared: &shared,
+        index,
+    };
+    let response = answer(
+        &shared,
+        method,
+        &uri,
+        &headers,
+        body,
+        caller.as_deref(),
+        &entry,
+    )
+    .await;
+    entry.amend(|a| a.status = Some(response.status().as_u16()));
+    response
+}
+
+/// A request's entry in the audit log (none when it carried no audit header).
+struct AuditEntry<'a> {
+    shared: &'a Shared,
+    index: Option<usize>,
+}
+
+impl AuditEntry<'_> {
+    fn amend(&self, f: impl FnOnce(&mut super::Audited)) {
+        if let Some(i) = self.index {
+            f(&mut self
+                .shared
+                .audited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())[i]);
+        }
     }
+}
+
+/// Serves one request after the audit log noted it in `entry`.
+async fn answer(
+    shared: &Arc<Shared>,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    caller: Option<&str>,
+    entry: &AuditEntry<'_>,
+) -> Response {
     let path = uri.path().trim_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let params: Params = Query::try_from_uri(&uri).map(|q| q.0).unwrap_or_default();
+    let params: Params = Query::try_from_uri(uri).map(|q| q.0).unwrap_or_default();
     let plural = match segments.as_slice() {
         ["api", "v1", rest @ ..] | ["apis", _, _, rest @ ..] if !rest.is_empty() => rest
             .iter()
@@ -162,6 +210,8 @@ pub async fn handle(
     let cut = match shared
         .faults
         .apply(
+            caller,
+            |fault| entry.amend(|a| a.fault = Some(fault)),
             method.as_str(),
             plural,
             &params,
@@ -232,12 +282,12 @@ pub async fn handle(
                 .ok_or_else(ApiError::no_such_resource)
         }
         ["api", "v1", rest @ ..] => match parse_target(&shared.store, "", "v1", rest) {
-            Ok(t) => serve(&shared, &method, t, &params, &wire, body).await,
+            Ok(t) => serve(shared, &method, t, &params, &wire, body).await,
             Err(e) => Err(e),
         },
         ["apis", group, version, rest @ ..] => {
             match parse_target(&shared.store, group, version, rest) {
-                Ok(t) => serve(&shared, &method, t, &params, &wire, body).await,
+                Ok(t) => serve(shared, &method, t, &params, &wire, body).await,
                 Err(e) => Err(e),
             }
         }

@@ -74,6 +74,13 @@ pub struct Audited {
     pub path: String,
     /// The query string, e.g. `watch=true&resourceVersion=5`.
     pub query: String,
+    /// The store's resourceVersion when the request arrived: where it falls in the watch
+    /// history, so a check can read the cluster as the request found it.
+    pub revision: u64,
+    /// The response's status code; `None` while (or if never) answered, e.g. a hung request.
+    pub status: Option<u16>,
+    /// The injected fault this request hit, if any.
+    pub fault: Option<FaultKind>,
 }
 
 pub(crate) struct Shared {
@@ -82,6 +89,18 @@ pub(crate) struct Shared {
     requests: AtomicU64,
     audited: std::sync::Mutex<Vec<Audited>>,
     shutdown: watch::Sender<bool>,
+}
+
+/// A shared handle on an API server's audit log (see [`ApiServer::audit_log`]).
+#[derive(Clone)]
+pub struct AuditLog(Arc<Shared>);
+
+impl AuditLog {
+    /// The entries from index `from` on, in arrival order.
+    pub fn since(&self, from: usize) -> Vec<Audited> {
+        let log = self.0.audited.lock().unwrap_or_else(|p| p.into_inner());
+        log.get(from..).map(<[Audited]>::to_vec).unwrap_or_default()
+    }
 }
 
 /// A running API server.
@@ -184,6 +203,12 @@ impl ApiServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// A handle on the audit log that outlives borrows of the server, for an observer task
+    /// that follows the log while the server runs.
+    pub fn audit_log(&self) -> AuditLog {
+        AuditLog(self.shared.clone())
     }
 
     /// Stops serving; open watch streams end.
