@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
-use crate::capacity;
+use crate::capacity::{self, Usage};
 use crate::classify::{PodFacts, PodKind, WorkloadRef, classify, protected};
 use crate::gate::{self, Workload};
 use crate::pdb;
@@ -39,8 +39,11 @@ pub struct ClusterView<'a> {
     pub node: &'a str,
     /// Every node, including the draining one.
     pub nodes: &'a [Node],
-    /// Every pod in the cluster (the capacity check needs what runs elsewhere).
+    /// The node's pods and the pods of their workloads (the gate counts those elsewhere);
+    /// other pods are not needed.
     pub pods: &'a [Pod],
+    /// What every node's pods request, for the room check.
+    pub usage: &'a Usage,
     /// Every PodDisruptionBudget.
     pub pdbs: &'a [PodDisruptionBudget],
     /// ReplicaSets, to resolve pods to their Deployments.
@@ -275,9 +278,9 @@ pub fn plan(view: ClusterView<'_>, options: DrainOptions) -> DrainPlan {
         .filter(|p| classify(p, view.replica_sets).kind == PodKind::Managed)
         .chain(surged)
         .collect();
-    let later = capacity::check(view.node, &needs_room, view.nodes, view.pods, true);
+    let later = capacity::check(view.node, &needs_room, view.nodes, view.usage, true);
     blockers.extend(
-        capacity::check(view.node, &needs_room, view.nodes, view.pods, false)
+        capacity::check(view.node, &needs_room, view.nodes, view.usage, false)
             .into_iter()
             .map(|s| {
                 // Room the other cordoned nodes would give: those drains finishing (their
@@ -568,11 +571,13 @@ mod tests {
             self
         }
         fn plan(&self, options: DrainOptions) -> DrainPlan {
+            let usage = Usage::of(&self.pods);
             plan(
                 ClusterView {
                     node: "node-1",
                     nodes: &self.nodes,
                     pods: &self.pods,
+                    usage: &usage,
                     pdbs: &self.pdbs,
                     replica_sets: &self.rs,
                     deployments: &self.deployments,

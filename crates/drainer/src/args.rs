@@ -7,12 +7,14 @@
 //! Lambda does not depend on it): the drainer crate is what both the cli and the Lambda
 //! already build on, and [`HandlerArgs::settings`] turns the flags into its [`Settings`].
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use quiesce_core::DrainOptions;
 use quiesce_kube::cluster::Cordon;
 
+use crate::client::Rate;
 use crate::{BadMessage, Settings, UnknownInstance};
 
 /// How a node is drained and fenced, for every entry point. Flags take `true`/`false`,
@@ -109,6 +111,41 @@ pub struct HandlerArgs {
     /// The drain switches.
     #[command(flatten)]
     pub drain: DrainSwitches,
+    /// The Kubernetes client's rate limit.
+    #[command(flatten)]
+    pub kube: ClientArgs,
+}
+
+/// How hard the drainer may press the API server, as client-go's `--kube-api-qps` and
+/// `--kube-api-burst` of the control-plane components (defaults: [`Rate::default`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Requests per second the Kubernetes client sends on average (client-side rate limit).
+    #[arg(long, env = "QUIESCE_KUBE_QPS", default_value = "50", value_parser = parse_qps)]
+    pub kube_qps: f64,
+    /// Requests the Kubernetes client may send at once after a quiet spell.
+    #[arg(long, env = "QUIESCE_KUBE_BURST", default_value = "100")]
+    pub kube_burst: NonZeroU32,
+}
+
+impl ClientArgs {
+    /// The client's rate limit.
+    pub fn rate(&self) -> Rate {
+        Rate {
+            qps: self.kube_qps,
+            burst: self.kube_burst,
+        }
+    }
+}
+
+fn parse_qps(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(q) if q.is_finite() && q > 0.0 => Ok(q),
+        Ok(_) => Err(format!(
+            "{s}: expected a number of requests per second above 0"
+        )),
+        Err(e) => Err(format!("{s:?} is not a number: {e}")),
+    }
 }
 
 impl HandlerArgs {

@@ -187,7 +187,8 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
     config
         .headers
         .push((AUDIT_HEADER.parse().unwrap(), "drainer".parse().unwrap()));
-    let client = quiesce_drainer::client::build(config, Default::default()).unwrap();
+    let client =
+        quiesce_drainer::client::build(config, Default::default(), Default::default()).unwrap();
     let (nodes, keep_index) = NodeIndex::watched(client.clone());
     let index = tokio::spawn(keep_index);
     let handler = Arc::new(Handler::new(

@@ -11,6 +11,7 @@ use clap::Parser;
 use quiesce_aws::hooks::LifecycleHooks;
 use quiesce_aws::queue::Queue;
 use quiesce_drainer::args::HandlerArgs;
+use quiesce_drainer::client::Rate;
 use quiesce_drainer::{BadMessage, Disposition, Handler, Settings};
 use tokio::time::Instant;
 
@@ -23,16 +24,17 @@ struct FromEnv {
     handler: HandlerArgs,
 }
 
-/// The handler's and the batch's settings from the environment (`QUIESCE_CLUSTER`,
-/// `QUIESCE_KEEP_IN_LOAD_BALANCERS`, … as listed in `quiesce drainer --help`). A bad value
-/// is an error naming the flag whose variable it is.
-pub fn settings_from_env() -> Result<(Settings, BatchSettings), clap::Error> {
+/// The handler's and the batch's settings and the Kubernetes client's rate limit from the
+/// environment (`QUIESCE_CLUSTER`, `QUIESCE_KEEP_IN_LOAD_BALANCERS`, `QUIESCE_KUBE_QPS`, … as
+/// listed in `quiesce drainer --help`). A bad value is an error naming the flag whose
+/// variable it is.
+pub fn settings_from_env() -> Result<(Settings, BatchSettings, Rate), clap::Error> {
     let args = FromEnv::try_parse_from(std::iter::empty::<String>())?.handler;
     let batch = BatchSettings {
         bad_message: args.bad_message,
         ..BatchSettings::default()
     };
-    Ok((args.settings(), batch))
+    Ok((args.settings(), batch, args.kube.rate()))
 }
 
 /// How an invocation spends its time.

@@ -21,7 +21,7 @@ use quiesce_aws::ec2::Ec2;
 use quiesce_aws::hooks::AutoScaling;
 use quiesce_aws::queue::Sqs;
 use quiesce_aws::sdk::{AwsOptions, sdk_config};
-use quiesce_drainer::client::{self, Timeouts};
+use quiesce_drainer::client::{self, Rate, Timeouts};
 use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, Settings};
@@ -35,6 +35,7 @@ fn env(name: &str) -> Option<String> {
 async fn kube_client(
     aws: &aws_config::SdkConfig,
     cluster: Option<&str>,
+    rate: Rate,
 ) -> anyhow::Result<kube::Client> {
     let config = match (env("QUIESCE_API_SERVER"), cluster) {
         (Some(server), Some(cluster)) => {
@@ -54,7 +55,7 @@ async fn kube_client(
             .await
             .context("set QUIESCE_API_SERVER + QUIESCE_CA_DATA + QUIESCE_CLUSTER, or KUBECONFIG")?,
     };
-    Ok(client::build(config, Timeouts::default())?)
+    Ok(client::build(config, Timeouts::default(), rate)?)
 }
 
 #[tokio::main]
@@ -66,7 +67,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .init();
     let aws = sdk_config(&AwsOptions::default()).await;
     let queue_url = env("QUIESCE_QUEUE_URL").context("QUIESCE_QUEUE_URL is required")?;
-    let (settings, batch) = settings_from_env()?;
+    let (settings, batch, rate) = settings_from_env()?;
     let cluster = settings.cluster.clone();
     let queue = Arc::new(Sqs::new(&aws, queue_url));
     // Nodes without an AWS providerID are found by PrivateDnsName unless turned off.
@@ -80,6 +81,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         queue,
         settings,
         batch,
+        rate,
         cluster,
         ec2,
     });
@@ -97,6 +99,7 @@ struct Shared {
     queue: Arc<Sqs>,
     settings: Settings,
     batch: BatchSettings,
+    rate: Rate,
     cluster: Option<String>,
     ec2: Option<Ec2>,
 }
@@ -106,7 +109,7 @@ async fn invoke(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     // A fresh client per invocation: the EKS token lives 15 minutes.
-    let client = kube_client(&shared.aws, shared.cluster.as_deref())
+    let client = kube_client(&shared.aws, shared.cluster.as_deref(), shared.rate)
         .await
         .map_err(|e| lambda_runtime::Error::from(format!("{e:#}")))?;
     let mut nodes = NodeIndex::listed(client.clone());

@@ -75,6 +75,7 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
     let client = client::build(
         kube_config(args.kubeconfig.as_deref()).await?,
         Timeouts::default(),
+        args.handler.kube.rate(),
     )?;
     let aws = sdk_config(&AwsOptions {
         region: args.region.clone(),

@@ -11,6 +11,7 @@ pub mod eviction;
 mod faults;
 mod http;
 mod openapi;
+mod page;
 pub mod patch;
 mod protobuf;
 pub mod resources;
@@ -72,6 +73,8 @@ pub struct Audited {
     pub path: String,
     /// The query string, e.g. `watch=true&resourceVersion=5`.
     pub query: String,
+    /// When the request arrived, so a test can count a client's requests per second.
+    pub at: std::time::Instant,
 }
 
 pub(crate) struct Shared {
