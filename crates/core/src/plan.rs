@@ -30,6 +30,10 @@ pub struct DrainOptions {
     pub delete_emptydir_data: bool,
     /// Surge every Deployment that cannot lose a pod, not only annotated ones.
     pub surge_all: bool,
+    /// Surge nothing, not even annotated Deployments (their pods are evicted under their
+    /// budgets): a drainer that may not patch Deployments (a chart without surge) must not
+    /// try.
+    pub never_surge: bool,
 }
 
 /// What the cluster looks like, as read by the executor just before planning.
@@ -455,13 +459,14 @@ fn action_for(
     }) else {
         return (Action::Evict, None);
     };
-    let opted_in = options.surge_all
-        || deployment
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(STRATEGY_ANNOTATION))
-            .is_some_and(|v| v == "surge");
+    let opted_in = !options.never_surge
+        && (options.surge_all
+            || deployment
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(STRATEGY_ANNOTATION))
+                .is_some_and(|v| v == "surge"));
     let spec = deployment.spec.as_ref();
     let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
     let cannot_lose_one = replicas <= 1
@@ -656,6 +661,20 @@ mod tests {
                 .len(),
             1
         );
+        // Never surge: not even an annotated Deployment, nor with --surge.
+        for options in [
+            DrainOptions {
+                never_surge: true,
+                ..Default::default()
+            },
+            DrainOptions {
+                never_surge: true,
+                surge_all: true,
+                ..Default::default()
+            },
+        ] {
+            assert!(w.plan(options).surges().is_empty(), "{options:?}");
+        }
     }
 
     #[test]

@@ -27,8 +27,12 @@ pub struct DrainSwitches {
     pub force: bool,
     /// Surge every Deployment that cannot lose a pod (otherwise only those annotated
     /// `quiesce.io/drain-strategy: surge`).
-    #[arg(long, env = "QUIESCE_SURGE", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "QUIESCE_SURGE", value_parser = BoolishValueParser::new(), conflicts_with = "no_surge")]
     pub surge: bool,
+    /// Surge nothing, not even annotated Deployments (then no `patch` on Deployments is
+    /// needed: the chart grants none without surge).
+    #[arg(long, env = "QUIESCE_NO_SURGE", value_parser = BoolishValueParser::new())]
+    pub no_surge: bool,
     /// Also taint the node while draining, as `key=value:Effect`.
     #[arg(long, env = "QUIESCE_TAINT")]
     pub taint: Option<String>,
@@ -75,6 +79,7 @@ impl DrainSwitches {
             force: self.force,
             delete_emptydir_data,
             surge_all: self.surge,
+            never_surge: self.no_surge,
         }
     }
 }
@@ -114,7 +119,15 @@ pub struct HandlerArgs {
     /// The Kubernetes client's rate limit.
     #[command(flatten)]
     pub kube: ClientArgs,
+    /// Do not look up nodes without an AWS providerID by the instance's PrivateDnsName (EC2
+    /// DescribeInstances; needs ec2:DescribeInstances).
+    #[arg(long, env = "QUIESCE_NO_EC2_FALLBACK", value_parser = BoolishValueParser::new())]
+    pub no_ec2_fallback: bool,
 }
+
+/// The variable the Lambda read before `QUIESCE_NO_EC2_FALLBACK`, still honoured: `false`
+/// turns the fallback off.
+pub const LEGACY_EC2_FALLBACK: &str = "QUIESCE_EC2_FALLBACK";
 
 /// How hard the drainer may press the API server, as client-go's `--kube-api-qps` and
 /// `--kube-api-burst` of the control-plane components (defaults: [`Rate::default`]).
@@ -149,6 +162,13 @@ fn parse_qps(s: &str) -> Result<f64, String> {
 }
 
 impl HandlerArgs {
+    /// Whether nodes without an AWS providerID are looked up by PrivateDnsName: unless
+    /// `--no-ec2-fallback`, or the older `QUIESCE_EC2_FALLBACK=false`.
+    pub fn ec2_fallback(&self) -> bool {
+        let legacy_off = std::env::var(LEGACY_EC2_FALLBACK).is_ok_and(|v| v.trim() == "false");
+        !(self.no_ec2_fallback || legacy_off)
+    }
+
     /// The handler's settings: a terminating instance's emptyDir data goes with its disks,
     /// and it leaves its load balancers unless kept.
     pub fn settings(&self) -> Settings {

@@ -5,7 +5,8 @@
 //! - `QUIESCE_CLUSTER`: the EKS cluster's name (token audience, and the hooks it acts on);
 //! - `QUIESCE_API_SERVER`, `QUIESCE_CA_DATA`: the cluster's endpoint and base64 CA bundle,
 //!   or `KUBECONFIG` for any other cluster;
-//! - `QUIESCE_EC2_FALLBACK` (`false` turns off the PrivateDnsName lookup);
+//! - `QUIESCE_NO_EC2_FALLBACK` (`true` turns off the PrivateDnsName lookup; the older
+//!   `QUIESCE_EC2_FALLBACK=false` still does);
 //! - the drain settings of `quiesce drainer`, under the same variables (`QUIESCE_UNKNOWN_INSTANCE`,
 //!   `QUIESCE_BAD_MESSAGE`, `QUIESCE_KEEP_IN_LOAD_BALANCERS`, `QUIESCE_TAINT`, `QUIESCE_FORCE`,
 //!   `QUIESCE_SURGE`, `QUIESCE_DRAIN_MARGIN`, `QUIESCE_MAX_CONCURRENT`, …): see
@@ -25,7 +26,7 @@ use quiesce_drainer::client::{self, Rate, Timeouts};
 use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, Settings};
-use quiesce_lambda::{BatchSettings, handle_batch, settings_from_env};
+use quiesce_lambda::{BatchSettings, LambdaSettings, handle_batch, settings_from_env};
 use tokio::time::Instant;
 
 fn env(name: &str) -> Option<String> {
@@ -67,13 +68,19 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .init();
     let aws = sdk_config(&AwsOptions::default()).await;
     let queue_url = env("QUIESCE_QUEUE_URL").context("QUIESCE_QUEUE_URL is required")?;
-    let (settings, batch, rate) = settings_from_env()?;
+    let LambdaSettings {
+        handler: settings,
+        batch,
+        rate,
+        ec2_fallback,
+    } = settings_from_env()?;
     let cluster = settings.cluster.clone();
     let queue = Arc::new(Sqs::new(&aws, queue_url));
     // Nodes without an AWS providerID are found by PrivateDnsName unless turned off.
-    let ec2 = match env("QUIESCE_EC2_FALLBACK").as_deref() {
-        Some("false") => None,
-        _ => Some(Ec2::new(&aws)?),
+    let ec2 = if ec2_fallback {
+        Some(Ec2::new(&aws)?)
+    } else {
+        None
     };
     let aws = Arc::new(aws);
     let shared = Arc::new(Shared {

@@ -30,7 +30,8 @@ fn the_lambdas_environment_takes_the_node_out_of_load_balancers() {
         std::env::set_var("QUIESCE_KUBE_QPS", "20");
         std::env::set_var("QUIESCE_KUBE_BURST", "40");
     }
-    let (settings, _, rate) = quiesce_lambda::settings_from_env().expect("the environment parses");
+    let env = quiesce_lambda::settings_from_env().expect("the environment parses");
+    let (settings, rate) = (env.handler, env.rate);
     assert_eq!(
         (rate.qps, rate.burst.get()),
         (20.0, 40),
