@@ -1,6 +1,7 @@
 //! The launch hook: CONTINUE once the new instance is a Ready node with its DaemonSet pods
 //! Ready, so the group does not count capacity that cannot take pods yet.
 
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
@@ -94,23 +95,9 @@ impl<H: LifecycleHooks> Handler<H> {
     /// Returns once node `name` is Ready and its DaemonSet pods are: both watched (the node by
     /// name, its pods by `spec.nodeName`) and judged again on every change.
     async fn ready_with_daemons(&self, name: &str) {
-        let (node, node_writer) = reflector::store::<Node>();
-        let (pods, pod_writer) = reflector::store::<Pod>();
-        let node_changes = watcher(
-            Api::<Node>::all(self.client.clone()),
-            watcher::Config::default().fields(&format!("metadata.name={name}")),
-        )
-        .default_backoff()
-        .reflect(node_writer)
-        .map(|e| e.map(|_| ()));
-        let pod_changes = watcher(
-            Api::<Pod>::all(self.client.clone()),
-            watcher::Config::default().fields(&format!("spec.nodeName={name}")),
-        )
-        .default_backoff()
-        .reflect(pod_writer)
-        .map(|e| e.map(|_| ()));
-        let mut changes = futures::stream::select(node_changes.boxed(), pod_changes.boxed());
+        let (node, node_changes) = self.reflected::<Node>(&format!("metadata.name={name}"));
+        let (pods, pod_changes) = self.reflected::<Pod>(&format!("spec.nodeName={name}"));
+        let mut changes = futures::stream::select(node_changes, pod_changes);
         while let Some(change) = changes.next().await {
             if let Err(err) = change {
                 tracing::warn!(%err, "watching the new node; retrying");
@@ -133,5 +120,35 @@ impl<H: LifecycleHooks> Handler<H> {
                 return;
             }
         }
+    }
+
+    /// A store of the objects `fields` selects, and the stream of changes that keeps it
+    /// (poll it), each change only a signal to judge again.
+    fn reflected<K>(
+        &self,
+        fields: &str,
+    ) -> (
+        reflector::Store<K>,
+        BoxStream<'static, Result<(), watcher::Error>>,
+    )
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (store, writer) = reflector::store::<K>();
+        let changes = watcher(
+            Api::<K>::all(self.client.clone()),
+            watcher::Config::default().fields(fields),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .map(|e| e.map(|_| ()))
+        .boxed();
+        (store, changes)
     }
 }

@@ -235,14 +235,27 @@ async fn workloads(client: &Client, pods: &[Pod]) -> Result<Workloads> {
     })
 }
 
+/// A namespaced kind the reads can get and list.
+trait Namespaced:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Debug
+{
+}
+
+impl<K> Namespaced for K where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+{
+}
+
 /// The named objects that exist (a workload deleted meanwhile is simply absent).
 async fn get_all<K>(client: &Client, names: &BTreeSet<Key>) -> Result<Vec<K>>
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
-    K::DynamicType: Default,
+    K: Namespaced,
 {
     let found = try_join_all(names.iter().map(|(ns, name)| async move {
         Api::<K>::namespaced(client.clone(), ns)
@@ -262,11 +275,7 @@ async fn by_selector<K>(
     selector: Option<&LabelSelector>,
 ) -> Result<Vec<K>>
 where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
-    K::DynamicType: Default,
+    K: Namespaced,
 {
     let Some(selector) = selector.and_then(|s| Selector::try_from(s.clone()).ok()) else {
         return Ok(Vec::new());
