@@ -35,7 +35,6 @@ use quiesce_sandbox::{Sandbox, SandboxOptions};
 use serde_json::json;
 
 const NODES: usize = 1000;
-const NAMESPACES: usize = 10;
 const DEPLOYMENTS: usize = 300;
 const REPLICAS: usize = 100;
 const ACTIONS: usize = 500;
@@ -45,13 +44,9 @@ const LIMIT: Duration = Duration::from_secs(1800);
 
 fn scenario() -> Scenario {
     let mut scenario = Scenario::nodes_only(NODES);
-    for ns in 0..NAMESPACES {
-        scenario.objects.push(json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("team-{ns}")}
-        }));
-    }
+    // One namespace: every drain then lists all 300 budgets (one page) — the worst case.
     for d in 0..DEPLOYMENTS {
-        let ns = format!("team-{}", d % NAMESPACES);
+        let ns = "default";
         let app = format!("app-{d}");
         scenario.objects.push(json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
