@@ -148,12 +148,7 @@ fn a_switch_variable_that_is_not_a_boolean_is_a_usage_error() {
 /// names, or one of the few only the Lambda reads (its EKS endpoint and its log filter).
 #[test]
 fn the_sam_templates_variables_are_the_drainers() {
-    const LAMBDA_ONLY: [&str; 4] = [
-        "QUIESCE_API_SERVER",
-        "QUIESCE_CA_DATA",
-        "QUIESCE_EC2_FALLBACK",
-        "QUIESCE_LOG",
-    ];
+    const LAMBDA_ONLY: [&str; 3] = ["QUIESCE_API_SERVER", "QUIESCE_CA_DATA", "QUIESCE_LOG"];
     let out = quiesce(&["drainer", "--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout).to_string();

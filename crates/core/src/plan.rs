@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use serde::Serialize;
 
-use crate::capacity;
+use crate::capacity::{self, Usage};
 use crate::classify::{PodFacts, PodKind, WorkloadRef, classify, protected};
 use crate::gate::{self, Workload};
 use crate::pdb;
@@ -30,6 +30,10 @@ pub struct DrainOptions {
     pub delete_emptydir_data: bool,
     /// Surge every Deployment that cannot lose a pod, not only annotated ones.
     pub surge_all: bool,
+    /// Surge nothing, not even annotated Deployments (their pods are evicted under their
+    /// budgets): a drainer that may not patch Deployments (a chart without surge) must not
+    /// try.
+    pub never_surge: bool,
 }
 
 /// What the cluster looks like, as read by the executor just before planning.
@@ -39,8 +43,11 @@ pub struct ClusterView<'a> {
     pub node: &'a str,
     /// Every node, including the draining one.
     pub nodes: &'a [Node],
-    /// Every pod in the cluster (the capacity check needs what runs elsewhere).
+    /// The node's pods and the pods of their workloads (the gate counts those elsewhere);
+    /// other pods are not needed.
     pub pods: &'a [Pod],
+    /// What every node's pods request, for the room check.
+    pub usage: &'a Usage,
     /// Every PodDisruptionBudget.
     pub pdbs: &'a [PodDisruptionBudget],
     /// ReplicaSets, to resolve pods to their Deployments.
@@ -275,9 +282,9 @@ pub fn plan(view: ClusterView<'_>, options: DrainOptions) -> DrainPlan {
         .filter(|p| classify(p, view.replica_sets).kind == PodKind::Managed)
         .chain(surged)
         .collect();
-    let later = capacity::check(view.node, &needs_room, view.nodes, view.pods, true);
+    let later = capacity::check(view.node, &needs_room, view.nodes, view.usage, true);
     blockers.extend(
-        capacity::check(view.node, &needs_room, view.nodes, view.pods, false)
+        capacity::check(view.node, &needs_room, view.nodes, view.usage, false)
             .into_iter()
             .map(|s| {
                 // Room the other cordoned nodes would give: those drains finishing (their
@@ -452,13 +459,14 @@ fn action_for(
     }) else {
         return (Action::Evict, None);
     };
-    let opted_in = options.surge_all
-        || deployment
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(STRATEGY_ANNOTATION))
-            .is_some_and(|v| v == "surge");
+    let opted_in = !options.never_surge
+        && (options.surge_all
+            || deployment
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(STRATEGY_ANNOTATION))
+                .is_some_and(|v| v == "surge"));
     let spec = deployment.spec.as_ref();
     let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
     let cannot_lose_one = replicas <= 1
@@ -568,11 +576,13 @@ mod tests {
             self
         }
         fn plan(&self, options: DrainOptions) -> DrainPlan {
+            let usage = Usage::of(&self.pods);
             plan(
                 ClusterView {
                     node: "node-1",
                     nodes: &self.nodes,
                     pods: &self.pods,
+                    usage: &usage,
                     pdbs: &self.pdbs,
                     replica_sets: &self.rs,
                     deployments: &self.deployments,
@@ -651,6 +661,20 @@ mod tests {
                 .len(),
             1
         );
+        // Never surge: not even an annotated Deployment, nor with --surge.
+        for options in [
+            DrainOptions {
+                never_surge: true,
+                ..Default::default()
+            },
+            DrainOptions {
+                never_surge: true,
+                surge_all: true,
+                ..Default::default()
+            },
+        ] {
+            assert!(w.plan(options).surges().is_empty(), "{options:?}");
+        }
     }
 
     #[test]

@@ -7,12 +7,14 @@
 //! Lambda does not depend on it): the drainer crate is what both the cli and the Lambda
 //! already build on, and [`HandlerArgs::settings`] turns the flags into its [`Settings`].
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::builder::BoolishValueParser;
 use quiesce_core::DrainOptions;
 use quiesce_kube::cluster::Cordon;
 
+use crate::client::Rate;
 use crate::{BadMessage, LoadBalancerWait, OnLbDrainTimeout, Settings, UnknownInstance};
 
 /// How a node is drained and fenced, for every entry point. Flags take `true`/`false`,
@@ -25,8 +27,12 @@ pub struct DrainSwitches {
     pub force: bool,
     /// Surge every Deployment that cannot lose a pod (otherwise only those annotated
     /// `quiesce.io/drain-strategy: surge`).
-    #[arg(long, env = "QUIESCE_SURGE", value_parser = BoolishValueParser::new())]
+    #[arg(long, env = "QUIESCE_SURGE", value_parser = BoolishValueParser::new(), conflicts_with = "no_surge")]
     pub surge: bool,
+    /// Surge nothing, not even annotated Deployments (then no `patch` on Deployments is
+    /// needed: the chart grants none without surge).
+    #[arg(long, env = "QUIESCE_NO_SURGE", value_parser = BoolishValueParser::new())]
+    pub no_surge: bool,
     /// Also taint the node while draining, as `key=value:Effect`.
     #[arg(long, env = "QUIESCE_TAINT")]
     pub taint: Option<String>,
@@ -140,6 +146,7 @@ impl DrainSwitches {
             force: self.force,
             delete_emptydir_data,
             surge_all: self.surge,
+            never_surge: self.no_surge,
         }
     }
 }
@@ -176,9 +183,59 @@ pub struct HandlerArgs {
     /// The drain switches.
     #[command(flatten)]
     pub drain: DrainSwitches,
+    /// The Kubernetes client's rate limit.
+    #[command(flatten)]
+    pub kube: ClientArgs,
+    /// Do not look up nodes without an AWS providerID by the instance's PrivateDnsName (EC2
+    /// DescribeInstances; needs ec2:DescribeInstances).
+    #[arg(long, env = "QUIESCE_NO_EC2_FALLBACK", value_parser = BoolishValueParser::new())]
+    pub no_ec2_fallback: bool,
+}
+
+/// The variable the Lambda read before `QUIESCE_NO_EC2_FALLBACK`, still honoured: `false`
+/// turns the fallback off.
+pub const LEGACY_EC2_FALLBACK: &str = "QUIESCE_EC2_FALLBACK";
+
+/// How hard the drainer may press the API server, as client-go's `--kube-api-qps` and
+/// `--kube-api-burst` of the control-plane components (defaults: [`Rate::default`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Requests per second the Kubernetes client sends on average (client-side rate limit).
+    #[arg(long, env = "QUIESCE_KUBE_QPS", default_value = "50", value_parser = parse_qps)]
+    pub kube_qps: f64,
+    /// Requests the Kubernetes client may send at once after a quiet spell.
+    #[arg(long, env = "QUIESCE_KUBE_BURST", default_value = "100")]
+    pub kube_burst: NonZeroU32,
+}
+
+impl ClientArgs {
+    /// The client's rate limit.
+    pub fn rate(&self) -> Rate {
+        Rate {
+            qps: self.kube_qps,
+            burst: self.kube_burst,
+        }
+    }
+}
+
+fn parse_qps(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(q) if q.is_finite() && q > 0.0 => Ok(q),
+        Ok(_) => Err(format!(
+            "{s}: expected a number of requests per second above 0"
+        )),
+        Err(e) => Err(format!("{s:?} is not a number: {e}")),
+    }
 }
 
 impl HandlerArgs {
+    /// Whether nodes without an AWS providerID are looked up by PrivateDnsName: unless
+    /// `--no-ec2-fallback`, or the older `QUIESCE_EC2_FALLBACK=false`.
+    pub fn ec2_fallback(&self) -> bool {
+        let legacy_off = std::env::var(LEGACY_EC2_FALLBACK).is_ok_and(|v| v.trim() == "false");
+        !(self.no_ec2_fallback || legacy_off)
+    }
+
     /// The handler's settings: a terminating instance's emptyDir data goes with its disks,
     /// and it leaves its load balancers unless kept.
     pub fn settings(&self) -> Settings {

@@ -16,6 +16,14 @@ pub enum Error {
         /// The client's error.
         source: kube::Error,
     },
+    /// A paged read (through the drain engine's reader) failed.
+    #[error("{what}: {source}")]
+    Read {
+        /// What the drainer was reading.
+        what: String,
+        /// The reader's error.
+        source: quiesce_kube::Error,
+    },
     /// The drain engine failed (not a blocked or unfinished drain: those are outcomes).
     #[error("draining {node}: {source}")]
     Drain {
@@ -105,6 +113,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Kube { source, .. } => kube_transient(source),
+            Error::Read { source, .. } => source.is_transient(),
             Error::Drain { source, .. } => {
                 source.is_transient() || matches!(source, quiesce_kube::Error::Watch(_))
             }

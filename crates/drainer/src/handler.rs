@@ -551,7 +551,7 @@ impl<H: LifecycleHooks> Handler<H> {
     ) -> Result<String> {
         let snapshot = self
             .cluster
-            .snapshot()
+            .on_node(node)
             .await
             .map_err(|source| Error::Drain {
                 node: node.to_string(),

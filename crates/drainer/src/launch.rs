@@ -1,11 +1,12 @@
 //! The launch hook: CONTINUE once the new instance is a Ready node with its DaemonSet pods
 //! Ready, so the group does not count capacity that cannot take pods yet.
 
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::Pod;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use quiesce_aws::event::LifecycleAction;
 use quiesce_aws::hooks::{HookResult, LifecycleHooks};
 use tokio::time::Instant;
@@ -29,19 +30,7 @@ impl<H: LifecycleHooks> Handler<H> {
         let give_up = first + self.settings.launch_timeout;
         let stop = slice_end.map_or(give_up, |s| s.min(give_up));
         let beating = self
-            .heartbeating(action, timing, async {
-                loop {
-                    match self.launched(action).await {
-                        Ok(true) => return true,
-                        Ok(false) => {}
-                        Err(err) => tracing::warn!(%err, "checking the new node"),
-                    }
-                    if Instant::now() >= stop {
-                        return false;
-                    }
-                    tokio::time::sleep(Duration::from_secs(1).min(stop - Instant::now())).await;
-                }
-            })
+            .heartbeating(action, timing, self.until_launched(action, stop))
             .await;
         let ready = match beating {
             Ok(ready) => ready,
@@ -71,26 +60,107 @@ impl<H: LifecycleHooks> Handler<H> {
         )))
     }
 
-    async fn launched(&self, action: &LifecycleAction) -> Result<bool> {
-        let Some(node) = self.nodes.find(&action.instance_id).await? else {
-            return Ok(false);
+    /// Waits, watching, until the instance is a Ready node whose DaemonSet pods are Ready
+    /// (true), or `stop` (false). Watches instead of listing every second: a launch of a
+    /// hundred instances at once would otherwise read a hundred lists a second.
+    async fn until_launched(&self, action: &LifecycleAction, stop: Instant) -> bool {
+        let wait = async {
+            let name = self.registered(action).await;
+            self.ready_with_daemons(&name).await
         };
-        if !nodes::is_ready(&node) {
-            return Ok(false);
+        tokio::time::timeout_at(stop, wait).await.is_ok()
+    }
+
+    /// The name of the instance's node, once it has registered: looked up once, then on every
+    /// change of a node that may be it (its providerID names the instance, or it has no AWS
+    /// providerID and the EC2 fallback may match it by PrivateDnsName).
+    async fn registered(&self, action: &LifecycleAction) -> String {
+        let instance = action.instance_id.as_str();
+        let mut changes = watcher(
+            Api::<Node>::all(self.client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+        let mut candidate = true;
+        loop {
+            if candidate {
+                match self.nodes.find(instance).await {
+                    Ok(Some(node)) => return node.name_any(),
+                    Ok(None) => {}
+                    Err(err) => tracing::warn!(%err, "looking for the new node"),
+                }
+            }
+            candidate = match changes.next().await {
+                Some(Ok(node)) => nodes::may_be(&node, instance),
+                Some(Err(err)) => {
+                    tracing::warn!(%err, "watching for the new node; retrying");
+                    false
+                }
+                // A watcher with a backoff does not end; should it, look once more.
+                None => true,
+            };
         }
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let on_node = pods
-            .list(&ListParams::default().fields(&format!("spec.nodeName={}", node.name_any())))
-            .await
-            .map_err(|e| Error::kube("listing the new node's pods", e))?;
-        Ok(on_node
-            .items
-            .iter()
-            .filter(|p| {
-                p.owner_references()
+    }
+
+    /// Returns once node `name` is Ready and its DaemonSet pods are: both watched (the node by
+    /// name, its pods by `spec.nodeName`) and judged again on every change.
+    async fn ready_with_daemons(&self, name: &str) {
+        let (node, node_changes) = self.reflected::<Node>(&format!("metadata.name={name}"));
+        let (pods, pod_changes) = self.reflected::<Pod>(&format!("spec.nodeName={name}"));
+        let mut changes = futures::stream::select(node_changes, pod_changes);
+        while let Some(change) = changes.next().await {
+            if let Err(err) = change {
+                tracing::warn!(%err, "watching the new node; retrying");
+                continue;
+            }
+            let listed = node.wait_until_ready().now_or_never().is_some()
+                && pods.wait_until_ready().now_or_never().is_some();
+            if listed
+                && node.state().iter().any(|n| nodes::is_ready(n))
+                && pods
+                    .state()
                     .iter()
-                    .any(|o| o.kind == "DaemonSet" && o.controller == Some(true))
-            })
-            .all(quiesce_core::gate::is_ready))
+                    .filter(|p| {
+                        p.owner_references()
+                            .iter()
+                            .any(|o| o.kind == "DaemonSet" && o.controller == Some(true))
+                    })
+                    .all(|p| quiesce_core::gate::is_ready(p))
+            {
+                return;
+            }
+        }
+    }
+
+    /// A store of the objects `fields` selects, and the stream of changes that keeps it
+    /// (poll it), each change only a signal to judge again.
+    fn reflected<K>(
+        &self,
+        fields: &str,
+    ) -> (
+        reflector::Store<K>,
+        BoxStream<'static, Result<(), watcher::Error>>,
+    )
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let (store, writer) = reflector::store::<K>();
+        let changes = watcher(
+            Api::<K>::all(self.client.clone()),
+            watcher::Config::default().fields(fields),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .map(|e| e.map(|_| ()))
+        .boxed();
+        (store, changes)
     }
 }

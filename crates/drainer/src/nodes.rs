@@ -95,12 +95,13 @@ impl NodeIndex {
                 .await
                 .map_err(|e| Error::kube(doing(), e));
         }
-        let nodes = self
-            .api
-            .list(&ListParams::default())
+        // Paged, as every list of the drainer: a large cluster's nodes are not one response.
+        let nodes = quiesce_kube::reads::list(self.api.clone(), ListParams::default())
             .await
-            .map_err(|e| Error::kube(doing(), e))?
-            .items;
+            .map_err(|source| Error::Read {
+                what: doing(),
+                source,
+            })?;
         if let Some(node) = nodes
             .iter()
             .find(|n| provider_instance(n) == Some(instance))
@@ -143,6 +144,12 @@ impl NodeIndex {
     pub async fn get(&self, name: &str) -> Result<Option<Node>, kube::Error> {
         self.api.get_opt(name).await
     }
+}
+
+/// Whether `node` may be `instance`'s: its providerID names it, or it has no AWS providerID
+/// (then only the EC2 fallback, by PrivateDnsName, can tell).
+pub fn may_be(node: &Node, instance: &str) -> bool {
+    provider_instance(node) == Some(instance) || !has_aws_provider(node)
 }
 
 /// Whether the node's providerID is an AWS one (then it names its instance exactly).

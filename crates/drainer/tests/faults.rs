@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams, WatchEvent, WatchParams};
 use quiesce_aws::hooks::AutoScaling;
 use quiesce_aws::queue::{Queue, QueueError, Received};
-use quiesce_drainer::client::{self, Timeouts};
+use quiesce_drainer::client::{self, Rate, Timeouts};
 use quiesce_drainer::error::kube_transient;
 use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
@@ -30,7 +30,12 @@ fn quick() -> Timeouts {
 }
 
 fn client_for(sandbox: &Sandbox, timeouts: Timeouts) -> kube::Client {
-    client::build(kube::Config::new(sandbox.url().parse().unwrap()), timeouts).unwrap()
+    client::build(
+        kube::Config::new(sandbox.url().parse().unwrap()),
+        timeouts,
+        Rate::default(),
+    )
+    .unwrap()
 }
 
 async fn create_node(sandbox: &Sandbox, name: &str, instance: &str) {
@@ -165,7 +170,8 @@ async fn the_node_index_survives_a_cut_watch_and_a_410_on_resume() {
         Duration::from_secs(60),
         FaultKind::CutWatch(Duration::from_millis(200)),
     );
-    let (index, keep) = NodeIndex::watched(client::build(config, quick()).unwrap());
+    let (index, keep) =
+        NodeIndex::watched(client::build(config, quick(), Rate::default()).unwrap());
     let keeping = tokio::spawn(keep);
     let count = |watch: bool| {
         sandbox

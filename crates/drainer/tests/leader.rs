@@ -23,7 +23,8 @@ async fn a_leader_whose_renewal_hangs_stops_evicting_before_its_lease_expires() 
     config
         .headers
         .push((AUDIT_HEADER.parse().unwrap(), "leader".parse().unwrap()));
-    let client = quiesce_drainer::client::build(config, Default::default()).unwrap();
+    let client =
+        quiesce_drainer::client::build(config, Default::default(), Default::default()).unwrap();
     let mut settings = bed.settings();
     // The drain must outlast the test: it blocks on the budget and retries its evictions.
     settings.drain_margin = Duration::from_secs(600);

@@ -8,6 +8,7 @@ mod support;
 use std::time::Duration;
 
 use quiesce_aws::record::Phase;
+use quiesce_drainer::Settings;
 use quiesce_sandbox::api::FaultKind;
 use support::bed;
 use tokio::time::Instant;
@@ -132,7 +133,15 @@ async fn an_api_outage_mid_drain_ends_in_one_continue_and_an_empty_dead_letter_q
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqs_and_auto_scaling_throttling_is_survived() {
     let bed = bed(3, 0, 30, "").await;
-    let handler = bed.handler(bed.settings());
+    // The drain's deadline counts from the event's time, and the throttled calls before the
+    // drain (the SDK's backoff, then ours) spend it: with the bed's 5 s margin a loaded
+    // machine ran out of deadline, ABANDONed, and the wait for CONTINUE timed out. The
+    // deadline is not what this test is about, so it is generous; retry pauses stay short.
+    let handler = bed.handler(Settings {
+        drain_margin: Duration::from_secs(600),
+        max_retry_pause: Duration::from_secs(2),
+        ..bed.settings()
+    });
     // More failures in a row than the SDK's three attempts per call, on every call the
     // drainer makes of each service (the heartbeat: one call's attempts, since the next
     // heartbeat may not be due before the drain ends; its failure is survived by the next).

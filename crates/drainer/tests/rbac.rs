@@ -16,6 +16,7 @@ use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, WorkerSettings, service};
 use quiesce_sandbox::api::{AUDIT_HEADER, Audited};
 use quiesce_testbed::helm;
+use serde_json::json;
 use support::bed;
 
 /// (apiGroup, resource, verb, name). A request's name is the object's it names in its URL; a
@@ -187,7 +188,8 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
     config
         .headers
         .push((AUDIT_HEADER.parse().unwrap(), "drainer".parse().unwrap()));
-    let client = quiesce_drainer::client::build(config, Default::default()).unwrap();
+    let client =
+        quiesce_drainer::client::build(config, Default::default(), Default::default()).unwrap();
     let (nodes, keep_index) = NodeIndex::watched(client.clone());
     let index = tokio::spawn(keep_index);
     let handler = Arc::new(Handler::new(
@@ -307,6 +309,32 @@ async fn the_chart_grants_exactly_the_calls_the_drainer_makes() {
         unused.is_empty(),
         "the chart grants {unused:?}, which the drainer never uses"
     );
+    // Without surge (drainer.surge never, i.e. --no-surge: the planner surges nothing, see
+    // quiesce-core's plan tests) the chart grants exactly the same minus patching Deployments,
+    // the one call only a surge makes; with surge for all it grants the default's.
+    let surge_patch = (
+        "apps".to_string(),
+        "deployments".to_string(),
+        "patch".to_string(),
+        None,
+    );
+    assert!(
+        used.iter().any(|u| covers(&surge_patch, u)),
+        "the run surged: {used:?}"
+    );
+    for never in [json!("never"), json!(false)] {
+        let without = granted(&json!({"drainer": {"surge": never}}));
+        let mut expected = chart.clone();
+        expected.remove(&surge_patch);
+        assert_eq!(without, expected, "drainer.surge={never}");
+    }
+    for all in [json!("all"), json!(true)] {
+        assert_eq!(
+            granted(&json!({"drainer": {"surge": all}})),
+            chart,
+            "drainer.surge={all}"
+        );
+    }
     for needed in [
         ("", "pods/eviction", "create"),
         ("apps", "statefulsets", "watch"),

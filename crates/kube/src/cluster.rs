@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
+use quiesce_core::capacity::Usage;
 use quiesce_core::gate::GateState;
 use quiesce_core::{ClusterView, PodFacts, WorkloadRef};
 use tokio::time::Instant;
@@ -16,20 +17,23 @@ use crate::error::Result;
 use crate::events::Reason;
 use crate::record::DrainRecord;
 
-/// Everything the planner reads, fetched in one go just before planning.
+/// What the planner reads about one node, fetched in one go just before planning: the
+/// node's neighbourhood, not the cluster (see [`crate::reads`]).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Every node.
     pub nodes: Vec<Node>,
-    /// Every pod.
+    /// What every node's pods request.
+    pub usage: Usage,
+    /// The node's pods and the pods of their workloads.
     pub pods: Vec<Pod>,
-    /// Every PodDisruptionBudget.
+    /// The PodDisruptionBudgets of the namespaces of the node's pods.
     pub pdbs: Vec<PodDisruptionBudget>,
-    /// Every ReplicaSet.
+    /// The ReplicaSets of the node's pods and of their Deployments.
     pub replica_sets: Vec<ReplicaSet>,
-    /// Every Deployment.
+    /// The Deployments of the node's pods.
     pub deployments: Vec<Deployment>,
-    /// Every StatefulSet.
+    /// The StatefulSets of the node's pods.
     pub stateful_sets: Vec<StatefulSet>,
 }
 
@@ -46,6 +50,7 @@ impl Snapshot {
             node,
             nodes: &self.nodes,
             pods: &self.pods,
+            usage: &self.usage,
             pdbs: &self.pdbs,
             replica_sets: &self.replica_sets,
             deployments: &self.deployments,
@@ -125,8 +130,9 @@ pub struct Stuck {
 
 /// The verbs the drain engine needs. Waits are watches and end at `deadline`.
 pub trait Cluster: Sync {
-    /// Reads nodes, pods, PDBs, ReplicaSets, Deployments and StatefulSets.
-    fn snapshot(&self) -> impl Future<Output = Result<Snapshot>> + Send;
+    /// Reads what planning `node`'s drain needs: nodes, what their pods request, and the
+    /// node's pods with their budgets, workloads and those workloads' pods.
+    fn snapshot(&self, node: &str) -> impl Future<Output = Result<Snapshot>> + Send;
     /// Marks the node unschedulable (plus `cordon`'s extras).
     fn cordon(&self, node: &str, cordon: &Cordon) -> impl Future<Output = Result<()>> + Send;
     /// Undoes [`Cluster::cordon`]: the load-balancer label goes only if the drain set it.

@@ -76,7 +76,7 @@ pub async fn drain<C: Cluster>(
     progress: Progress<'_>,
 ) -> Result<DrainReport> {
     let started = Instant::now();
-    let snapshot = cluster.snapshot().await?;
+    let snapshot = cluster.snapshot(&spec.node).await?;
     let node = snapshot
         .node(&spec.node)
         .ok_or_else(|| Error::NotFound(format!("node {}", spec.node)))?;
@@ -201,7 +201,7 @@ impl<C: Cluster> Run<'_, C> {
         loop {
             // Fenced now: what this read shows is all that can be on the node, apart from pods
             // that tolerate the cordon or are bound by name, which the next read catches.
-            let snapshot = self.cluster.snapshot().await?;
+            let snapshot = self.cluster.snapshot(node).await?;
             let surged = self.record().surged();
             let plan = quiesce_core::plan(
                 snapshot.view(node, &surged, Timestamp::now()),

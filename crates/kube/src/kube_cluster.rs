@@ -8,24 +8,20 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{
-    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use quiesce_core::gate::{self, GateState, Workload};
 use quiesce_core::{PodFacts, WorkloadRef, terminating};
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::backoff::Backoff;
 use crate::cluster::{Cluster, Cordon, Eviction, GateTarget, Snapshot, Stuck};
 use crate::error::{Error, Result};
 use crate::events::Reason;
+use crate::reads;
 use crate::record::{self, DrainRecord};
 use crate::watch_set::{Tracked, drive, wait_until, watch};
 
@@ -37,8 +33,6 @@ pub const LABEL_VALUE: &str = "quiesce";
 /// The taint that fences a node from the AWS Load Balancer Controller's instance targets and
 /// kube-proxy's health check (see [`Cordon::fence_taint`]).
 pub const FENCE_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
-/// How long [`KubeCluster::snapshot`] keeps retrying a read the server failed.
-const READ_PATIENCE: Duration = Duration::from_secs(30);
 /// How many times a conditional Node write re-reads after a resourceVersion conflict before giving up.
 const RECORD_ATTEMPTS: usize = 5;
 
@@ -56,67 +50,16 @@ impl KubeCluster {
         KubeCluster { client }
     }
 
-    async fn list<K>(&self, api: Api<K>) -> Result<Vec<K>>
-    where
-        K: Clone + DeserializeOwned + std::fmt::Debug,
-    {
-        let deadline = Instant::now() + READ_PATIENCE;
-        let mut backoff = Backoff::default();
-        loop {
-            match api.list(&ListParams::default()).await.map_err(Error::from) {
-                Ok(list) => return Ok(list.items),
-                Err(err) if err.is_transient() && backoff.wait(None, deadline).await => {
-                    tracing::warn!(%err, "list failed; retrying");
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// PDBs through policy/v1, or policy/v1beta1 on servers older than 1.21 (the fields the
-    /// planner reads are the same in both versions).
-    async fn pdbs(&self) -> Result<Vec<PodDisruptionBudget>> {
-        match self
-            .list(Api::<PodDisruptionBudget>::all(self.client.clone()))
-            .await
-        {
-            Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
-                let gvk = GroupVersionKind::gvk("policy", "v1beta1", "PodDisruptionBudget");
-                let resource = ApiResource::from_gvk(&gvk);
-                let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
-                let items = self.list(api).await?;
-                items
-                    .into_iter()
-                    .map(|obj| {
-                        let value = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
-                        Ok(serde_json::from_value(value).map_err(kube::Error::SerdeError)?)
-                    })
-                    .collect()
-            }
-            other => other,
-        }
+    /// The node's pods and the budgets over them: what the lifecycle hook's deadline needs,
+    /// read before the node is cordoned, so cheaper than [`Cluster::snapshot`].
+    pub async fn on_node(&self, node: &str) -> Result<Snapshot> {
+        reads::on_node(&self.client, node).await
     }
 }
 
 impl Cluster for KubeCluster {
-    async fn snapshot(&self) -> Result<Snapshot> {
-        let c = &self.client;
-        let (nodes, pods, pdbs, replica_sets, deployments, stateful_sets) = futures::try_join!(
-            self.list(Api::<Node>::all(c.clone())),
-            self.list(Api::<Pod>::all(c.clone())),
-            self.pdbs(),
-            self.list(Api::<ReplicaSet>::all(c.clone())),
-            self.list(Api::<Deployment>::all(c.clone())),
-            self.list(Api::<StatefulSet>::all(c.clone())),
-        )?;
-        Ok(Snapshot {
-            nodes,
-            pods,
-            pdbs,
-            replica_sets,
-            deployments,
-            stateful_sets,
-        })
+    async fn snapshot(&self, node: &str) -> Result<Snapshot> {
+        reads::snapshot(&self.client, node).await
     }
 
     async fn cordon(&self, node: &str, cordon: &Cordon) -> Result<()> {
@@ -410,13 +353,20 @@ impl Cluster for KubeCluster {
     async fn wait_volumes_detached(&self, node: &str, deadline: Instant) -> Result<()> {
         let api: Api<VolumeAttachment> = Api::all(self.client.clone());
         let attached = |va: &VolumeAttachment| va.spec.node_name == node;
-        match api.list(&ListParams::default()).await.map_err(Error::from) {
+        // VolumeAttachments have no field selector for their node: paged, counted as read.
+        let count = reads::fold(
+            api.clone(),
+            ListParams::default(),
+            || 0usize,
+            |n, va| *n += usize::from(attached(&va)),
+        );
+        match count.await {
             Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {
                 tracing::info!("this API server has no VolumeAttachments; nothing to wait for");
                 return Ok(());
             }
             // Most drains have nothing attached: one list, no watch.
-            Ok(list) if !list.items.iter().any(attached) => return Ok(()),
+            Ok(0) => return Ok(()),
             Ok(_) => {}
             Err(err) if err.is_transient() => {
                 tracing::warn!(%err, "listing VolumeAttachments failed; watching instead")

@@ -11,6 +11,7 @@ pub mod engine;
 mod error;
 pub mod events;
 pub mod kube_cluster;
+pub mod reads;
 pub mod record;
 pub mod report;
 mod watch_set;

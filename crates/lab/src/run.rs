@@ -234,7 +234,7 @@ fn drainer_settings(mode: Mode) -> Settings {
             drain: DrainOptions {
                 surge_all: true,
                 delete_emptydir_data: true,
-                force: false,
+                ..DrainOptions::default()
             },
             ..Settings::default()
         },

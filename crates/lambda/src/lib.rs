@@ -11,6 +11,7 @@ use clap::Parser;
 use quiesce_aws::hooks::LifecycleHooks;
 use quiesce_aws::queue::Queue;
 use quiesce_drainer::args::HandlerArgs;
+use quiesce_drainer::client::Rate;
 use quiesce_drainer::{BadMessage, Disposition, Handler, Settings};
 use tokio::time::Instant;
 
@@ -23,16 +24,34 @@ struct FromEnv {
     handler: HandlerArgs,
 }
 
-/// The handler's and the batch's settings from the environment (`QUIESCE_CLUSTER`,
-/// `QUIESCE_KEEP_IN_LOAD_BALANCERS`, … as listed in `quiesce drainer --help`). A bad value
-/// is an error naming the flag whose variable it is.
-pub fn settings_from_env() -> Result<(Settings, BatchSettings), clap::Error> {
+/// Everything the Lambda is told by its environment.
+#[derive(Debug, Clone)]
+pub struct LambdaSettings {
+    /// The handler's settings.
+    pub handler: Settings,
+    /// How an invocation spends its time.
+    pub batch: BatchSettings,
+    /// The Kubernetes client's rate limit.
+    pub rate: Rate,
+    /// Whether nodes without an AWS providerID are looked up by PrivateDnsName.
+    pub ec2_fallback: bool,
+}
+
+/// The Lambda's settings from the environment (`QUIESCE_CLUSTER`,
+/// `QUIESCE_KEEP_IN_LOAD_BALANCERS`, `QUIESCE_KUBE_QPS`, `QUIESCE_NO_EC2_FALLBACK`, … as
+/// listed in `quiesce drainer --help`). A bad value is an error naming the flag whose
+/// variable it is.
+pub fn settings_from_env() -> Result<LambdaSettings, clap::Error> {
     let args = FromEnv::try_parse_from(std::iter::empty::<String>())?.handler;
-    let batch = BatchSettings {
-        bad_message: args.bad_message,
-        ..BatchSettings::default()
-    };
-    Ok((args.settings(), batch))
+    Ok(LambdaSettings {
+        handler: args.settings(),
+        batch: BatchSettings {
+            bad_message: args.bad_message,
+            ..BatchSettings::default()
+        },
+        rate: args.kube.rate(),
+        ec2_fallback: args.ec2_fallback(),
+    })
 }
 
 /// How an invocation spends its time.

@@ -5,7 +5,8 @@
 //! - `QUIESCE_CLUSTER`: the EKS cluster's name (token audience, and the hooks it acts on);
 //! - `QUIESCE_API_SERVER`, `QUIESCE_CA_DATA`: the cluster's endpoint and base64 CA bundle,
 //!   or `KUBECONFIG` for any other cluster;
-//! - `QUIESCE_EC2_FALLBACK` (`false` turns off the PrivateDnsName lookup);
+//! - `QUIESCE_NO_EC2_FALLBACK` (`true` turns off the PrivateDnsName lookup; the older
+//!   `QUIESCE_EC2_FALLBACK=false` still does);
 //! - the drain settings of `quiesce drainer`, under the same variables (`QUIESCE_UNKNOWN_INSTANCE`,
 //!   `QUIESCE_BAD_MESSAGE`, `QUIESCE_KEEP_IN_LOAD_BALANCERS`, `QUIESCE_TAINT`, `QUIESCE_FORCE`,
 //!   `QUIESCE_SURGE`, `QUIESCE_DRAIN_MARGIN`, `QUIESCE_MAX_CONCURRENT`, …): see
@@ -21,11 +22,11 @@ use quiesce_aws::ec2::Ec2;
 use quiesce_aws::hooks::AutoScaling;
 use quiesce_aws::queue::Sqs;
 use quiesce_aws::sdk::{AwsOptions, sdk_config};
-use quiesce_drainer::client::{self, Timeouts};
+use quiesce_drainer::client::{self, Rate, Timeouts};
 use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, Settings};
-use quiesce_lambda::{BatchSettings, handle_batch, settings_from_env};
+use quiesce_lambda::{BatchSettings, LambdaSettings, handle_batch, settings_from_env};
 use tokio::time::Instant;
 
 fn env(name: &str) -> Option<String> {
@@ -35,6 +36,7 @@ fn env(name: &str) -> Option<String> {
 async fn kube_client(
     aws: &aws_config::SdkConfig,
     cluster: Option<&str>,
+    rate: Rate,
 ) -> anyhow::Result<kube::Client> {
     let config = match (env("QUIESCE_API_SERVER"), cluster) {
         (Some(server), Some(cluster)) => {
@@ -54,7 +56,7 @@ async fn kube_client(
             .await
             .context("set QUIESCE_API_SERVER + QUIESCE_CA_DATA + QUIESCE_CLUSTER, or KUBECONFIG")?,
     };
-    Ok(client::build(config, Timeouts::default())?)
+    Ok(client::build(config, Timeouts::default(), rate)?)
 }
 
 #[tokio::main]
@@ -66,13 +68,19 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         .init();
     let aws = sdk_config(&AwsOptions::default()).await;
     let queue_url = env("QUIESCE_QUEUE_URL").context("QUIESCE_QUEUE_URL is required")?;
-    let (settings, batch) = settings_from_env()?;
+    let LambdaSettings {
+        handler: settings,
+        batch,
+        rate,
+        ec2_fallback,
+    } = settings_from_env()?;
     let cluster = settings.cluster.clone();
     let queue = Arc::new(Sqs::new(&aws, queue_url));
     // Nodes without an AWS providerID are found by PrivateDnsName unless turned off.
-    let ec2 = match env("QUIESCE_EC2_FALLBACK").as_deref() {
-        Some("false") => None,
-        _ => Some(Ec2::new(&aws)?),
+    let ec2 = if ec2_fallback {
+        Some(Ec2::new(&aws)?)
+    } else {
+        None
     };
     let aws = Arc::new(aws);
     let shared = Arc::new(Shared {
@@ -80,6 +88,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         queue,
         settings,
         batch,
+        rate,
         cluster,
         ec2,
     });
@@ -97,6 +106,7 @@ struct Shared {
     queue: Arc<Sqs>,
     settings: Settings,
     batch: BatchSettings,
+    rate: Rate,
     cluster: Option<String>,
     ec2: Option<Ec2>,
 }
@@ -106,7 +116,7 @@ async fn invoke(
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
     // A fresh client per invocation: the EKS token lives 15 minutes.
-    let client = kube_client(&shared.aws, shared.cluster.as_deref())
+    let client = kube_client(&shared.aws, shared.cluster.as_deref(), shared.rate)
         .await
         .map_err(|e| lambda_runtime::Error::from(format!("{e:#}")))?;
     let mut nodes = NodeIndex::listed(client.clone());

@@ -27,8 +27,16 @@ fn the_lambdas_environment_takes_the_node_out_of_load_balancers() {
         std::env::set_var("QUIESCE_TAINT", "quiesce.io/draining=true:NoSchedule");
         std::env::set_var("QUIESCE_DRAIN_MARGIN", "5s");
         std::env::set_var("QUIESCE_REPLACEMENT_STARTUP", "2s");
+        std::env::set_var("QUIESCE_KUBE_QPS", "20");
+        std::env::set_var("QUIESCE_KUBE_BURST", "40");
     }
-    let (settings, _) = quiesce_lambda::settings_from_env().expect("the environment parses");
+    let env = quiesce_lambda::settings_from_env().expect("the environment parses");
+    let (settings, rate) = (env.handler, env.rate);
+    assert_eq!(
+        (rate.qps, rate.burst.get()),
+        (20.0, 40),
+        "the client's rate limit comes from QUIESCE_KUBE_QPS and QUIESCE_KUBE_BURST"
+    );
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -107,7 +107,7 @@ pub fn room(snapshot: &Snapshot, nodes: &[String], batch: usize) -> Vec<capacity
         })
         .collect();
     let evicted: Vec<&Pod> = out.iter().flat_map(|n| moved(snapshot, n)).collect();
-    capacity::check(first, &evicted, &cordoned, &snapshot.pods, false)
+    capacity::check(first, &evicted, &cordoned, &snapshot.usage, false)
 }
 
 /// The smallest MinHealthyPercentage whose batch of `size` is at most `batch`.

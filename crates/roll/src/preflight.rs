@@ -559,8 +559,7 @@ pub async fn gather(
     intent: &Intent<'_>,
 ) -> Result<(Option<GroupFacts>, Preflight), GatherError> {
     let facts = aws.group(group).await?;
-    let cluster = quiesce_kube::kube_cluster::KubeCluster::new(client.clone());
-    let snapshot = quiesce_kube::cluster::Cluster::snapshot(&cluster).await?;
+    let snapshot = quiesce_kube::reads::whole_cluster(&client).await?;
     let liveness = match drainer {
         DrainerCheck::Lease { namespace, name } => {
             lease_liveness(client, namespace, name, crate::gate::CALL_TIMEOUT).await

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use quiesce_core::DrainOptions;
 use quiesce_kube::engine::{DrainSpec, drain};
 use quiesce_kube::kube_cluster::KubeCluster;
@@ -81,15 +83,14 @@ pub async fn release(
             state,
         });
     }
-    let cluster = KubeCluster::new(client);
-    let snapshot = quiesce_kube::cluster::Cluster::snapshot(&cluster)
+    let nodes = quiesce_kube::reads::list(Api::<Node>::all(client.clone()), Default::default())
         .await
         .map_err(|source| ReleaseError::Kube {
             instance: instance.to_string(),
             source,
         })?;
-    let node = snapshot
-        .nodes
+    let cluster = KubeCluster::new(client);
+    let node = nodes
         .iter()
         .find(|n| crate::instance_of(n) == Some(instance))
         .and_then(|n| n.metadata.name.clone());

@@ -52,10 +52,6 @@ pub struct Args {
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Do not look up nodes without an AWS providerID by the instance's PrivateDnsName (EC2
-    /// DescribeInstances; needs ec2:DescribeInstances).
-    #[arg(long)]
-    pub no_ec2_fallback: bool,
     /// AWS region (default: the SDK's: AWS_REGION, profile, instance metadata).
     #[arg(long)]
     pub region: Option<String>,
@@ -75,6 +71,7 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
     let client = client::build(
         kube_config(args.kubeconfig.as_deref()).await?,
         Timeouts::default(),
+        args.handler.kube.rate(),
     )?;
     let aws = sdk_config(&AwsOptions {
         region: args.region.clone(),
@@ -89,7 +86,7 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (mut nodes, keep_index) = NodeIndex::watched(client.clone());
     tokio::spawn(keep_index);
-    if !args.no_ec2_fallback {
+    if args.handler.ec2_fallback() {
         nodes = nodes.with_ec2_fallback(Ec2::new(&aws).context("the EC2 fallback")?);
     }
     let settings = Settings {

@@ -67,8 +67,8 @@ impl Late {
 }
 
 impl Cluster for Late {
-    async fn snapshot(&self) -> Result<Snapshot> {
-        let snapshot = self.inner.snapshot().await;
+    async fn snapshot(&self, node: &str) -> Result<Snapshot> {
+        let snapshot = self.inner.snapshot(node).await;
         self.fire(Moment::AfterFirstRead).await;
         snapshot
     }

@@ -44,7 +44,12 @@ pub fn client(url: &str, caller: &str, timeouts: Timeouts) -> anyhow::Result<kub
     config
         .headers
         .push((AUDIT_HEADER.parse()?, caller.parse()?));
-    Ok(quiesce_drainer::client::build(config, timeouts)?)
+    // The production default rate limit: the lab's few nodes stay far below it.
+    Ok(quiesce_drainer::client::build(
+        config,
+        timeouts,
+        quiesce_drainer::client::Rate::default(),
+    )?)
 }
 
 /// One running drainer process: its queue loop and node index. Dropping it (or

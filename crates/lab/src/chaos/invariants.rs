@@ -639,6 +639,7 @@ mod tests {
             revision,
             status: Some(201),
             fault: None,
+            at: std::time::Instant::now(),
         };
         let e = evidence(
             Vec::new(),

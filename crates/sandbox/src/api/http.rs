@@ -20,6 +20,7 @@ use super::eviction;
 use super::faults;
 use super::fields::{self, Writer};
 use super::openapi;
+use super::page::{self, Page};
 use super::patch::{self, PatchType};
 use super::protobuf;
 use super::resources::{self, Resource, lookup};
@@ -48,14 +49,19 @@ fn json_response(code: u16, body: &Value) -> Response {
 
 /// A `<Kind>List`, written straight from the store's shared objects: a list of 30,000 pods
 /// is serialised once, never deep-copied.
-fn list_response(r: &Resource, items: &[Arc<Value>], rv: u64) -> Response {
+fn list_response(r: &Resource, page: &Page) -> Response {
+    let mut metadata = json!({"resourceVersion": page.rv.to_string()});
+    if let Some(next) = &page.next {
+        metadata["continue"] = json!(next);
+        metadata["remainingItemCount"] = json!(page.remaining);
+    }
     let mut out = format!(
-        r#"{{"kind":"{}List","apiVersion":"{}","metadata":{{"resourceVersion":"{rv}"}},"items":["#,
+        r#"{{"kind":"{}List","apiVersion":"{}","metadata":{metadata},"items":["#,
         r.kind,
         r.api_version()
     )
     .into_bytes();
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in page.items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -146,6 +152,7 @@ pub async fn handle(
             revision: shared.store.resource_version(),
             status: None,
             fault: None,
+            at: std::time::Instant::now(),
         });
         log.len() - 1
     });
@@ -420,11 +427,24 @@ async fn serve(
                 return watch(shared, r, t.namespace, labels, fields, params, accept);
             }
             let (items, rv) = store.list(r, t.namespace.as_deref(), &labels, &fields);
+            let page = page::page(
+                items,
+                rv,
+                params.get("limit").map(String::as_str),
+                params.get("continue").map(String::as_str),
+            )?;
             if table::wants_table(accept) {
-                let rows = items.iter().map(|o| &**o);
-                return Ok(json_response(200, &table::table(r, rows, rv)));
+                let rows = page.items.iter().map(|o| &**o);
+                let mut table = table::table(r, rows, page.rv);
+                // kubectl reads a large list 500 rows at a time (`--chunk-size`) and asks for
+                // the next page by the Table's own continue token.
+                if let Some(next) = &page.next {
+                    table["metadata"]["continue"] = json!(next);
+                    table["metadata"]["remainingItemCount"] = json!(page.remaining);
+                }
+                return Ok(json_response(200, &table));
             }
-            Ok(list_response(r, &items, rv))
+            Ok(list_response(r, &page))
         }
         ("GET", Some(name), None | Some("status")) => {
             let obj = store.get(r, &ns, name)?;

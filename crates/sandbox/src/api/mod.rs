@@ -13,6 +13,7 @@ mod faults;
 mod fields;
 mod http;
 mod openapi;
+mod page;
 pub mod patch;
 mod protobuf;
 pub mod resources;
@@ -81,6 +82,8 @@ pub struct Audited {
     pub status: Option<u16>,
     /// The injected fault this request hit, if any.
     pub fault: Option<FaultKind>,
+    /// When the request arrived, so a test can count a client's requests per second.
+    pub at: std::time::Instant,
 }
 
 pub(crate) struct Shared {

@@ -43,3 +43,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.serviceAccount.name -}}
 {{- end -}}
 {{- end -}}
+
+{{/* drainer.surge as one of annotated, all, never (true is all, false is never). */}}
+{{- define "quiesce.surge" -}}
+{{- $surge := toString .Values.drainer.surge -}}
+{{- if or (eq $surge "true") (eq $surge "all") -}}
+all
+{{- else if or (eq $surge "false") (eq $surge "never") -}}
+never
+{{- else if eq $surge "annotated" -}}
+annotated
+{{- else -}}
+{{- fail (printf "drainer.surge must be annotated, all or never (or true/false), not %q" $surge) -}}
+{{- end -}}
+{{- end -}}

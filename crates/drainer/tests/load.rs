@@ -1,0 +1,134 @@
+//! The drainer under load, seen from the API server's side (the sandbox's request audit log):
+//! the client's rate limit holds, and a drain reads what it needs a page at a time instead
+//! of every pod of the cluster in one response (#20 item 7).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use quiesce_drainer::client::{self, Rate, Timeouts};
+use quiesce_drainer::metrics::Metrics;
+use quiesce_drainer::nodes::NodeIndex;
+use quiesce_drainer::{Handler, Settings};
+use quiesce_sandbox::api::{AUDIT_HEADER, Audited};
+use quiesce_sandbox::{Sandbox, SandboxOptions};
+
+fn audited_client(url: &str, caller: &str, rate: Rate) -> kube::Client {
+    let mut config = kube::Config::new(url.parse().unwrap());
+    config
+        .headers
+        .push((AUDIT_HEADER.parse().unwrap(), caller.parse().unwrap()));
+    client::build(config, Timeouts::default(), rate).unwrap()
+}
+
+/// The most requests of `log` that arrived within any `window`.
+fn peak(log: &[Audited], window: Duration) -> usize {
+    let mut times: Vec<Instant> = log.iter().map(|a| a.at).collect();
+    times.sort();
+    let mut start = 0;
+    let mut most = 0;
+    for end in 0..times.len() {
+        while times[end].duration_since(times[start]) >= window {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+#[tokio::test]
+async fn the_clients_rate_limit_holds_from_the_servers_side() {
+    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let rate = Rate {
+        qps: 20.0,
+        burst: 5.try_into().unwrap(),
+    };
+    let nodes: Api<Node> = Api::all(audited_client(sandbox.url(), "limited", rate));
+    // Sixty requests at once, as sixty actions arriving together would send them.
+    let calls = (0..60).map(|i| {
+        let nodes = nodes.clone();
+        async move { nodes.get_opt(&format!("node-{i}")).await.unwrap() }
+    });
+    futures::future::join_all(calls).await;
+    let log: Vec<Audited> = sandbox
+        .audited()
+        .into_iter()
+        .filter(|a| a.caller == "limited")
+        .collect();
+    assert_eq!(log.len(), 60, "every request reached the server");
+    // A token bucket lets `burst` through at once and `qps` a second after: in any second at
+    // most burst + qps (one more for the edges of the window). Without the limit all sixty
+    // arrive within milliseconds.
+    let most = peak(&log, Duration::from_secs(1));
+    assert!(
+        most <= 5 + 20 + 1,
+        "{most} requests reached the server within one second; the limit is 20/s, burst 5"
+    );
+    let half = peak(&log, Duration::from_millis(500));
+    assert!(half <= 5 + 10 + 1, "{half} requests within half a second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_reads_the_nodes_pods_by_field_selector_and_every_list_by_pages() {
+    let bed = support::bed(3, 0, 60, "").await;
+    let client = audited_client(bed.sandbox.url(), "drainer", Rate::default());
+    let handler = std::sync::Arc::new(Handler::new(
+        client.clone(),
+        NodeIndex::listed(client),
+        quiesce_aws::hooks::AutoScaling::new(&bed.aws),
+        Settings {
+            max_retry_pause: Duration::from_secs(1),
+            ..bed.settings()
+        },
+        std::sync::Arc::new(Metrics::default()),
+    ));
+    let victim = bed.instances[0].clone();
+    let (stop, worker) = bed.run_worker(handler, Duration::from_secs(30));
+    bed.terminate(&victim).await;
+    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(90))
+        .await;
+    stop.send_replace(true);
+    worker.await.unwrap();
+
+    let log: Vec<Audited> = bed
+        .sandbox
+        .audited()
+        .into_iter()
+        .filter(|a| a.caller == "drainer")
+        .collect();
+    let lists: Vec<&Audited> = log
+        .iter()
+        .filter(|a| a.method == "GET" && is_collection(&a.path) && !a.query.contains("watch="))
+        .collect();
+    assert!(!lists.is_empty(), "the drain listed nothing: {log:#?}");
+    let unpaged: Vec<&&Audited> = lists
+        .iter()
+        .filter(|a| !a.query.contains("limit="))
+        .collect();
+    assert!(
+        unpaged.is_empty(),
+        "lists without limit (one response for the whole collection): {unpaged:#?}"
+    );
+    let node_pods = lists
+        .iter()
+        .filter(|a| a.path == "/api/v1/pods" && a.query.contains("spec.nodeName%3Dnode-1"))
+        .count();
+    assert!(
+        node_pods >= 2,
+        "the node's pods are read by field selector (deadline and plan): {lists:#?}"
+    );
+}
+
+/// Whether `path` names a collection (`/api/v1/pods`, `/apis/apps/v1/namespaces/ns/deployments`)
+/// rather than one object or a subresource.
+fn is_collection(path: &str) -> bool {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match parts.as_slice() {
+        ["api", _, rest @ ..] => rest,
+        ["apis", _, _, rest @ ..] => rest,
+        _ => return false,
+    };
+    matches!(rest, [_] | ["namespaces", _, _])
+}
