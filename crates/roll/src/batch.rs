@@ -152,13 +152,16 @@ mod tests {
     }
 
     fn snapshot() -> Snapshot {
+        let pods = vec![
+            pod("web-1", "a", "web", "500m"),
+            pod("web-2", "b", "web", "500m"),
+            pod("web-3", "c", "web", "500m"),
+        ];
         Snapshot {
             nodes: vec![node("a", "2"), node("b", "2"), node("c", "2")],
-            pods: vec![
-                pod("web-1", "a", "web", "500m"),
-                pod("web-2", "b", "web", "500m"),
-                pod("web-3", "c", "web", "500m"),
-            ],
+            // What the pods request, as reads::whole_cluster sums it.
+            usage: quiesce_core::capacity::Usage::of(&pods),
+            pods,
             pdbs: vec![serde_json::from_value(json!({
                 "metadata": {"name": "web", "namespace": "default"},
                 "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}},
