@@ -189,7 +189,14 @@ impl Scenario {
                     name: name.to_string(),
                     message: format!("the sandbox does not serve {} {kind}", obj["apiVersion"]),
                 })?;
-            let ns = obj["metadata"]["namespace"].as_str().unwrap_or("default");
+            // Cluster-scoped kinds live outside every namespace (a Node stored under `default`
+            // would be listed but not found by name); namespaced ones default to `default`, as
+            // kubectl apply does.
+            let ns = if resource.namespaced {
+                obj["metadata"]["namespace"].as_str().unwrap_or("default")
+            } else {
+                ""
+            };
             store
                 .create(resource, ns, obj.clone(), false)
                 .map_err(|e| object_error(index, kind, name, e))?;
@@ -222,6 +229,28 @@ mod tests {
                 .unwrap()
                 .starts_with("aws:///us-east-1b/i-")
         );
+    }
+
+    /// A cluster-scoped object listed under `objects:` (a Node, a PersistentVolume) lives
+    /// outside every namespace, as the API server stores it: a GET by name finds it.
+    #[test]
+    fn cluster_scoped_objects_are_stored_without_a_namespace() {
+        let s = Scenario::from_yaml(
+            "objects:\n  - {apiVersion: v1, kind: Node, metadata: {name: extra}}\n  - {apiVersion: v1, kind: ConfigMap, metadata: {name: settings}}\n",
+            "scoped.yaml",
+        )
+        .unwrap();
+        let store = Store::new(100);
+        s.apply(&store).unwrap();
+        let nodes = crate::api::resources::by_kind("", "Node");
+        let config_maps = crate::api::resources::by_kind("", "ConfigMap");
+        let node = store
+            .get(nodes, "", "extra")
+            .expect("the node is cluster-scoped");
+        assert!(node["metadata"]["namespace"].is_null(), "{node}");
+        store
+            .get(config_maps, "default", "settings")
+            .expect("a namespaced object without a namespace goes to default");
     }
 
     #[test]
