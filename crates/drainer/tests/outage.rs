@@ -57,16 +57,7 @@ async fn every_received_action_is_cordoned_and_heartbeated_at_once() {
 async fn an_api_outage_mid_drain_ends_in_one_continue_and_an_empty_dead_letter_queue() {
     let bed = bed(3, 0, 30, "").await;
     // The templates' redrive policy: five receives, then the dead-letter queue.
-    let dlq_url = bed
-        .sqs
-        .create_queue()
-        .queue_name("lifecycle-dlq")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let dlq_arn = support::queue_arn(&bed.sqs, &dlq_url).await;
+    let (dlq_url, dlq_arn) = quiesce_testbed::aws::queue(&bed.sqs, "lifecycle-dlq").await;
     bed.sqs
         .set_queue_attributes()
         .queue_url(&bed.queue_url)

@@ -1,6 +1,7 @@
-//! What tests set up in moto through the AWS SDK (feature `aws`): an instance, and an ELBv2
-//! target group holding it, so that the load-balancer tests of several crates (the lookup, the
-//! drainer's phase, `quiesce drain`) build their world one way.
+//! What tests set up in moto through the AWS SDK (feature `aws`): test credentials, a queue,
+//! an instance, and an ELBv2 target group holding it, so that the tests of several crates (the
+//! drainer's, the roll's, the load-balancer lookup's, `quiesce drain`'s) build their world one
+//! way.
 
 use aws_sdk_autoscaling::config::{Credentials, SharedCredentialsProvider};
 use aws_sdk_elasticloadbalancingv2::types::{Tag, TargetDescription, TargetGroupAttribute};
@@ -13,6 +14,34 @@ pub fn with_test_credentials(config: aws_config::SdkConfig) -> aws_config::SdkCo
             "testing", "testing", None, None, "test",
         )))
         .build()
+}
+
+/// A new queue `name`: its URL and its ARN (what a lifecycle hook or a redrive policy names).
+pub async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("moto creates the queue")
+        .queue_url
+        .expect("a created queue has a URL");
+    let arn = queue_arn(sqs, &url).await;
+    (url, arn)
+}
+
+/// The ARN of the queue at `url`.
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    sqs.get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("moto answers GetQueueAttributes")
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+        .expect("a queue has an ARN")
 }
 
 /// One instance of moto's EC2, launched by a one-instance Auto Scaling group `group` (moto

@@ -16,6 +16,7 @@ use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, Settings, WorkerSettings};
 use quiesce_sandbox::{Sandbox, SandboxOptions, scenario::Scenario};
+use quiesce_testbed::aws::{queue, queue_arn, with_test_credentials};
 use quiesce_testbed::moto::Moto;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -106,23 +107,10 @@ pub async fn bed(nodes: usize, strangers: usize, heartbeat_timeout: i32, extra: 
         endpoint_url: Some(moto.url().to_string()),
     })
     .await;
-    let aws = base
-        .into_builder()
-        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
-            aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "test"),
-        ))
-        .build();
+    let aws = with_test_credentials(base);
     let asg = aws_sdk_autoscaling::Client::new(&aws);
     let sqs = aws_sdk_sqs::Client::new(&aws);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name("lifecycle")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let queue_arn = queue_arn(&sqs, &queue_url).await;
+    let (queue_url, queue_arn) = queue(&sqs, "lifecycle").await;
     asg.create_launch_configuration()
         .launch_configuration_name("workers")
         .image_id("ami-12c6146b")
@@ -207,18 +195,6 @@ pub async fn bed(nodes: usize, strangers: usize, heartbeat_timeout: i32, extra: 
 }
 
 /// The ARN of the queue at `url`, for hook targets and EventBridge rules.
-pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str) -> String {
-    sqs.get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone()
-}
-
 /// A terminate notification in the documented direct Auto Scaling → SQS shape, for a message
 /// sent again by hand (a duplicate, a stale one).
 pub fn notification(instance: &str, token: &Value) -> String {

@@ -23,6 +23,7 @@ use quiesce_roll::aws::AwsRefresh;
 use quiesce_roll::refresh::Preferences;
 use quiesce_roll::run::{OnBreach, RollSpec, Undrainable};
 use quiesce_sandbox::{Sandbox, SandboxOptions, scenario::Scenario};
+use quiesce_testbed::aws::{queue, with_test_credentials};
 use quiesce_testbed::moto::Moto;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -108,32 +109,10 @@ pub async fn bed(setup: GroupSetup, extra: &str) -> Bed {
         endpoint_url: Some(moto.url().to_string()),
     })
     .await;
-    let aws = base
-        .into_builder()
-        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
-            aws_sdk_sqs::config::Credentials::new("testing", "testing", None, None, "test"),
-        ))
-        .build();
+    let aws = with_test_credentials(base);
     let asg = aws_sdk_autoscaling::Client::new(&aws);
     let sqs = aws_sdk_sqs::Client::new(&aws);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name("lifecycle")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let queue_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue_url)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()[&aws_sdk_sqs::types::QueueAttributeName::QueueArn]
-        .clone();
+    let (queue_url, queue_arn) = queue(&sqs, "lifecycle").await;
     let addr = moto.url().trim_start_matches("http://").to_string();
     let created = ec2_call(
         &addr,
