@@ -451,3 +451,60 @@ fn without_root_the_first_line_says_the_lab_falls_back_to_userspace() {
         "asked for, it is an error that says why: {stderr}"
     );
 }
+
+/// `--slo max-failed=0`: the lab rolls through `quiesce roll`'s code (pre-flight, the refresh
+/// behind the same trait as Auto Scaling's, the gate on the live failure count), the gate
+/// stays green all along, and the roll completes with nothing failed.
+#[test]
+fn a_roll_gated_on_zero_failures_completes() {
+    let (json, stderr, status) =
+        lab(&["--dataplane", "userspace", "--slo", "max-failed=0"]).expect("userspace runs");
+    assert_quiesce_dropped_nothing(&json, &stderr, status);
+    let roll = &json["roll"];
+    assert_eq!(roll["outcome"], "complete", "{roll:#}\n{stderr}");
+    assert!(roll["refreshId"].is_string(), "{roll:#}");
+    assert_eq!(roll["replaced"].as_array().unwrap().len(), 3, "{roll:#}");
+    assert_eq!(roll["breaches"], serde_json::json!([]), "{roll:#}");
+    assert_eq!(roll["preflight"]["refusals"], serde_json::json!([]), "{roll:#}");
+    assert!(roll["evaluations"].as_u64().unwrap() >= 2, "{roll:#}");
+    assert!(stderr.contains("gate green"), "progress shows the gate: {stderr}");
+}
+
+/// `--mode naive --slo max-failed=20`: the first naive drain breaks the SLO; the gate, read
+/// every `evaluateEverySeconds`, sees it at most one interval late — at most 20 + rps × the
+/// interval failed by then — and the roll rolls back before another old node goes.
+#[test]
+fn a_naive_roll_gated_on_twenty_failures_rolls_back_at_the_first_breach() {
+    let (json, stderr, status) = lab(&[
+        "--mode",
+        "naive",
+        "--dataplane",
+        "userspace",
+        "--slo",
+        "max-failed=20",
+    ])
+    .expect("userspace runs");
+    assert!(status.success(), "{json:#}\n{stderr}");
+    let roll = &json["roll"];
+    assert_eq!(roll["outcome"], "rolled-back", "{roll:#}\n{stderr}");
+    let interval = roll["evaluateEverySeconds"].as_f64().unwrap();
+    let rps = roll["rps"].as_f64().unwrap();
+    let bound = 20.0 + rps * interval;
+    let breaches = roll["breaches"].as_array().unwrap();
+    let at_breach = breaches[0]["value"].as_f64().unwrap();
+    assert!(
+        at_breach > 20.0 && at_breach <= bound,
+        "{at_breach} failed at the breach, bound {bound}: {roll:#}"
+    );
+    let replaced = json["nodes_replaced"].as_u64().unwrap();
+    assert!(replaced < 3, "{json:#}");
+    assert_eq!(roll["replaced"].as_array().unwrap().len() as u64, replaced);
+    assert!(
+        json["replacements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["rollback"] == true),
+        "the rollback replaced the new instances: {json:#}"
+    );
+}

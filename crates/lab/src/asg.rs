@@ -29,6 +29,8 @@ use tokio::time::Instant;
 
 use crate::timeline::Timeline;
 
+pub mod refresh;
+
 /// How the group behaves.
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
@@ -132,6 +134,25 @@ pub struct Replacement {
     pub drain_seconds: f64,
     /// `terminated`, or `retained` when its hook was abandoned.
     pub result: String,
+    /// Whether a rollback made it (it replaced a new instance with one on the previous
+    /// launch template version).
+    pub rollback: bool,
+}
+
+/// How one batch of a refresh went.
+enum Batch {
+    /// The replacements came into service and the old instances went (or were retained).
+    Replaced {
+        /// The instances launched, in the order of the batch.
+        launched: Vec<String>,
+        /// Each old instance's replacement.
+        replacements: Vec<Replacement>,
+    },
+    /// A replacement never came into service: nothing was terminated.
+    NotInService {
+        /// The instances launched.
+        launched: Vec<String>,
+    },
 }
 
 /// The calls a drainer makes on the group, as Auto Scaling and SQS name them.
@@ -441,62 +462,78 @@ impl Group {
         let desired = old.len() as u32;
         let may_lose = desired * (100 - self.opts.min_healthy_percentage.min(100)) / 100;
         let batch = may_lose.max(1) as usize;
+        let mut out = Vec::new();
+        for chunk in old.chunks(batch) {
+            match self.replace_batch(chunk, progress).await {
+                Batch::Replaced { replacements, .. } => out.extend(replacements),
+                Batch::NotInService { .. } => break,
+            }
+        }
+        out
+    }
+
+    /// One batch of a refresh: launches a replacement for each of `chunk`, waits until they
+    /// are in service, then terminates `chunk` through its terminate hooks and waits until
+    /// each is gone or retained (each wait bounded by the hooks' global timeout).
+    async fn replace_batch(&self, chunk: &[String], progress: &(dyn Fn(&str) + Sync)) -> Batch {
         let limit = HookTiming {
             heartbeat_timeout: self.opts.heartbeat_timeout,
         }
         .global_timeout();
-        let mut out = Vec::new();
-        for chunk in old.chunks(batch) {
-            let launched_at = Instant::now();
-            let mut fresh = Vec::new();
-            for _ in chunk {
-                fresh.push(self.launch().await);
-            }
-            self.wait(limit, |g| {
-                fresh.iter().all(|i| g.state(i) != Some(State::Pending))
-            })
-            .await;
-            let launch_seconds = launched_at.elapsed().as_secs_f64();
-            // An abandoned launch hook terminates the new instance: like a failed instance
-            // refresh, stop before taking anything more out of service.
-            if !fresh
-                .iter()
-                .all(|i| self.state(i) == Some(State::InService))
-            {
-                progress("a replacement never came into service; stopping the refresh");
-                break;
-            }
-            let drain_started = Instant::now();
-            for id in chunk {
-                progress(&format!(
-                    "terminating {} ({id}): waiting for its lifecycle hook",
-                    self.node_of(id)
-                ));
-                self.begin_terminate(id);
-            }
-            self.wait(limit, |g| {
-                chunk
-                    .iter()
-                    .all(|i| matches!(g.state(i), Some(State::Terminated | State::Retained)))
-            })
-            .await;
-            for (id, new) in chunk.iter().zip(&fresh) {
-                let result = match self.state(id) {
-                    Some(State::Terminated) => "terminated",
-                    Some(State::Retained) => "retained",
-                    _ => "still-waiting",
-                };
-                progress(&format!("{} {result}", self.node_of(id)));
-                out.push(Replacement {
-                    old_node: self.node_of(id),
-                    new_node: self.node_of(new),
-                    launch_seconds,
-                    drain_seconds: drain_started.elapsed().as_secs_f64(),
-                    result: result.into(),
-                });
-            }
+        let launched_at = Instant::now();
+        let mut fresh = Vec::new();
+        for _ in chunk {
+            fresh.push(self.launch().await);
         }
-        out
+        self.wait(limit, |g| {
+            fresh.iter().all(|i| g.state(i) != Some(State::Pending))
+        })
+        .await;
+        let launch_seconds = launched_at.elapsed().as_secs_f64();
+        // An abandoned launch hook terminates the new instance: like a failed instance
+        // refresh, stop before taking anything more out of service.
+        if !fresh
+            .iter()
+            .all(|i| self.state(i) == Some(State::InService))
+        {
+            progress("a replacement never came into service; stopping the refresh");
+            return Batch::NotInService { launched: fresh };
+        }
+        let drain_started = Instant::now();
+        for id in chunk {
+            progress(&format!(
+                "terminating {} ({id}): waiting for its lifecycle hook",
+                self.node_of(id)
+            ));
+            self.begin_terminate(id);
+        }
+        self.wait(limit, |g| {
+            chunk
+                .iter()
+                .all(|i| matches!(g.state(i), Some(State::Terminated | State::Retained)))
+        })
+        .await;
+        let mut replacements = Vec::new();
+        for (id, new) in chunk.iter().zip(&fresh) {
+            let result = match self.state(id) {
+                Some(State::Terminated) => "terminated",
+                Some(State::Retained) => "retained",
+                _ => "still-waiting",
+            };
+            progress(&format!("{} {result}", self.node_of(id)));
+            replacements.push(Replacement {
+                old_node: self.node_of(id),
+                new_node: self.node_of(new),
+                launch_seconds,
+                drain_seconds: drain_started.elapsed().as_secs_f64(),
+                result: result.into(),
+                rollback: false,
+            });
+        }
+        Batch::Replaced {
+            launched: fresh,
+            replacements,
+        }
     }
 
     /// Launches one instance: after `boot` its Node registers, and its launch hook waits.

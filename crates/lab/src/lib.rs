@@ -10,6 +10,7 @@
 //! - [`timeline`]: what happened when, for the report;
 //! - [`report`]: the self-contained HTML timeline;
 //! - [`asg`]: the simulated Auto Scaling group whose lifecycle hooks the drainer completes;
+//! - [`roll`]: the roll through `quiesce roll`'s code with an SLO gate (`--slo`);
 //! - [`run`]: one whole run, quiesce or naive;
 //! - [`chaos`]: the drainers a run starts, faults injected into a run, and the guarantees
 //!   checked from the outside record.
@@ -21,6 +22,7 @@ pub mod dataplane;
 pub mod kernel;
 pub mod pods;
 pub mod report;
+pub mod roll;
 pub mod run;
 pub mod timeline;
 pub mod traffic;

@@ -88,6 +88,8 @@ pub struct LabOptions {
     pub work: Duration,
     /// Inject faults and play drainer restarts (`--chaos`).
     pub chaos: Option<ChaosOptions>,
+    /// Roll through `quiesce roll`'s code, gated on the failed requests (`--slo`).
+    pub gate: Option<crate::roll::GateOptions>,
 }
 
 impl Default for LabOptions {
@@ -104,6 +106,7 @@ impl Default for LabOptions {
             dataplane: Dataplane::Userspace,
             work: Duration::from_millis(2),
             chaos: None,
+            gate: None,
         }
     }
 }
@@ -143,6 +146,9 @@ pub struct LabReport {
     /// With `--chaos`: `seed`, `faults.injected` by kind, `drainer.restarts`.
     #[serde(flatten)]
     pub chaos: Option<ChaosReport>,
+    /// With `--slo`: the roll's report (`roll.outcome`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roll: Option<crate::roll::LabRoll>,
 }
 
 /// One phase of the run.
@@ -418,6 +424,7 @@ pub async fn run(
     let witness = Witness::start(&sandbox, &group)?;
     let metrics = Arc::new(Metrics::default());
     let (settings, sabotage) = chaos::sabotaged(drainer_settings(opts.mode))?;
+    let drain = settings.drain;
     if let Some(how) = sabotage {
         progress(&format!("the drainer is broken on purpose: {how}"));
     }
@@ -448,8 +455,10 @@ pub async fn run(
             ));
         }
     };
-    let replacements = tokio::select! {
-        r = group.refresh(progress) => r,
+    let failed = || traffic.snapshot().failed;
+    let gate = opts.gate.as_ref();
+    let (replacements, roll) = tokio::select! {
+        r = crate::roll::refresh(gate, &group, &client, drain, &failed, opts.rps, progress) => r?,
         () = ticker => unreachable!("the ticker never ends"),
     };
     mark("refresh", &mut since);
@@ -479,7 +488,7 @@ pub async fn run(
     });
     let nodes_replaced = replacements
         .iter()
-        .filter(|r| r.result == "terminated")
+        .filter(|r| r.result == "terminated" && !r.rollback)
         .count();
     Ok((
         LabReport {
@@ -497,6 +506,7 @@ pub async fn run(
             invariants,
             sabotage,
             chaos,
+            roll,
         },
         timeline,
     ))

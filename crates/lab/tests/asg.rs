@@ -10,7 +10,9 @@ use quiesce_aws::queue::Queue;
 use quiesce_drainer::metrics::Metrics;
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, Settings, WorkerSettings};
+use quiesce_lab::asg::refresh::{PREVIOUS_VERSION, RefreshingGroup};
 use quiesce_lab::asg::{Group, GroupOptions, State};
+use quiesce_roll::refresh::{Preferences, Refresh, RefreshState, Status};
 use quiesce_lab::timeline::Timeline;
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::{Sandbox, SandboxOptions};
@@ -22,6 +24,35 @@ async fn sandbox(nodes: usize) -> Sandbox {
     })
     .await
     .unwrap()
+}
+
+/// The production drainer's queue loop on `group`; send `true` to stop it.
+fn drainer(
+    sandbox: &Sandbox,
+    group: &Group,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let client = sandbox.client();
+    let handler = Arc::new(Handler::new(
+        client.clone(),
+        NodeIndex::listed(client),
+        group.clone(),
+        Settings::default(),
+        Arc::new(Metrics::default()),
+    ));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(quiesce_drainer::worker::run(
+        Arc::new(group.clone()),
+        handler,
+        WorkerSettings {
+            wait: Duration::from_millis(200),
+            ..WorkerSettings::default()
+        },
+        stopped,
+    ));
+    (stop, worker)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,24 +109,7 @@ async fn a_refresh_at_half_healthy_replaces_two_at_a_time_through_the_drainer() 
     )
     .await
     .unwrap();
-    let client = sandbox.client();
-    let handler = Arc::new(Handler::new(
-        client.clone(),
-        NodeIndex::listed(client),
-        group.clone(),
-        Settings::default(),
-        Arc::new(Metrics::default()),
-    ));
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker = tokio::spawn(quiesce_drainer::worker::run(
-        Arc::new(group.clone()),
-        handler,
-        WorkerSettings {
-            wait: Duration::from_millis(200),
-            ..WorkerSettings::default()
-        },
-        stopped,
-    ));
+    let (stop, worker) = drainer(&sandbox, &group);
     let replaced = group.refresh(&|_| {}).await;
     assert_eq!(replaced.len(), 4, "{replaced:?}");
     assert!(
@@ -195,5 +209,112 @@ async fn the_instance_check_follows_the_groups_state() {
         .expect("the refresh ends")
         .unwrap();
     assert_eq!(replaced.len(), 1, "{replaced:?}");
+    sandbox.shutdown().await;
+}
+
+/// The refresh `id` of `target` once it has ended, within a minute.
+async fn ended(target: &RefreshingGroup, id: &str) -> RefreshState {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let state = target.describe("lab-workers", id).await.unwrap();
+        if state.status.is_final() {
+            return state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refresh did not end: {state:?}"
+        );
+        tick.tick().await;
+    }
+}
+
+/// The group behind `quiesce roll`'s Refresh trait, through the production drainer: a
+/// refresh replaces every instance with one on the new version; a rollback called while the
+/// next refresh's first batch is in flight lets that batch finish, then puts the previous
+/// version back on every instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_interface_replaces_every_instance_and_a_rollback_restores_the_previous_version()
+ {
+    let sandbox = sandbox(2).await;
+    let group = Group::adopt(
+        sandbox.client(),
+        GroupOptions {
+            boot: Duration::from_millis(100),
+            ..GroupOptions::default()
+        },
+        Timeline::new(),
+    )
+    .await
+    .unwrap();
+    let (stop, worker) = drainer(&sandbox, &group);
+    let (target, driver) = RefreshingGroup::new(group.clone());
+    let driving = tokio::spawn(async move {
+        let quiet = |_: &str| {};
+        driver.run(&quiet).await
+    });
+    let old = group.in_service();
+    let facts = target.facts();
+    assert_eq!(facts.launch_template_version.as_deref(), Some(PREVIOUS_VERSION));
+    assert_eq!(facts.terminate_hook_abandon.as_deref(), Some("retain"));
+    let preferences = Preferences {
+        min_healthy: 50,
+        ..Preferences::default()
+    };
+    assert!(target.cancel("lab-workers").await.is_err(), "nothing to cancel");
+    assert!(target.start("other", "2", &preferences).await.is_err());
+
+    let id = target.start("lab-workers", "2", &preferences).await.unwrap();
+    let refused = target.start("lab-workers", "2", &preferences).await;
+    assert!(
+        refused.is_err_and(|e| e.message.contains("InstanceRefreshInProgress")),
+        "one refresh at a time"
+    );
+    let state = ended(&target, &id).await;
+    assert_eq!((state.status, state.percent), (Status::Successful, 100));
+    let after = target.instances("lab-workers").await.unwrap();
+    assert_eq!(after.len(), 2, "{after:?}");
+    for i in &after {
+        assert!(!old.contains(&i.id), "{after:?}");
+        assert_eq!((i.state.as_str(), i.version.as_deref()), ("InService", Some("2")));
+    }
+
+    let id = target.start("lab-workers", "3", &preferences).await.unwrap();
+    // Once the first batch is in flight (its replacement launched on version 3).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    while !target
+        .instances("lab-workers")
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.version.as_deref() == Some("3"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no launch on version 3");
+        tick.tick().await;
+    }
+    target.rollback("lab-workers").await.unwrap();
+    let state = ended(&target, &id).await;
+    assert_eq!(state.status, Status::RollbackSuccessful, "{state:?}");
+    let back = target.instances("lab-workers").await.unwrap();
+    assert_eq!(back.len(), 2, "{back:?}");
+    for i in &back {
+        assert_eq!((i.state.as_str(), i.version.as_deref()), ("InService", Some("2")), "{back:?}");
+    }
+    let replacements = target.replacements();
+    assert_eq!(
+        replacements.iter().filter(|r| !r.rollback).count(),
+        3,
+        "two forward, then the batch in flight at the rollback: {replacements:?}"
+    );
+    assert_eq!(
+        replacements.iter().filter(|r| r.rollback).count(),
+        1,
+        "the rollback replaced the one instance on version 3: {replacements:?}"
+    );
+    assert!(replacements.iter().all(|r| r.result == "terminated"));
+    driving.abort();
+    stop.send_replace(true);
+    worker.await.unwrap();
     sandbox.shutdown().await;
 }

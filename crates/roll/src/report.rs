@@ -65,6 +65,9 @@ pub struct RollReport {
     pub breaches: Vec<Reading>,
     /// How many times the gate was evaluated.
     pub evaluations: usize,
+    /// Seconds between two evaluations of the gate (`--evaluate-every`; none without an
+    /// SLO): a breach is seen at most this long after it happened.
+    pub evaluate_every_seconds: Option<f64>,
     /// Seconds the gate held the roll, in total.
     pub held_seconds: f64,
     /// The roll's wall time.
@@ -73,4 +76,30 @@ pub struct RollReport {
     pub resume: Option<String>,
     /// Pre-flight's findings.
     pub preflight: Preflight,
+}
+
+impl RollReport {
+    /// The report of a roll that never started a refresh (pre-flight refused, `--dry-run`).
+    pub fn unstarted(
+        group: &str,
+        outcome: Outcome,
+        reason: Option<String>,
+        preflight: Preflight,
+    ) -> RollReport {
+        RollReport {
+            group: group.to_string(),
+            refresh_id: None,
+            outcome,
+            reason,
+            replaced: Vec::new(),
+            retained: Vec::new(),
+            breaches: Vec::new(),
+            evaluations: 0,
+            evaluate_every_seconds: None,
+            held_seconds: 0.0,
+            seconds: 0.0,
+            resume: None,
+            preflight,
+        }
+    }
 }

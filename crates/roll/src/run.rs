@@ -85,6 +85,39 @@ pub struct Progress {
     pub retained: usize,
 }
 
+impl Progress {
+    /// One line for a person: status, instances replaced, the drainer's phase on each
+    /// terminating node, the gate's verdict (what `quiesce roll` and `quiesce lab --slo` show
+    /// while they roll).
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "[{:>5.0}s] {:?} {}%: {}/{} replaced",
+            self.elapsed, self.refresh.status, self.refresh.percent, self.replaced, self.total
+        );
+        if let Some(reason) = &self.refresh.reason {
+            line.push_str(&format!(" — {reason}"));
+        }
+        for (instance, phase) in &self.draining {
+            line.push_str(&format!("; {instance} {phase}"));
+        }
+        if let Some(gate) = &self.gate {
+            line.push_str(&format!(
+                "; gate {} ({} = {})",
+                if gate.ok { "green" } else { "RED" },
+                gate.objective,
+                gate.value
+            ));
+        }
+        if self.held {
+            line.push_str(", holding the next terminate hook");
+        }
+        if self.retained > 0 {
+            line.push_str(&format!("; {} retained", self.retained));
+        }
+        line
+    }
+}
+
 /// Why following the roll failed (not a breach or a refusal: those are outcomes).
 #[derive(Debug, thiserror::Error)]
 pub enum RollError {
@@ -316,18 +349,11 @@ pub async fn roll<R: Refresh, S: Slo>(
             );
             f.breaches.push(reading);
             return Ok(RollReport {
-                group: spec.group.clone(),
-                refresh_id: None,
-                outcome: Outcome::Refused,
-                reason: Some(why),
-                replaced: Vec::new(),
-                retained: Vec::new(),
                 breaches: f.breaches,
                 evaluations: f.evaluations,
-                held_seconds: 0.0,
+                evaluate_every_seconds: Some(spec.evaluate_every.as_secs_f64()),
                 seconds: started.elapsed().as_secs_f64(),
-                resume: None,
-                preflight,
+                ..RollReport::unstarted(&spec.group, Outcome::Refused, Some(why), preflight)
             });
         }
         f.breach(reading).await?;
@@ -441,7 +467,17 @@ pub async fn roll<R: Refresh, S: Slo>(
                 instances,
             );
         }
-        tokio::time::sleep(spec.poll_every).await;
+        // The next look: a poll, or the gate's evaluation if that comes first, so the gate
+        // is evaluated every `evaluate_every` even when it is shorter than `poll_every`.
+        // (An evaluation overdue but not made, the roll ending, waits for the poll.)
+        let now = Instant::now();
+        let next_look = now + spec.poll_every;
+        tokio::time::sleep_until(if slo.is_some() && next_eval > now {
+            next_look.min(next_eval)
+        } else {
+            next_look
+        })
+        .await;
     };
     f.release_hold().await?;
     f.gate.open(&f.old).await?;
@@ -467,6 +503,7 @@ pub async fn roll<R: Refresh, S: Slo>(
         retained: f.retained.into_values().collect(),
         breaches: f.breaches,
         evaluations: f.evaluations,
+        evaluate_every_seconds: slo.map(|_| spec.evaluate_every.as_secs_f64()),
         held_seconds: f.held_total.as_secs_f64(),
         seconds: started.elapsed().as_secs_f64(),
         resume,

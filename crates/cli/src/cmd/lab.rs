@@ -12,7 +12,12 @@ use quiesce_lab::chaos::conductor::ChaosReport;
 use quiesce_lab::chaos::invariants::Invariants;
 use quiesce_lab::chaos::schedule::Classes;
 use quiesce_lab::pods::process::Isolation;
+use quiesce_lab::roll::{GateOptions, MaxFailed};
 use quiesce_lab::run::{Dataplane, LabOptions, LabReport, Mode};
+use quiesce_roll::report::Outcome;
+use quiesce_roll::run::OnBreach;
+
+use super::roll::Breach;
 
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -84,10 +89,25 @@ pub struct Args {
     /// handover, race, or all.
     #[arg(long, default_value = "all", requires = "chaos")]
     pub faults: Classes,
+    /// Roll through `quiesce roll`'s code (pre-flight, the refresh followed, the gate) with
+    /// this objective on the lab's live count of failed requests: `max-failed=N`.
+    #[arg(long)]
+    pub slo: Option<MaxFailed>,
+    /// How often the gate is evaluated: a breach is seen at most this late, so failures at
+    /// the breach stay within N + rps × this.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration, requires = "slo")]
+    pub evaluate_every: Duration,
+    /// What a breach does (as `quiesce roll --on-breach`).
+    #[arg(long, value_enum, default_value_t = Breach::Rollback, requires = "slo")]
+    pub on_breach: Breach,
+    /// The longest the gate holds the roll with `--on-breach hold` (the count never goes
+    /// down: then the refresh is cancelled, outcome `held`).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "slo")]
+    pub hold_max: Duration,
 }
 
 /// Runs the lab. Exit 0 when the run completed (in quiesce mode: every node replaced, no
-/// request failed and every invariant held), 1 otherwise.
+/// request failed, every invariant held and, with `--slo`, the roll complete), 1 otherwise.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.rps > 0.0 && args.rps <= 5000.0,
@@ -134,6 +154,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             seed: args.seed,
             classes: args.faults.clone(),
         }),
+        gate: args.slo.map(|max_failed| GateOptions {
+            max_failed,
+            evaluate_every: args.evaluate_every,
+            on_breach: match args.on_breach {
+                Breach::Hold => OnBreach::Hold,
+                Breach::Cancel => OnBreach::Cancel,
+                Breach::Rollback => OnBreach::Rollback,
+            },
+            hold_max: args.hold_max,
+        }),
         ..LabOptions::default()
     };
     if opts.mode == Mode::Quiesce && opts.drain_delay <= opts.propagation_delay {
@@ -168,7 +198,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let ok = report.mode == Mode::Naive
         || (report.nodes_replaced == report.nodes
             && report.requests.failed == 0
-            && report.invariants.all_held());
+            && report.invariants.all_held()
+            && report
+                .roll
+                .as_ref()
+                .is_none_or(|r| r.report.outcome == Outcome::Complete));
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -232,6 +266,9 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
         print_chaos(out, chaos)?;
     }
     print_invariants(out, &report.invariants)?;
+    if let Some(roll) = &report.roll {
+        print_roll(out, roll)?;
+    }
     if let Some(kernel) = &report.kernel {
         writeln!(
             out,
@@ -244,6 +281,31 @@ fn print_text(out: &mut impl Write, report: &LabReport) -> std::io::Result<()> {
         out,
         "requests: {} sent, {} failed",
         report.requests.sent, report.requests.failed
+    )
+}
+
+/// How the gated roll ended, and what its gate saw.
+fn print_roll(out: &mut impl Write, roll: &quiesce_lab::roll::LabRoll) -> std::io::Result<()> {
+    let r = &roll.report;
+    let outcome = serde_json::to_value(r.outcome)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "roll: {outcome}{}",
+        r.reason
+            .as_deref()
+            .map(|w| format!(" — {w}"))
+            .unwrap_or_default()
+    )?;
+    writeln!(
+        out,
+        "roll: {} old instances replaced; the gate was evaluated {} times, every {:.1}s, at {} rps",
+        r.replaced.len(),
+        r.evaluations,
+        r.evaluate_every_seconds.unwrap_or_default(),
+        roll.rps
     )
 }
 

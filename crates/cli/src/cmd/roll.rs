@@ -239,20 +239,8 @@ async fn roll(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (_, pre) =
         preflight::gather(&aws, client.clone(), &group, &args.drainer_lease, &intent).await?;
-    let empty = |outcome, reason: Option<String>| RollReport {
-        group: group.clone(),
-        refresh_id: None,
-        outcome,
-        reason,
-        replaced: Vec::new(),
-        retained: Vec::new(),
-        breaches: Vec::new(),
-        evaluations: 0,
-        held_seconds: 0.0,
-        seconds: 0.0,
-        resume: None,
-        preflight: pre.clone(),
-    };
+    let empty =
+        |outcome, reason: Option<String>| RollReport::unstarted(&group, outcome, reason, pre.clone());
     let report = if !pre.refusals.is_empty() {
         empty(
             Outcome::Refused,
@@ -292,7 +280,7 @@ async fn roll(args: Args) -> anyhow::Result<ExitCode> {
         let live = args.output == Output::Text && std::io::stderr().is_terminal();
         let last = std::sync::Mutex::new(String::new());
         let progress = |p: &Progress| {
-            let line = progress_line(p);
+            let line = p.line();
             let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
             if live && *last != line {
                 eprintln!("{line}");
@@ -313,34 +301,6 @@ async fn roll(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
-}
-
-fn progress_line(p: &Progress) -> String {
-    let mut line = format!(
-        "[{:>5.0}s] {:?} {}%: {}/{} replaced",
-        p.elapsed, p.refresh.status, p.refresh.percent, p.replaced, p.total
-    );
-    if let Some(reason) = &p.refresh.reason {
-        line.push_str(&format!(" — {reason}"));
-    }
-    for (instance, phase) in &p.draining {
-        line.push_str(&format!("; {instance} {phase}"));
-    }
-    if let Some(gate) = &p.gate {
-        line.push_str(&format!(
-            "; gate {} ({} = {})",
-            if gate.ok { "green" } else { "RED" },
-            gate.objective,
-            gate.value
-        ));
-    }
-    if p.held {
-        line.push_str(", holding the next terminate hook");
-    }
-    if p.retained > 0 {
-        line.push_str(&format!("; {} retained", p.retained));
-    }
-    line
 }
 
 fn print_text(report: &RollReport) {
