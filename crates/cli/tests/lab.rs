@@ -465,9 +465,16 @@ fn a_roll_gated_on_zero_failures_completes() {
     assert!(roll["refreshId"].is_string(), "{roll:#}");
     assert_eq!(roll["replaced"].as_array().unwrap().len(), 3, "{roll:#}");
     assert_eq!(roll["breaches"], serde_json::json!([]), "{roll:#}");
-    assert_eq!(roll["preflight"]["refusals"], serde_json::json!([]), "{roll:#}");
+    assert_eq!(
+        roll["preflight"]["refusals"],
+        serde_json::json!([]),
+        "{roll:#}"
+    );
     assert!(roll["evaluations"].as_u64().unwrap() >= 2, "{roll:#}");
-    assert!(stderr.contains("gate green"), "progress shows the gate: {stderr}");
+    assert!(
+        stderr.contains("gate green"),
+        "progress shows the gate: {stderr}"
+    );
 }
 
 /// `--mode naive --slo max-failed=20`: the first naive drain breaks the SLO; the gate, read

@@ -37,7 +37,9 @@ pub struct MaxFailed(pub u64);
 
 /// Why an `--slo` text is no lab objective.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("--slo {0:?}: the lab's objective is max-failed=N (N failed requests at most, e.g. max-failed=20)")]
+#[error(
+    "--slo {0:?}: the lab's objective is max-failed=N (N failed requests at most, e.g. max-failed=20)"
+)]
 pub struct MaxFailedError(pub String);
 
 impl std::str::FromStr for MaxFailed {
@@ -208,7 +210,10 @@ mod tests {
     fn max_failed_parses_and_says_what_it_wants() {
         assert_eq!("max-failed=20".parse(), Ok(MaxFailed(20)));
         assert_eq!("max-failed=0".parse(), Ok(MaxFailed(0)));
-        let err = "max-failed=-1".parse::<MaxFailed>().unwrap_err().to_string();
+        let err = "max-failed=-1"
+            .parse::<MaxFailed>()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max-failed=N"), "{err}");
         assert!("failed < 3".parse::<MaxFailed>().is_err());
         let o = MaxFailed(20).objective();

@@ -12,8 +12,8 @@ use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, Settings, WorkerSettings};
 use quiesce_lab::asg::refresh::{PREVIOUS_VERSION, RefreshingGroup};
 use quiesce_lab::asg::{Group, GroupOptions, State};
-use quiesce_roll::refresh::{Preferences, Refresh, RefreshState, Status};
 use quiesce_lab::timeline::Timeline;
+use quiesce_roll::refresh::{Preferences, Refresh, RefreshState, Status};
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::{Sandbox, SandboxOptions};
 
@@ -255,16 +255,25 @@ async fn the_refresh_interface_replaces_every_instance_and_a_rollback_restores_t
     });
     let old = group.in_service();
     let facts = target.facts();
-    assert_eq!(facts.launch_template_version.as_deref(), Some(PREVIOUS_VERSION));
+    assert_eq!(
+        facts.launch_template_version.as_deref(),
+        Some(PREVIOUS_VERSION)
+    );
     assert_eq!(facts.terminate_hook_abandon.as_deref(), Some("retain"));
     let preferences = Preferences {
         min_healthy: 50,
         ..Preferences::default()
     };
-    assert!(target.cancel("lab-workers").await.is_err(), "nothing to cancel");
+    assert!(
+        target.cancel("lab-workers").await.is_err(),
+        "nothing to cancel"
+    );
     assert!(target.start("other", "2", &preferences).await.is_err());
 
-    let id = target.start("lab-workers", "2", &preferences).await.unwrap();
+    let id = target
+        .start("lab-workers", "2", &preferences)
+        .await
+        .unwrap();
     let refused = target.start("lab-workers", "2", &preferences).await;
     assert!(
         refused.is_err_and(|e| e.message.contains("InstanceRefreshInProgress")),
@@ -276,10 +285,16 @@ async fn the_refresh_interface_replaces_every_instance_and_a_rollback_restores_t
     assert_eq!(after.len(), 2, "{after:?}");
     for i in &after {
         assert!(!old.contains(&i.id), "{after:?}");
-        assert_eq!((i.state.as_str(), i.version.as_deref()), ("InService", Some("2")));
+        assert_eq!(
+            (i.state.as_str(), i.version.as_deref()),
+            ("InService", Some("2"))
+        );
     }
 
-    let id = target.start("lab-workers", "3", &preferences).await.unwrap();
+    let id = target
+        .start("lab-workers", "3", &preferences)
+        .await
+        .unwrap();
     // Once the first batch is in flight (its replacement launched on version 3).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -290,7 +305,10 @@ async fn the_refresh_interface_replaces_every_instance_and_a_rollback_restores_t
         .iter()
         .any(|i| i.version.as_deref() == Some("3"))
     {
-        assert!(tokio::time::Instant::now() < deadline, "no launch on version 3");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no launch on version 3"
+        );
         tick.tick().await;
     }
     target.rollback("lab-workers").await.unwrap();
@@ -299,7 +317,11 @@ async fn the_refresh_interface_replaces_every_instance_and_a_rollback_restores_t
     let back = target.instances("lab-workers").await.unwrap();
     assert_eq!(back.len(), 2, "{back:?}");
     for i in &back {
-        assert_eq!((i.state.as_str(), i.version.as_deref()), ("InService", Some("2")), "{back:?}");
+        assert_eq!(
+            (i.state.as_str(), i.version.as_deref()),
+            ("InService", Some("2")),
+            "{back:?}"
+        );
     }
     let replacements = target.replacements();
     assert_eq!(

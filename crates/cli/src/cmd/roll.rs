@@ -239,8 +239,9 @@ async fn roll(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (_, pre) =
         preflight::gather(&aws, client.clone(), &group, &args.drainer_lease, &intent).await?;
-    let empty =
-        |outcome, reason: Option<String>| RollReport::unstarted(&group, outcome, reason, pre.clone());
+    let empty = |outcome, reason: Option<String>| {
+        RollReport::unstarted(&group, outcome, reason, pre.clone())
+    };
     let report = if !pre.refusals.is_empty() {
         empty(
             Outcome::Refused,

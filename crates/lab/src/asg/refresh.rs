@@ -113,13 +113,7 @@ impl RefreshingGroup {
             poke: Arc::new(watch::channel(0).0),
             jobs,
         };
-        (
-            target.clone(),
-            Driver {
-                target,
-                jobs: rx,
-            },
-        )
+        (target.clone(), Driver { target, jobs: rx })
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -150,6 +144,7 @@ impl RefreshingGroup {
             default_result: "ABANDON".into(),
             target: Some("lab queue".into()),
         };
+        let version = self.lock().version.clone();
         GroupFacts {
             name: opts.name.clone(),
             tags: BTreeMap::new(),
@@ -159,7 +154,7 @@ impl RefreshingGroup {
             ],
             terminate_hook_abandon: Some("retain".into()),
             launch_template_id: Some(LAUNCH_TEMPLATE.into()),
-            launch_template_version: Some(self.lock().version.clone()),
+            launch_template_version: Some(version),
             launch_configuration: None,
             instances: self.facts_of_instances(),
         }
@@ -219,8 +214,7 @@ impl RefreshingGroup {
         in_service
             .into_iter()
             .filter(|id| {
-                !skip_matching
-                    || shared.versions.get(id).map(String::as_str) != Some(version)
+                !skip_matching || shared.versions.get(id).map(String::as_str) != Some(version)
             })
             .collect()
     }
@@ -234,7 +228,10 @@ impl RefreshingGroup {
             if cancel || rollback {
                 return true;
             }
-            if tokio::time::timeout_at(until, poked.changed()).await.is_err() {
+            if tokio::time::timeout_at(until, poked.changed())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
@@ -271,9 +268,11 @@ impl RefreshingGroup {
                     for id in launched {
                         shared.versions.insert(id, version.clone());
                     }
-                    shared
-                        .replacements
-                        .extend(replacements.into_iter().map(|r| Replacement { rollback, ..r }));
+                    shared.replacements.extend(
+                        replacements
+                            .into_iter()
+                            .map(|r| Replacement { rollback, ..r }),
+                    );
                 }
                 Batch::NotInService { launched } => {
                     let mut shared = self.lock();
@@ -473,7 +472,11 @@ impl Refresh for RefreshingGroup {
             reason: run.reason.clone(),
             // As DescribeInstanceRefreshes: a rollback's progress is in RollbackDetails.
             percent: if rolling_back || run.total == 0 {
-                if run.status == Status::Successful { 100 } else { 0 }
+                if run.status == Status::Successful {
+                    100
+                } else {
+                    0
+                }
             } else {
                 (100 * run.done / run.total) as u8
             },
@@ -502,7 +505,10 @@ impl Refresh for RefreshingGroup {
         })?;
         self.update(&id, |r| {
             r.cancel = true;
-            if matches!(r.status, Status::Pending | Status::InProgress | Status::Baking) {
+            if matches!(
+                r.status,
+                Status::Pending | Status::InProgress | Status::Baking
+            ) {
                 r.status = Status::Cancelling;
             }
         });
