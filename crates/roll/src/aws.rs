@@ -51,10 +51,12 @@ pub const TERMINATING: &str = "autoscaling:EC2_INSTANCE_TERMINATING";
 /// Launch hook transition.
 pub const LAUNCHING: &str = "autoscaling:EC2_INSTANCE_LAUNCHING";
 
-/// Auto Scaling through the SDK.
+/// Auto Scaling through the SDK (and Lambda, whose event source mappings are the Lambda
+/// mode's proof that a drainer answers the hooks).
 #[derive(Debug, Clone)]
 pub struct AwsRefresh {
     client: aws_sdk_autoscaling::Client,
+    lambda: aws_sdk_lambda::Client,
 }
 
 fn fail<E>(call: &'static str, group: &str, err: E) -> RefreshError
@@ -78,9 +80,18 @@ impl AwsRefresh {
         let conf = aws_sdk_autoscaling::config::Builder::from(config)
             .timeout_config(quiesce_aws::sdk::timeouts())
             .build();
+        let lambda = aws_sdk_lambda::config::Builder::from(config)
+            .timeout_config(quiesce_aws::sdk::timeouts())
+            .build();
         AwsRefresh {
             client: aws_sdk_autoscaling::Client::from_conf(conf),
+            lambda: aws_sdk_lambda::Client::from_conf(lambda),
         }
+    }
+
+    /// The Lambda client pre-flight's Lambda-mode check reads mappings with.
+    pub fn lambda(&self) -> &aws_sdk_lambda::Client {
+        &self.lambda
     }
 
     /// The group, its hooks and instances (`DescribeAutoScalingGroups`,

@@ -4,7 +4,8 @@
 //! - [`refresh`]: the Instance Refresh behind a trait; [`aws`]: the real one and the group's
 //!   facts;
 //! - [`preflight`] (with [`batch`]: what a whole batch out at once does): every reason not to
-//!   roll, each with its fix, before anything changes;
+//!   roll, each with its fix, before anything changes; [`mapping`]: the Lambda mode's proof
+//!   that a drainer answers;
 //! - [`slo`]: the gate's objective (Prometheus); [`gate`]: how it holds the roll (the drainer
 //!   holds the next terminate hook while it is red);
 //! - [`run`]: following the refresh to its end; [`report`]: what it did; [`release`]: a
@@ -13,6 +14,7 @@
 pub mod aws;
 pub mod batch;
 pub mod gate;
+pub mod mapping;
 pub mod preflight;
 pub mod refresh;
 pub mod release;

@@ -121,7 +121,7 @@ impl Refusal {
             Refusal::NotRetained { group, .. } => format!(
                 "aws autoscaling update-auto-scaling-group --auto-scaling-group-name {group} --instance-lifecycle-policy 'RetentionTriggers={{TerminateHookAbandon=retain}}'"
             ),
-            Refusal::NoDrainer(_) => "deploy the drainer (deploy/helm/quiesce) and check its pods, or name its Lease with --drainer-lease NAMESPACE/NAME".into(),
+            Refusal::NoDrainer(_) => "deploy the drainer (deploy/helm/quiesce) and check its pods, or name its Lease with --drainer-lease NAMESPACE/NAME; for the Lambda mode (--drainer-lease lambda), enable the function's event source mapping on the terminate hook's queue".into(),
             Refusal::Undrainable { node, .. } => format!(
                 "fix what blocks it (quiesce drain {node} --dry-run explains each blocker), or roll with --undrainable skip to keep it"
             ),
@@ -514,7 +514,9 @@ pub enum DrainerCheck {
         /// The Lease (`drainer.leaseName`, default `quiesce-drainer`).
         name: String,
     },
-    /// Not checked (the Lambda mode: its event source mapping is not read, see the README).
+    /// The Lambda mode: an enabled event source mapping on the terminate hook's queue.
+    Lambda,
+    /// Not checked, at the operator's word.
     Skip,
 }
 
@@ -522,8 +524,10 @@ impl std::str::FromStr for DrainerCheck {
     type Err = String;
 
     fn from_str(s: &str) -> Result<DrainerCheck, String> {
-        if s == "none" {
-            return Ok(DrainerCheck::Skip);
+        match s {
+            "none" => return Ok(DrainerCheck::Skip),
+            "lambda" => return Ok(DrainerCheck::Lambda),
+            _ => {}
         }
         match s.split_once('/') {
             Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
@@ -533,7 +537,7 @@ impl std::str::FromStr for DrainerCheck {
                 })
             }
             _ => Err(format!(
-                "--drainer-lease {s:?}: expected NAMESPACE/NAME (the drainer's Lease) or none"
+                "--drainer-lease {s:?}: expected NAMESPACE/NAME (the drainer's Lease), lambda (the Lambda mode's event source mapping) or none"
             )),
         }
     }
@@ -564,6 +568,17 @@ pub async fn gather(
         DrainerCheck::Lease { namespace, name } => {
             lease_liveness(client, namespace, name, crate::gate::CALL_TIMEOUT).await
         }
+        DrainerCheck::Lambda => match facts.as_ref().map(crate::mapping::terminate_queue) {
+            // No group: `check` refuses that already, with its own reason.
+            None => DrainerLiveness::Unchecked("no group, so no queue to look at".into()),
+            Some(None) => DrainerLiveness::Dead(
+                "the terminate hook names no SQS queue for a Lambda drainer to read".into(),
+            ),
+            Some(Some(queue)) => {
+                crate::mapping::mapping_liveness(aws.lambda(), queue, crate::gate::CALL_TIMEOUT)
+                    .await
+            }
+        },
         DrainerCheck::Skip => DrainerLiveness::Unchecked(
             "the drainer was not checked (--drainer-lease none): make sure one answers the hooks"
                 .into(),

@@ -1,6 +1,7 @@
 //! deploy/iam-policy-roll.json grants exactly the calls `quiesce roll` makes: every Auto
 //! Scaling call in the client's source (each `.client` chain), plus the `ec2:RunInstances`
-//! Auto Scaling checks when a refresh moves the group to a launch template version.
+//! Auto Scaling checks when a refresh moves the group to a launch template version, plus the
+//! Lambda call of the Lambda mode's drainer check (src/mapping.rs).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -45,6 +46,17 @@ fn the_roll_policy_grants_exactly_the_calls_made() {
     let mut made = calls(&source);
     assert!(made.len() >= 8, "found the client's calls: {made:?}");
     made.insert("ec2:RunInstances".into());
+    // The Lambda mode's check: each call on the `client` it is given.
+    let mapping = std::fs::read_to_string(root.join("src/mapping.rs")).unwrap();
+    let lines: Vec<&str> = mapping.lines().map(str::trim).collect();
+    let lambda: Vec<String> = lines
+        .windows(2)
+        .filter(|w| w[0].ends_with("client"))
+        .filter_map(|w| w[1].strip_prefix('.')?.strip_suffix("()"))
+        .map(|op| format!("lambda:{}", camel(op)))
+        .collect();
+    assert_eq!(lambda, ["lambda:ListEventSourceMappings"]);
+    made.extend(lambda);
     let policy: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("../../deploy/iam-policy-roll.json")).unwrap(),
     )
@@ -56,7 +68,10 @@ fn the_roll_policy_grants_exactly_the_calls_made() {
         .flat_map(|s| s["Action"].as_array().unwrap().iter())
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    assert_eq!(granted, made, "policy actions vs calls in src/aws.rs");
+    assert_eq!(
+        granted, made,
+        "policy actions vs calls in src/aws.rs and src/mapping.rs"
+    );
     for statement in policy["Statement"].as_array().unwrap() {
         if statement["Resource"] == "*" {
             let actions: Vec<&str> = statement["Action"]
@@ -66,11 +81,10 @@ fn the_roll_policy_grants_exactly_the_calls_made() {
                 .map(|a| a.as_str().unwrap())
                 .collect();
             assert!(
-                actions
-                    .iter()
-                    .all(|a| a.starts_with("autoscaling:Describe"))
+                actions.iter().all(|a| a.starts_with("autoscaling:Describe")
+                    || *a == "lambda:ListEventSourceMappings")
                     || statement["Condition"].is_object(),
-                "only Describe calls (no resource-level permissions) go unconditioned on *: {statement}"
+                "only reads without resource-level permissions go unconditioned on *: {statement}"
             );
         }
     }

@@ -6,7 +6,7 @@ use aws_sdk_autoscaling::types::{InstanceLifecyclePolicy, RetentionAction, Reten
 use k8s_openapi::api::coordination::v1::Lease;
 use quiesce_roll::preflight::{DrainerCheck, Intent, Refusal, gather};
 use quiesce_roll::refresh::Preferences;
-use support::{GROUP, GroupSetup, bed};
+use support::{GROUP, GroupSetup, bed, iam_role};
 
 fn intent(p: &Preferences) -> Intent<'_> {
     Intent {
@@ -206,4 +206,80 @@ async fn refuses_an_eks_managed_group() {
         "{:#?}",
         pre.refusals
     );
+}
+
+/// The Lambda mode has no Lease: pre-flight asks Lambda for an enabled event source mapping on
+/// the terminate hook's queue, and refuses without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lambda_mode_needs_an_enabled_mapping_on_the_hooks_queue() {
+    let bed = bed(GroupSetup::default(), "").await;
+    let p = Preferences {
+        min_healthy: 67,
+        ..Preferences::default()
+    };
+    let judge = || async {
+        let (_, pre) = gather(
+            &bed.refresh,
+            bed.sandbox.client(),
+            GROUP,
+            &DrainerCheck::Lambda,
+            &intent(&p),
+        )
+        .await
+        .unwrap();
+        pre.refusals.into_iter().find_map(|r| match r {
+            Refusal::NoDrainer(why) => Some(why),
+            _ => None,
+        })
+    };
+    let why = judge().await.expect("no mapping: refused");
+    assert!(
+        why.contains("no Lambda event source mapping reads"),
+        "{why}"
+    );
+
+    let lambda = aws_sdk_lambda::Client::new(&bed.aws);
+    let role = iam_role(&bed.moto, "quiesce-lambda");
+    // An empty zip archive (its end-of-central-directory record): moto stores the code, and
+    // nothing here invokes it.
+    let mut empty_zip = b"PK\x05\x06".to_vec();
+    empty_zip.resize(22, 0);
+    lambda
+        .create_function()
+        .function_name("quiesce-lambda")
+        .runtime(aws_sdk_lambda::types::Runtime::Providedal2023)
+        .handler("bootstrap")
+        .role(role)
+        .code(
+            aws_sdk_lambda::types::FunctionCode::builder()
+                .zip_file(aws_sdk_lambda::primitives::Blob::new(empty_zip))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let facts = bed.refresh.group(GROUP).await.unwrap().unwrap();
+    let queue = quiesce_roll::mapping::terminate_queue(&facts)
+        .expect("the bed's terminate hook targets its queue")
+        .to_string();
+    let mapping = lambda
+        .create_event_source_mapping()
+        .function_name("quiesce-lambda")
+        .event_source_arn(&queue)
+        .batch_size(1)
+        .enabled(false)
+        .send()
+        .await
+        .unwrap();
+    let why = judge().await.expect("a disabled mapping: refused");
+    assert!(why.contains("no enabled event source mapping"), "{why}");
+
+    lambda
+        .update_event_source_mapping()
+        .uuid(mapping.uuid().unwrap())
+        .enabled(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(judge().await, None, "an enabled mapping is a live drainer");
 }

@@ -120,8 +120,10 @@ pub struct Args {
     /// What a node the drainer could not drain does to the roll.
     #[arg(long, value_enum, default_value_t = UndrainableArg::Stop)]
     pub undrainable: UndrainableArg,
-    /// The drainer Deployment's leader-election Lease, NAMESPACE/NAME, proof that a drainer
-    /// answers the hooks; `none` skips the check (the Lambda mode).
+    /// Proof that a drainer answers the hooks: the drainer Deployment's leader-election Lease,
+    /// NAMESPACE/NAME, renewed lately; `lambda` for the Lambda mode (an enabled event source
+    /// mapping on the terminate hook's queue, read with lambda:ListEventSourceMappings);
+    /// `none` skips the check.
     #[arg(long, default_value = "kube-system/quiesce-drainer")]
     pub drainer_lease: DrainerCheck,
     /// Stop following after this long (the refresh goes on without the gate).

@@ -301,6 +301,23 @@ async fn create(sandbox: &Sandbox, object: Value) {
 
 /// One EC2 Query API call to moto (launch templates: aws-sdk-ec2 is no dependency for two
 /// set-up calls); the response body.
+/// An IAM role in moto (CreateRole), which moto's CreateFunction requires to exist; its ARN.
+pub fn iam_role(moto: &Moto, name: &str) -> String {
+    let addr = moto.url().trim_start_matches("http://");
+    let trust = form_urlencoded::byte_serialize(
+        br#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+    )
+    .collect::<String>();
+    let created = query_call(
+        addr,
+        "iam",
+        &format!(
+            "Action=CreateRole&Version=2010-05-08&RoleName={name}&AssumeRolePolicyDocument={trust}"
+        ),
+    );
+    element(&created, "Arn")
+}
+
 fn ec2_call(addr: &str, body: &str) -> String {
     query_call(addr, "ec2", body)
 }
