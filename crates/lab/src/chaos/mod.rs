@@ -146,6 +146,12 @@ impl Drainers {
                         max_retry_pause: std::time::Duration::from_secs(2),
                         drain_margin: spec.settings.drain_margin
                             + std::time::Duration::from_secs(60),
+                        // The wait for a load balancer to let go (only an abandoned action's
+                        // instance is in one) on the same compressed clock.
+                        load_balancers: quiesce_drainer::LoadBalancerWait {
+                            timeout: Some(std::time::Duration::from_secs(4)),
+                            ..spec.settings.load_balancers
+                        },
                         ..spec.settings
                     },
                     timeouts: quiesce_drainer::client::Timeouts {
