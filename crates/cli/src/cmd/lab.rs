@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use quiesce_lab::chaos::ChaosOptions;
 use quiesce_lab::chaos::conductor::ChaosReport;
 use quiesce_lab::chaos::invariants::Invariants;
 use quiesce_lab::chaos::schedule::Classes;
+use quiesce_lab::chaos::{ChaosOptions, Face};
 use quiesce_lab::pods::process::Isolation;
 use quiesce_lab::run::{Dataplane, LabOptions, LabReport, Mode};
 
@@ -84,6 +84,12 @@ pub struct Args {
     /// handover, race, or all.
     #[arg(long, default_value = "all", requires = "chaos")]
     pub faults: Classes,
+    /// The face of quiesce that handles the lifecycle events: `drainer` (two replicas under
+    /// the Lease, stopped and restarted) or `lambda` (quiesce-lambda's handler in invocations
+    /// that end at their deadline, side by side on duplicates; restart, handover and race do
+    /// not apply).
+    #[arg(long, default_value = "drainer", requires = "chaos")]
+    pub face: Face,
 }
 
 /// Runs the lab. Exit 0 when the run completed (in quiesce mode: every node replaced, no
@@ -133,6 +139,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         chaos: args.chaos.then(|| ChaosOptions {
             seed: args.seed,
             classes: args.faults.clone(),
+            face: args.face,
         }),
         ..LabOptions::default()
     };

@@ -53,6 +53,9 @@ pub struct ChaosReport {
     pub faults: Faults,
     /// The drainers' stops.
     pub drainer: DrainerChaos,
+    /// On the Lambda face: the invocations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<super::lambda::LambdaReport>,
 }
 
 /// `faults` in the JSON.
@@ -389,7 +392,7 @@ fn aws_fault_name(fault: Fault) -> &'static str {
 
 /// Counts what hit: API faults from the audit log (drainers' requests only), AWS faults and
 /// deliveries from the group's history, stops from the conductor's own log.
-fn count(
+pub(super) fn count(
     schedule: &Schedule,
     restarts: Vec<Restart>,
     audit: &[Audited],
@@ -477,5 +480,6 @@ fn count(
         seed: schedule.seed,
         faults: Faults { injected, total },
         drainer: DrainerChaos { restarts, by_phase },
+        lambda: None,
     }
 }

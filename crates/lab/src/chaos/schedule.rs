@@ -75,6 +75,19 @@ impl Default for Classes {
     }
 }
 
+impl Classes {
+    /// These classes but `drop`.
+    pub fn without(&self, drop: &[Class]) -> Classes {
+        Classes(
+            self.0
+                .iter()
+                .filter(|c| !drop.contains(c))
+                .copied()
+                .collect(),
+        )
+    }
+}
+
 impl FromStr for Classes {
     type Err = UnknownClass;
     fn from_str(s: &str) -> Result<Self, UnknownClass> {
