@@ -281,10 +281,7 @@ impl Play {
 
     /// A terminate action started: arm its faults and its stop.
     fn begin(&mut self, plan: &ActionPlan, token: &str, node: &str) {
-        for f in &plan.api {
-            self.faults
-                .inject_for_caller(PREFIX, Some(f.method), Some(f.plural), f.count, f.kind);
-        }
+        arm(&self.faults, plan);
         if let Some(phase) = plan.restart {
             self.target = Some((token.to_string(), node.to_string(), phase, plan.handover));
             if matches!(phase, Phase::Completing | Phase::Abandoning) {
@@ -360,6 +357,13 @@ impl Play {
         } else if let Err(err) = self.spawn(id, n + 1) {
             tracing::error!(%err, "could not restart a drainer");
         }
+    }
+}
+
+/// Arms `plan`'s API faults for the drainers' requests: done as its action starts.
+pub(super) fn arm(faults: &FaultInjector, plan: &ActionPlan) {
+    for f in &plan.api {
+        faults.inject_for_caller(PREFIX, Some(f.method), Some(f.plural), f.count, f.kind);
     }
 }
 

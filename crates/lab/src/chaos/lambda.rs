@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use quiesce_aws::elbv2::LoadBalancers;
 use quiesce_aws::queue::{Queue, Received};
 use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{BadMessage, Handler, Settings};
@@ -25,24 +24,28 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use quiesce_sandbox::api::FaultInjector;
+
+use super::conductor::arm;
 use super::fleet::{Spec, client};
-use crate::asg::Group;
+use super::schedule::ActionPlan;
+use crate::asg::{Group, GroupEvent};
 
 /// Messages per invocation: one, so a duplicate is another invocation's.
 pub const BATCH_SIZE: u32 = 1;
 /// Invocations at once (the SAM template's `MaximumConcurrency` is at least 2).
 pub const MAX_CONCURRENCY: usize = 3;
 /// Each invocation's time: far shorter than a drain under faults, so drains span slices.
-pub const TIMEOUT: Duration = Duration::from_secs(12);
+pub const TIMEOUT: Duration = Duration::from_secs(8);
 /// Kept back from the deadline to give messages back and return.
-const RESERVE: Duration = Duration::from_secs(3);
+const RESERVE: Duration = Duration::from_secs(2);
 /// How soon a message given back is delivered again.
 const RESUME_AFTER: Duration = Duration::from_secs(1);
 /// How long the mapping waits for one SQS call of its own (its SDK's timeout).
 const CALL_LIMIT: Duration = Duration::from_secs(5);
 /// The queue's visibility timeout as the mapping receives (Lambda asks for six times the
 /// function's timeout; the function shortens it for what it gives back).
-const VISIBILITY: Duration = Duration::from_secs(72);
+const VISIBILITY: Duration = Duration::from_secs(48);
 
 /// `lambda` in the JSON of a run on the Lambda face.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -68,13 +71,21 @@ const CALLER: &str = "drainer-lambda";
 
 impl LambdaFace {
     /// Starts polling `group`'s queue for invocations of `spec`'s drainer.
+    /// `plans`' API faults are armed through `faults` as each terminate action starts.
     pub fn start(
         spec: &Spec,
         group: &Group,
-        load_balancers: Option<Arc<dyn LoadBalancers>>,
+        plans: Vec<ActionPlan>,
+        faults: FaultInjector,
     ) -> LambdaFace {
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(poll(spec.clone(), group.clone(), load_balancers, stopped));
+        tokio::spawn(arm_as_actions_start(
+            group.clone(),
+            plans,
+            faults,
+            stopped.clone(),
+        ));
+        let task = tokio::spawn(poll(spec.clone(), group.clone(), stopped));
         LambdaFace { task, stop }
     }
 
@@ -95,12 +106,36 @@ fn token_of(body: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn poll(
-    spec: Spec,
+/// Arms each terminate action's API faults as it starts (the conductor's part on this face).
+async fn arm_as_actions_start(
     group: Group,
-    load_balancers: Option<Arc<dyn LoadBalancers>>,
+    plans: Vec<ActionPlan>,
+    faults: FaultInjector,
     mut stop: watch::Receiver<bool>,
-) -> LambdaReport {
+) {
+    let (mut seen, mut terminates) = (0, 0);
+    while !*stop.borrow() {
+        let history = group.history();
+        for r in &history[seen..] {
+            if let GroupEvent::ActionStarted {
+                launching: false, ..
+            } = r.event
+            {
+                if let Some(plan) = plans.get(terminates) {
+                    arm(&faults, plan);
+                }
+                terminates += 1;
+            }
+        }
+        seen = history.len();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(25)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+async fn poll(spec: Spec, group: Group, mut stop: watch::Receiver<bool>) -> LambdaReport {
     let mapping = group.as_caller(&format!("{CALLER}-mapping"));
     let mut report = LambdaReport::default();
     let mut running: JoinSet<(u64, bool)> = JoinSet::new();
@@ -149,14 +184,9 @@ async fn poll(
                 held.insert(n, token);
             }
             report.invocations += 1;
-            let (spec, group, lb, mapping) = (
-                spec.clone(),
-                group.clone(),
-                load_balancers.clone(),
-                mapping.clone(),
-            );
+            let (spec, group, mapping) = (spec.clone(), group.clone(), mapping.clone());
             running.spawn(async move {
-                let gave_back = invoke(&spec, &group, lb, &mapping, n, message).await;
+                let gave_back = invoke(&spec, &group, &mapping, n, message).await;
                 (n, gave_back)
             });
             report.peak_concurrency = report.peak_concurrency.max(running.len());
@@ -168,14 +198,7 @@ async fn poll(
 }
 
 /// One invocation, `n`, on `message`; whether it gave the message back.
-async fn invoke(
-    spec: &Spec,
-    group: &Group,
-    load_balancers: Option<Arc<dyn LoadBalancers>>,
-    mapping: &Group,
-    n: u64,
-    message: Received,
-) -> bool {
+async fn invoke(spec: &Spec, group: &Group, mapping: &Group, n: u64, message: Received) -> bool {
     let caller = format!("{CALLER}-{n}");
     let client = match client(&spec.url, &caller, spec.timeouts) {
         Ok(c) => c,
@@ -185,7 +208,7 @@ async fn invoke(
         }
     };
     let hooks = group.as_caller(&caller);
-    let mut handler = Handler::new(
+    let handler = Handler::new(
         client.clone(),
         NodeIndex::listed(client),
         hooks.clone(),
@@ -195,9 +218,6 @@ async fn invoke(
         },
         spec.metrics.clone(),
     );
-    if let Some(lb) = load_balancers {
-        handler = handler.with_load_balancers(lb);
-    }
     let event: SqsEvent = serde_json::from_value(json!({"Records": [{
         "messageId": message.id,
         "receiptHandle": message.receipt,

@@ -206,7 +206,13 @@ impl Drainers {
                         let (kills, _) = tokio::sync::mpsc::unbounded_channel();
                         let aws = aws::AwsChaos::new(&schedule, kills, sandbox.store());
                         group.interfere(Arc::new(aws));
-                        Drainers::Lambda(lambda::LambdaFace::start(&spec, group, None), schedule)
+                        let face = lambda::LambdaFace::start(
+                            &spec,
+                            group,
+                            schedule.actions.clone(),
+                            sandbox.faults(),
+                        );
+                        Drainers::Lambda(face, schedule)
                     }
                 }
             }
