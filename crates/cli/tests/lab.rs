@@ -275,6 +275,46 @@ fn the_roll_under_chaos_seed_1_keeps_every_guarantee() {
     );
 }
 
+/// The same roll driven through quiesce-lambda's handler: invocations that end at their
+/// deadline (a drain resumed by the next from the record on the Node), two at once on the
+/// duplicated deliveries, under the API, AWS and delivery faults of seed 1.
+#[test]
+fn the_roll_on_the_lambda_face_in_slices_keeps_every_guarantee() {
+    let (json, stderr, status) = lab(&[
+        "--dataplane",
+        "userspace",
+        "--chaos",
+        "--seed",
+        "1",
+        "--face",
+        "lambda",
+    ])
+    .expect("userspace runs");
+    assert!(status.success(), "{json:#}\n{stderr}");
+    assert_eq!(json["nodes_replaced"], 3, "{json:#}");
+    assert_eq!(json["requests"]["failed"], 0, "{json:#}");
+    for name in ["I1", "I2", "I3", "I4", "I5"] {
+        assert_eq!(json["invariants"][name]["held"], true, "{name}: {json:#}");
+    }
+    let lambda = &json["lambda"];
+    assert!(
+        lambda["slices_given_back"].as_u64().unwrap() >= 1,
+        "{json:#}"
+    );
+    assert!(
+        lambda["concurrent_on_duplicates"].as_u64().unwrap() >= 1,
+        "{json:#}"
+    );
+    assert!(
+        json["faults"]["injected"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|k| k.starts_with("api-")),
+        "{json:#}"
+    );
+}
+
 #[test]
 fn the_naive_baseline_drops_requests_and_names_their_causes() {
     let (json, stderr, status) =
