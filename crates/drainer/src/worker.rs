@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quiesce_aws::hooks::LifecycleHooks;
-use quiesce_aws::queue::{Queue, Received};
+use quiesce_aws::queue::{Queue, QueueError, Received};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -152,26 +152,16 @@ pub async fn process<Q: Queue, H: LifecycleHooks>(
         tracing::info!(message = %message.id, receives = message.receive_count, "received again");
         metrics.redelivery();
     }
-    let keep_hidden = async {
-        let mut tick = tokio::time::interval(settings.visibility / 2);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(err) = queue.extend(&message.receipt, settings.visibility).await {
-                tracing::warn!(message = %message.id, %err, "could not extend visibility");
-            }
-        }
-    };
     let disposition = tokio::select! {
         d = handler.handle(&message.body, None) => d,
-        () = keep_hidden => unreachable!("the visibility loop never ends"),
+        () = keep_hidden(queue, &message, settings) => unreachable!("the visibility loop never ends"),
     };
     let id = &message.id;
     let settled = match disposition {
         Disposition::Done(done) => {
             tracing::info!(message = %id, ?done, "hook completed; deleting the message");
             metrics.message("deleted");
-            queue.delete(&message.receipt).await
+            delete(queue, &message, settings).await
         }
         Disposition::Later(why) => {
             tracing::info!(message = %id, %why, "will resume");
@@ -187,12 +177,59 @@ pub async fn process<Q: Queue, H: LifecycleHooks>(
             tracing::error!(message = %id, %err, body = %message.body, policy = ?settings.bad_message, "unusable message");
             metrics.message("invalid");
             match settings.bad_message {
-                BadMessage::Delete => queue.delete(&message.receipt).await,
+                BadMessage::Delete => delete(queue, &message, settings).await,
                 BadMessage::Keep => Ok(()),
             }
         }
     };
     if let Err(err) = settled {
         tracing::warn!(message = %id, %err, "could not settle the message; it will come back");
+    }
+}
+
+/// Keeps `message` hidden while it is in hand: its visibility extended every half timeout.
+async fn keep_hidden<Q: Queue>(queue: &Q, message: &Received, settings: &WorkerSettings) {
+    let mut tick = tokio::time::interval(settings.visibility / 2);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(err) = queue.extend(&message.receipt, settings.visibility).await {
+            tracing::warn!(message = %message.id, %err, "could not extend visibility");
+        }
+    }
+}
+
+/// Tries of a delete before the message is left to come back.
+const DELETE_TRIES: u32 = 4;
+
+/// Deletes a settled message, trying again in place (pauses doubling from 1 s, the message
+/// kept hidden meanwhile) when the call fails after the SDK's own attempts: a delete given up
+/// brings the message back one receive closer to the dead-letter queue, its work over. A
+/// receipt that is no longer valid (the message was delivered again) is not tried again.
+async fn delete<Q: Queue>(
+    queue: &Q,
+    message: &Received,
+    settings: &WorkerSettings,
+) -> Result<(), QueueError> {
+    let tries = async {
+        let mut pause = Duration::from_secs(1);
+        let mut tried = 1;
+        loop {
+            match queue.delete(&message.receipt).await {
+                Err(err)
+                    if tried < DELETE_TRIES && !err.message.contains("ReceiptHandleIsInvalid") =>
+                {
+                    tracing::warn!(message = %message.id, %err, tried, ?pause, "could not delete the message; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    tried += 1;
+                }
+                other => return other,
+            }
+        }
+    };
+    tokio::select! {
+        r = tries => r,
+        () = keep_hidden(queue, message, settings) => unreachable!("the visibility loop never ends"),
     }
 }

@@ -278,3 +278,80 @@ async fn a_stuck_queue_loop_fails_healthz() {
     stop.send_replace(true);
     http.await.unwrap().unwrap();
 }
+
+/// A queue whose first `failures` deletes fail (the SDK's own attempts spent on a 500),
+/// counting every delete.
+struct FlakyDelete {
+    failures: std::sync::atomic::AtomicU32,
+    deletes: std::sync::atomic::AtomicU32,
+}
+
+impl Queue for FlakyDelete {
+    async fn receive(&self, _: u32, _: Duration, _: Duration) -> Result<Vec<Received>, QueueError> {
+        std::future::pending().await
+    }
+    async fn delete(&self, _: &str) -> Result<(), QueueError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.deletes.fetch_add(1, SeqCst);
+        if self
+            .failures
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(QueueError {
+                call: "DeleteMessage",
+                message: "InternalError: We encountered an internal error".into(),
+            });
+        }
+        Ok(())
+    }
+    async fn extend(&self, _: &str, _: Duration) -> Result<(), QueueError> {
+        Ok(())
+    }
+}
+
+/// Found by `quiesce lab --chaos --seed 3`: two failed deletes of a message whose action was
+/// over each gave it back, and with a redelivery and a drainer restart before them it reached
+/// maxReceiveCount and the dead-letter queue. A delete is tried again in place instead.
+#[tokio::test]
+async fn a_failed_delete_is_tried_again_in_place_not_left_to_come_back() {
+    let sandbox = Sandbox::start(SandboxOptions::default()).await.unwrap();
+    let aws = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .build();
+    let handler = Handler::new(
+        sandbox.client(),
+        NodeIndex::listed(sandbox.client()),
+        AutoScaling::new(&aws),
+        Settings::default(),
+        Arc::new(Metrics::default()),
+    );
+    let queue = FlakyDelete {
+        failures: 2.into(),
+        deletes: 0.into(),
+    };
+    let message = Received {
+        id: "m-1".into(),
+        receipt: "m-1#1".into(),
+        body: json!({"Service": "AWS Auto Scaling", "Event": "autoscaling:TEST_NOTIFICATION",
+            "AutoScalingGroupName": "workers"})
+        .to_string(),
+        receive_count: 1,
+    };
+    let settings = WorkerSettings {
+        visibility: Duration::from_secs(30),
+        ..WorkerSettings::default()
+    };
+    // The outer bound only keeps a failing test from hanging the suite.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        quiesce_drainer::worker::process(&queue, &handler, &settings, message),
+    )
+    .await
+    .expect("settled in bounded time");
+    assert_eq!(
+        queue.deletes.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "two failed deletes, then the one that took"
+    );
+}

@@ -157,3 +157,80 @@ async fn sqs_and_auto_scaling_throttling_is_survived() {
     stop.send(true).unwrap();
     task.await.unwrap();
 }
+
+/// An API server shutting down answers 503 with a `Retry-After` (upstream's
+/// `waitGroupWriteRetryAfterToResponse`) to whatever the drainer asks next, mid-drain: every
+/// one is retried, and the drain ends in one CONTINUE by the drainer, the message spared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_503s_with_retry_after_mid_drain_is_retried_to_one_continue() {
+    const CALLER: &str = "drainer-under-503";
+    let bed = bed(3, 0, 30, "").await;
+    let mut config = kube::Config::new(bed.sandbox.url().parse().unwrap());
+    config.headers.push((
+        quiesce_sandbox::api::AUDIT_HEADER.parse().unwrap(),
+        CALLER.parse().unwrap(),
+    ));
+    let client = quiesce_drainer::client::build(
+        config,
+        quiesce_drainer::client::Timeouts::default(),
+        quiesce_drainer::client::Rate::default(),
+    )
+    .unwrap();
+    let handler = std::sync::Arc::new(quiesce_drainer::Handler::new(
+        client.clone(),
+        quiesce_drainer::nodes::NodeIndex::listed(client),
+        quiesce_aws::hooks::AutoScaling::new(&bed.aws),
+        Settings {
+            drain_margin: Duration::from_secs(300),
+            max_retry_pause: Duration::from_secs(2),
+            ..bed.settings()
+        },
+        std::sync::Arc::new(quiesce_drainer::metrics::Metrics::default()),
+    ));
+    let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(3));
+    let victim = bed.instances[0].clone();
+    bed.terminate(&victim).await;
+    bed.wait_for("the drain under way", Duration::from_secs(30), || async {
+        bed.record("node-1")
+            .await
+            .is_some_and(|r| r.phase == Phase::Draining)
+    })
+    .await;
+    // The drainer's next twelve requests, whatever they are.
+    const HITS: usize = 12;
+    bed.sandbox.faults().inject_for_caller(
+        CALLER,
+        None,
+        None,
+        HITS,
+        FaultKind::ServiceUnavailable { retry_after: 1 },
+    );
+    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(120))
+        .await;
+    let action = bed.action_for(&victim).await.unwrap();
+    assert_eq!(action["completions"], 1, "{action}");
+    assert_eq!(action["completedBy"], "api", "not the timeout: {action}");
+    let hit: Vec<_> = bed
+        .sandbox
+        .audited()
+        .into_iter()
+        .filter(|a| a.fault.is_some())
+        .collect();
+    assert_eq!(hit.len(), HITS, "every 503 met a drainer request: {hit:?}");
+    assert!(
+        hit.iter()
+            .all(|a| a.caller == CALLER && a.status == Some(503)),
+        "{hit:?}"
+    );
+    // Retried where they failed (a 503 taken for a permanent error would have ended the
+    // attempt and given the message back instead).
+    let text = handler.metrics().encode();
+    let retried: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("quiesce_retries_in_place_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default();
+    assert!(retried >= 1.0, "retried in place: {text}");
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

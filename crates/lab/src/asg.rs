@@ -9,7 +9,8 @@
 //! cannot tell it from Auto Scaling + SQS. Semantics follow the Amazon EC2 Auto Scaling User
 //! Guide ("Amazon EC2 Auto Scaling lifecycle hooks", "Instance refresh") and the SQS
 //! Developer Guide (visibility timeout, receipt handles); an abandoned terminate hook keeps
-//! the instance, as the instance lifecycle policy `TerminateHookAbandon: retain` does.
+//! the instance, as the instance lifecycle policy `TerminateHookAbandon: retain` does, unless
+//! the [`Interference`] says the action has no such policy.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -202,6 +203,13 @@ pub trait Interference: Send + Sync {
     fn fault(&self, call: Call, caller: &str, token: &str) -> Option<Fault>;
     /// How the event of a new action (its token) is delivered: one item per message.
     fn deliveries(&self, token: &str, launching: bool) -> Vec<Delivery>;
+    /// Whether an ABANDON of this terminate action keeps the instance (the lab's
+    /// `TerminateHookAbandon: retain`), or terminates it as a group without that retention
+    /// trigger does ("Set to terminate for default termination behavior", Amazon EC2 Auto
+    /// Scaling API Reference, `RetentionTriggers`).
+    fn retains(&self, _token: &str) -> bool {
+        true
+    }
 }
 
 /// One entry of the group's own history, in order.
@@ -750,10 +758,12 @@ impl Group {
             self.note(&mut inner, event);
             let action = inner.actions.get(token).expect("looked up above");
             let (instance, launching) = (action.instance.clone(), action.launching);
+            let retains = inner.interference.as_ref().is_none_or(|i| i.retains(token));
             let next = match (launching, result) {
                 (true, HookResult::Continue) => State::InService,
                 (true, HookResult::Abandon) | (false, HookResult::Continue) => State::Terminated,
-                (false, HookResult::Abandon) => State::Retained,
+                (false, HookResult::Abandon) if retains => State::Retained,
+                (false, HookResult::Abandon) => State::Terminated,
             };
             if let Some(i) = inner.instances.get_mut(&instance) {
                 i.state = next;

@@ -438,6 +438,7 @@ pub async fn run(
             timeouts: Timeouts::default(),
             lease: None,
             metrics: metrics.clone(),
+            load_balancers: None,
         },
         opts.chaos.as_ref(),
         opts.nodes,

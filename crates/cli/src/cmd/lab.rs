@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use quiesce_lab::chaos::ChaosOptions;
 use quiesce_lab::chaos::conductor::ChaosReport;
 use quiesce_lab::chaos::invariants::Invariants;
 use quiesce_lab::chaos::schedule::Classes;
+use quiesce_lab::chaos::{ChaosOptions, Face};
 use quiesce_lab::pods::process::Isolation;
 use quiesce_lab::roll::{GateOptions, MaxFailed};
 use quiesce_lab::run::{Dataplane, LabOptions, LabReport, Mode};
@@ -104,6 +104,12 @@ pub struct Args {
     /// down: then the refresh is cancelled, outcome `held`).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "slo")]
     pub hold_max: Duration,
+    /// The face of quiesce that handles the lifecycle events: `drainer` (two replicas under
+    /// the Lease, stopped and restarted) or `lambda` (quiesce-lambda's handler in invocations
+    /// that end at their deadline, side by side on duplicates; restart, handover and race do
+    /// not apply).
+    #[arg(long, default_value = "drainer", requires = "chaos")]
+    pub face: Face,
 }
 
 /// Runs the lab. Exit 0 when the run completed (in quiesce mode: every node replaced, no
@@ -153,6 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         chaos: args.chaos.then(|| ChaosOptions {
             seed: args.seed,
             classes: args.faults.clone(),
+            face: args.face,
         }),
         gate: args.slo.map(|max_failed| GateOptions {
             max_failed,

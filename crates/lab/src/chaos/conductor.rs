@@ -1,8 +1,9 @@
 //! Plays the schedule against a roll: two drainer replicas under the Lease, API faults armed
 //! for the drainers' requests as each terminate action starts, the drainer stopped at the
 //! phase the schedule names (seen from the outside: its first write on the node, its first
-//! accepted eviction there, its CompleteLifecycleAction), a standby taking the Lease over, a
-//! third drainer racing the leader for a duplicated message. Then counts what hit.
+//! accepted eviction there, its CompleteLifecycleAction of CONTINUE or of ABANDON, told
+//! apart by the node's record as the API server holds it), a standby taking the Lease over,
+//! a third drainer racing the leader for a duplicated message. Then counts what hit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -17,9 +18,9 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::aws::AwsChaos;
+use super::aws::{AwsChaos, HeldTargets, Stalled};
 use super::fleet::{Incarnation, Spec};
-use super::record::{evicted_pod, fault_name, succeeded, written_node};
+use super::record::{evicted_pod, fault_name, record_phase, succeeded, written_node};
 use super::schedule::{ActionPlan, Phase, Schedule};
 use crate::asg::{Call, Fault, Group, GroupEvent};
 use crate::timeline::Timeline;
@@ -36,6 +37,9 @@ pub struct Restart {
     pub drainer: String,
     /// The node it was acting on.
     pub node: String,
+    /// The phase the node's lifecycle record named as it was stopped (`received`,
+    /// `draining`, `completing`, `abandoning`), read from the API server.
+    pub record: Option<String>,
     /// It stayed down and the standby took the Lease over.
     pub handover: bool,
 }
@@ -49,6 +53,9 @@ pub struct ChaosReport {
     pub faults: Faults,
     /// The drainers' stops.
     pub drainer: DrainerChaos,
+    /// On the Lambda face: the invocations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<super::lambda::LambdaReport>,
 }
 
 /// `faults` in the JSON.
@@ -105,8 +112,10 @@ impl Conductor {
         timeline: Timeline,
     ) -> anyhow::Result<Conductor> {
         let (kills, killed) = mpsc::unbounded_channel();
-        let aws = Arc::new(AwsChaos::new(&schedule, kills));
+        let aws = Arc::new(AwsChaos::new(&schedule, kills, sandbox.store()));
         group.interfere(aws.clone());
+        let held: Arc<dyn quiesce_aws::elbv2::LoadBalancers> =
+            Arc::new(HeldTargets::new(group.clone(), aws.clone()));
         let lease = LeaseTiming::for_duration(Duration::from_secs(3))?;
         let mut specs = HashMap::new();
         for (i, id) in IDENTITIES.into_iter().enumerate() {
@@ -116,6 +125,7 @@ impl Conductor {
                     identity: id.to_string(),
                     // The third drainer reads the queue without the Lease, as a Lambda would.
                     lease: (i < 2).then_some(lease),
+                    load_balancers: Some(held.clone()),
                     ..spec.clone()
                 },
             );
@@ -166,7 +176,7 @@ impl Play {
         mut self,
         plans: Vec<ActionPlan>,
         mut stop: watch::Receiver<bool>,
-        mut killed: mpsc::UnboundedReceiver<String>,
+        mut killed: mpsc::UnboundedReceiver<Stalled>,
     ) -> Vec<Restart> {
         let mut seen_history = 0;
         let mut seen_audit = 0;
@@ -227,8 +237,14 @@ impl Play {
                 }
             }
             self.watch_requests(&requests);
-            while let Ok(caller) = killed.try_recv() {
-                self.stop_at(&caller, Phase::Completing);
+            while let Ok(stalled) = killed.try_recv() {
+                // The record names the phase: a completion stalled on a node whose record
+                // says `abandoning` is the ABANDON's.
+                let phase = match stalled.record.as_deref() {
+                    Some("abandoning") => Phase::Abandoning,
+                    _ => Phase::Completing,
+                };
+                self.stop_at(&stalled.caller, phase, stalled.record);
             }
             let now = tokio::time::Instant::now();
             let back: Vec<&'static str> = self
@@ -265,14 +281,11 @@ impl Play {
 
     /// A terminate action started: arm its faults and its stop.
     fn begin(&mut self, plan: &ActionPlan, token: &str, node: &str) {
-        for f in &plan.api {
-            self.faults
-                .inject_for_caller(PREFIX, Some(f.method), Some(f.plural), f.count, f.kind);
-        }
+        arm(&self.faults, plan);
         if let Some(phase) = plan.restart {
             self.target = Some((token.to_string(), node.to_string(), phase, plan.handover));
-            if phase == Phase::Completing {
-                self.aws.stall_completion(token);
+            if matches!(phase, Phase::Completing | Phase::Abandoning) {
+                self.aws.stall_completion(token, node);
             }
         }
         if plan.race
@@ -298,15 +311,16 @@ impl Play {
                 Phase::Draining => {
                     evicted_pod(a).is_some() && pod_node.as_deref() == Some(node.as_str())
                 }
-                Phase::Completing => false,
+                Phase::Completing | Phase::Abandoning => false,
             };
             if hit {
-                self.stop_at(&a.caller, phase);
+                let record = record_phase(&self.sandbox_store, &node);
+                self.stop_at(&a.caller, phase, record);
             }
         }
     }
 
-    fn stop_at(&mut self, caller: &str, phase: Phase) {
+    fn stop_at(&mut self, caller: &str, phase: Phase, record: Option<String>) {
         let Some((_, node, _, handover)) = self.target.take() else {
             return;
         };
@@ -327,12 +341,13 @@ impl Play {
         self.timeline.record(
             "drainer-stopped",
             &node,
-            json!({"drainer": caller, "phase": phase.name(), "handover": handover}),
+            json!({"drainer": caller, "phase": phase.name(), "record": record, "handover": handover}),
         );
         self.restarts.push(Restart {
             phase,
             drainer: caller.to_string(),
             node,
+            record,
             handover,
         });
         if handover {
@@ -342,6 +357,13 @@ impl Play {
         } else if let Err(err) = self.spawn(id, n + 1) {
             tracing::error!(%err, "could not restart a drainer");
         }
+    }
+}
+
+/// Arms `plan`'s API faults for the drainers' requests: done as its action starts.
+pub(super) fn arm(faults: &FaultInjector, plan: &ActionPlan) {
+    for f in &plan.api {
+        faults.inject_for_caller(PREFIX, Some(f.method), Some(f.plural), f.count, f.kind);
     }
 }
 
@@ -374,7 +396,7 @@ fn aws_fault_name(fault: Fault) -> &'static str {
 
 /// Counts what hit: API faults from the audit log (drainers' requests only), AWS faults and
 /// deliveries from the group's history, stops from the conductor's own log.
-fn count(
+pub(super) fn count(
     schedule: &Schedule,
     restarts: Vec<Restart>,
     audit: &[Audited],
@@ -462,5 +484,6 @@ fn count(
         seed: schedule.seed,
         faults: Faults { injected, total },
         drainer: DrainerChaos { restarts, by_phase },
+        lambda: None,
     }
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use quiesce_aws::elbv2::LoadBalancers;
 use quiesce_drainer::client::Timeouts;
 use quiesce_drainer::lease::{LeaseLock, LeaseTiming};
 use quiesce_drainer::metrics::Metrics;
@@ -76,6 +77,8 @@ pub struct Spec {
     pub lease: Option<LeaseTiming>,
     /// Shared by every incarnation, so the run's totals are in one place.
     pub metrics: Arc<Metrics>,
+    /// The load balancers the drainer waits on before CONTINUE; `None`: no wait.
+    pub load_balancers: Option<Arc<dyn LoadBalancers>>,
 }
 
 impl Incarnation {
@@ -89,13 +92,17 @@ impl Incarnation {
             identity: Some(spec.identity.clone()),
             ..spec.settings.clone()
         };
-        let handler = Arc::new(Handler::new(
+        let mut handler = Handler::new(
             client.clone(),
             nodes,
             hooks.clone(),
             settings,
             spec.metrics.clone(),
-        ));
+        );
+        if let Some(lb) = &spec.load_balancers {
+            handler = handler.with_load_balancers(lb.clone());
+        }
+        let handler = Arc::new(handler);
         let (stop, stopped) = watch::channel(false);
         let queue = Arc::new(hooks);
         let work: JoinHandle<()> = match spec.lease {

@@ -3,7 +3,10 @@
 //! - I1 each lifecycle action was completed exactly once, by a drainer (none expired to its
 //!   default result); a terminate action got CONTINUE only when no pod but DaemonSet, mirror
 //!   and finished pods was left on its node and every workload that had pods there had, at
-//!   that moment, at least its pre-drain Ready count Ready on other nodes;
+//!   that moment, at least its pre-drain Ready count Ready on other nodes. An ABANDON whose
+//!   instance was terminated all the same (its Node deleted afterwards: a group without the
+//!   `TerminateHookAbandon: retain` trigger) took the node's pods with it just as a CONTINUE
+//!   does, so it is held to the same rule;
 //! - I2 no message was deleted before its action was over; nothing went to the dead-letter
 //!   queue;
 //! - I3 never two drainers acting on one node at once: every eviction a drainer got through
@@ -17,11 +20,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::record::{Evidence, World, evicted_pod, succeeded};
-use crate::asg::GroupEvent;
+use quiesce_sandbox::api::store::EventKind;
 
-/// The lifecycle record's annotation on a Node.
-const RECORD: &str = quiesce_aws::record::ANNOTATION;
+use super::record::{Evidence, World, evicted_pod, lifecycle_record, plural_of, succeeded};
+use crate::asg::GroupEvent;
 
 /// One invariant's outcome.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -232,8 +234,15 @@ fn exactly_once_and_whole(evidence: &Evidence, drainers: &[String]) -> Verdict {
             _ => {}
         }
     }
+    // Nodes deleted during the roll: their instances terminated.
+    let deleted: BTreeSet<&str> = evidence
+        .changes
+        .iter()
+        .filter(|c| c.kind == EventKind::Deleted && plural_of(c) == "nodes")
+        .filter_map(|c| c.object["metadata"]["name"].as_str())
+        .collect();
     // The CONTINUE checks, in the order of the history (the world only moves forwards).
-    let mut probes: Vec<(u64, u64, &str, &Started)> = Vec::new();
+    let mut probes: Vec<(u64, u64, &str, &Started, &str)> = Vec::new();
     for (token, s) in &started {
         let done = completions.get(token).map(Vec::as_slice).unwrap_or(&[]);
         match done {
@@ -248,8 +257,14 @@ fn exactly_once_and_whole(evidence: &Evidence, drainers: &[String]) -> Verdict {
                         s.node
                     ));
                 }
-                if result == "CONTINUE" && !s.launching {
-                    probes.push((s.revision, *revision, token, s));
+                let terminated = result == "CONTINUE" || deleted.contains(s.node.as_str());
+                if terminated && !s.launching {
+                    let what = if result == "CONTINUE" {
+                        "CONTINUE"
+                    } else {
+                        "ABANDON (the instance terminated all the same)"
+                    };
+                    probes.push((s.revision, *revision, token, s, what));
                 }
             }
             many => violations.push(format!(
@@ -268,7 +283,7 @@ fn exactly_once_and_whole(evidence: &Evidence, drainers: &[String]) -> Verdict {
     probes.sort_by_key(|p| p.0);
     let mut world = World::new(evidence);
     let mut before: HashMap<&str, (BTreeSet<String>, BTreeMap<String, usize>)> = HashMap::new();
-    for (start, _, token, s) in &probes {
+    for (start, _, token, s, _) in &probes {
         world.advance(*start);
         let there: BTreeSet<String> = world
             .all("pods")
@@ -279,7 +294,7 @@ fn exactly_once_and_whole(evidence: &Evidence, drainers: &[String]) -> Verdict {
     }
     probes.sort_by_key(|p| p.1);
     let mut world = World::new(evidence);
-    for (_, at, token, s) in &probes {
+    for (_, at, token, s, what) in &probes {
         world.advance(*at);
         let left: Vec<String> = world
             .all("pods")
@@ -288,7 +303,7 @@ fn exactly_once_and_whole(evidence: &Evidence, drainers: &[String]) -> Verdict {
             .collect();
         if !left.is_empty() {
             violations.push(format!(
-                "CONTINUE for {} while {} were still on it",
+                "{what} for {} while {} were still on it",
                 s.node,
                 left.join(", ")
             ));
@@ -302,7 +317,7 @@ fn exactly_once_and_whole(evidence: &Evidence, drainers: &[String]) -> Verdict {
             );
             if has < had {
                 violations.push(format!(
-                    "CONTINUE for {} with {w} at {has} Ready elsewhere, below its {had} before the drain",
+                    "{what} for {} with {w} at {has} Ready elsewhere, below its {had} before the drain",
                     s.node
                 ));
             }
@@ -359,9 +374,9 @@ fn identity(caller: &str) -> &str {
 }
 
 fn holder(node: &Value) -> Option<String> {
-    let record = node["metadata"]["annotations"][RECORD].as_str()?;
-    let record: Value = serde_json::from_str(record).ok()?;
-    record["holder"].as_str().map(str::to_string)
+    lifecycle_record(node)?["holder"]
+        .as_str()
+        .map(str::to_string)
 }
 
 fn one_actor(evidence: &Evidence, drainers: &[String]) -> Verdict {
@@ -419,10 +434,8 @@ fn explained(evidence: &Evidence, drainers: &[String]) -> Verdict {
         checked += 1;
         let name = node["metadata"]["name"].as_str().unwrap_or_default();
         if node["spec"]["unschedulable"] == true && !has_event(name) {
-            let reason = node["metadata"]["annotations"][RECORD]
-                .as_str()
-                .and_then(|r| serde_json::from_str::<Value>(r).ok())
-                .and_then(|r| r["reason"].as_str().map(str::to_string));
+            let reason =
+                lifecycle_record(node).and_then(|r| r["reason"].as_str().map(str::to_string));
             if reason.is_none() {
                 violations.push(format!("{name} is left cordoned with no recorded reason"));
             }
@@ -585,6 +598,50 @@ mod tests {
         );
     }
 
+    /// Without the retention trigger an ABANDON terminates the instance too: the pods left on
+    /// the node go with it, so it is judged as a CONTINUE; a kept instance is not.
+    #[test]
+    fn an_abandon_that_terminated_the_instance_is_held_to_the_continue_rule() {
+        let node = json!({"metadata": {"name": "node-1"}});
+        let why = json!({"metadata": {"name": "e1", "namespace": "default"},
+            "involvedObject": {"kind": "Node", "name": "node-1"},
+            "source": {"component": "quiesce"}, "reason": "LifecycleAbandoned"});
+        let gone = Arc::new(Change {
+            rv: 5,
+            resource: RESOURCES.iter().position(|r| r.plural == "nodes").unwrap(),
+            kind: EventKind::Deleted,
+            object: Arc::new(node.clone()),
+        });
+        let mut e = evidence(
+            vec![
+                at(2, started("t1", "node-1")),
+                at(4, completed("t1", "ABANDON", "drainer#1")),
+            ],
+            vec![
+                change(1, "nodes", node),
+                change(1, "pods", pod("db-0", "node-1", true)),
+                change(1, "pods", pod("db-1", "node-2", true)),
+                change(3, "events", why),
+                gone,
+            ],
+            Vec::new(),
+        );
+        let inv = check(&e);
+        assert!(inv.i4.held, "the ABANDON has its Event: {inv:#?}");
+        assert!(
+            inv.i1.violations[0].starts_with(
+                "ABANDON (the instance terminated all the same) for node-1 while default/db-0"
+            ),
+            "{inv:#?}"
+        );
+        e.changes.pop();
+        let kept = check(&e);
+        assert!(
+            kept.i1.held,
+            "a retained instance keeps its pods: {kept:#?}"
+        );
+    }
+
     #[test]
     fn twice_completed_expired_and_early_deletes_are_violations() {
         let e = evidence(
@@ -629,7 +686,7 @@ mod tests {
     fn an_eviction_by_a_drainer_not_holding_the_record_violates_i3() {
         let node = |holder: &str| {
             let record = json!({"holder": holder}).to_string();
-            json!({"metadata": {"name": "node-1", "annotations": {RECORD: record}}})
+            json!({"metadata": {"name": "node-1", "annotations": {(quiesce_aws::record::ANNOTATION): record}}})
         };
         let evict = |caller: &str, revision: u64| Audited {
             caller: caller.into(),

@@ -6,12 +6,14 @@
 //! - [`invariants`]: I1–I5 judged from that record alone;
 //! - [`fleet`]: the drainers the lab runs, each a production queue loop with its own client;
 //! - [`schedule`]: the faults a seed asks for; [`aws`]: the AWS side of them, inside the
-//!   simulated group; [`conductor`]: plays the schedule against the roll and counts what hit.
+//!   simulated group; [`conductor`]: plays the schedule against the roll and counts what hit;
+//! - [`lambda`]: the same roll driven through quiesce-lambda's handler instead, in slices.
 
 pub mod aws;
 pub mod conductor;
 pub mod fleet;
 pub mod invariants;
+pub mod lambda;
 pub mod record;
 pub mod schedule;
 
@@ -27,7 +29,7 @@ use conductor::{ChaosReport, Conductor};
 use fleet::{Incarnation, Spec};
 use invariants::Invariants;
 use record::{Baseline, Evidence, RecordError};
-use schedule::{Classes, Schedule};
+use schedule::{Class, Classes, Schedule};
 
 /// Keeps the outside record of a roll from its start: the cluster as it was, and the group
 /// stamping its history with the sandbox's revisions.
@@ -100,6 +102,31 @@ pub struct ChaosOptions {
     pub seed: u64,
     /// The fault classes injected.
     pub classes: Classes,
+    /// Which face of quiesce handles the lifecycle events.
+    pub face: Face,
+}
+
+/// Which face of quiesce a chaos run drives (`--face`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Face {
+    /// `quiesce drainer`: two replicas under the Lease (and a racer), stopped and restarted.
+    #[default]
+    Drainer,
+    /// `quiesce-lambda`: invocations in slices, side by side on duplicates
+    /// ([`lambda`]). The drainer-process classes (restart, handover, race) do not apply: an
+    /// invocation ending at its deadline is this face's stop.
+    Lambda,
+}
+
+impl std::str::FromStr for Face {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Face, String> {
+        match s {
+            "drainer" => Ok(Face::Drainer),
+            "lambda" => Ok(Face::Lambda),
+            other => Err(format!("face {other:?}: expected drainer or lambda")),
+        }
+    }
 }
 
 /// The drainers of a run: one for a plain run, the conductor's replicas for a chaos run.
@@ -108,6 +135,8 @@ pub enum Drainers {
     Plain(Incarnation),
     /// The chaos run's.
     Chaos(Conductor),
+    /// The chaos run's on the Lambda face, with its schedule.
+    Lambda(lambda::LambdaFace, Schedule),
 }
 
 /// The plain run's drainer, as the audit log and the group's history name it.
@@ -134,7 +163,14 @@ impl Drainers {
                 group,
             )?),
             Some(c) => {
-                let schedule = Schedule::from_seed(c.seed, actions, &c.classes);
+                let classes = match c.face {
+                    Face::Drainer => c.classes.clone(),
+                    Face::Lambda => {
+                        c.classes
+                            .without(&[Class::Restart, Class::Handover, Class::Race])
+                    }
+                };
+                let schedule = Schedule::from_seed(c.seed, actions, &classes);
                 let spec = Spec {
                     // A stopped drainer's claim lapses soon, so a standby takes over within
                     // the hook's heartbeat timeout.
@@ -146,6 +182,12 @@ impl Drainers {
                         max_retry_pause: std::time::Duration::from_secs(2),
                         drain_margin: spec.settings.drain_margin
                             + std::time::Duration::from_secs(60),
+                        // The wait for a load balancer to let go (only an abandoned action's
+                        // instance is in one) on the same compressed clock.
+                        load_balancers: quiesce_drainer::LoadBalancerWait {
+                            timeout: Some(std::time::Duration::from_secs(4)),
+                            ..spec.settings.load_balancers
+                        },
                         ..spec.settings
                     },
                     timeouts: quiesce_drainer::client::Timeouts {
@@ -155,7 +197,24 @@ impl Drainers {
                     },
                     ..spec
                 };
-                Drainers::Chaos(Conductor::start(sandbox, group, &spec, schedule, timeline)?)
+                match c.face {
+                    Face::Drainer => Drainers::Chaos(Conductor::start(
+                        sandbox, group, &spec, schedule, timeline,
+                    )?),
+                    Face::Lambda => {
+                        // Nothing is stalled on this face: no stop to report.
+                        let (kills, _) = tokio::sync::mpsc::unbounded_channel();
+                        let aws = aws::AwsChaos::new(&schedule, kills, sandbox.store());
+                        group.interfere(Arc::new(aws));
+                        let face = lambda::LambdaFace::start(
+                            &spec,
+                            group,
+                            schedule.actions.clone(),
+                            sandbox.faults(),
+                        );
+                        Drainers::Lambda(face, schedule)
+                    }
+                }
             }
         })
     }
@@ -164,7 +223,7 @@ impl Drainers {
     pub fn callers(&self) -> Vec<String> {
         vec![match self {
             Drainers::Plain(_) => PLAIN.to_string(),
-            Drainers::Chaos(_) => conductor::PREFIX.to_string(),
+            Drainers::Chaos(_) | Drainers::Lambda(..) => conductor::PREFIX.to_string(),
         }]
     }
 
@@ -176,6 +235,12 @@ impl Drainers {
                 None
             }
             Drainers::Chaos(c) => Some(c.finish(sandbox, group).await),
+            Drainers::Lambda(face, schedule) => {
+                let lambda = face.finish().await;
+                let mut report = conductor::count(&schedule, Vec::new(), &sandbox.audited(), group);
+                report.lambda = Some(lambda);
+                Some(report)
+            }
         }
     }
 }

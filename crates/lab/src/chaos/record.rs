@@ -101,7 +101,7 @@ impl Evidence {
 }
 
 /// Which of the watched resources a change is about.
-fn plural_of(change: &Change) -> &'static str {
+pub fn plural_of(change: &Change) -> &'static str {
     RESOURCES.get(change.resource).map_or("", |r| r.plural)
 }
 
@@ -184,6 +184,21 @@ pub fn written_node(request: &Audited) -> Option<&str> {
     (matches!(request.method.as_str(), "PATCH" | "PUT") && !name.contains('/')).then_some(name)
 }
 
+/// The drainer's lifecycle record on a Node (its annotation, parsed), as the API server holds it.
+pub fn lifecycle_record(node: &Value) -> Option<Value> {
+    let record = node["metadata"]["annotations"][quiesce_aws::record::ANNOTATION].as_str()?;
+    serde_json::from_str(record).ok()
+}
+
+/// The phase the lifecycle record on node `name` names now, read from `store`.
+pub fn record_phase(store: &Store, name: &str) -> Option<String> {
+    let nodes = lookup("", "v1", "nodes")?;
+    let node = store.get(nodes, "", name).ok()?;
+    lifecycle_record(&node)?["phase"]
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Whether the request was answered with success.
 pub fn succeeded(request: &Audited) -> bool {
     request.status.is_some_and(|s| (200..300).contains(&s))
@@ -197,6 +212,7 @@ pub fn fault_name(fault: FaultKind) -> &'static str {
         FaultKind::Delay(_) => "api-slow",
         FaultKind::Hang => "api-hang",
         FaultKind::TooManyRequests { .. } => "api-429",
+        FaultKind::ServiceUnavailable { .. } => "api-503",
         FaultKind::CutWatch(_) => "api-watch-cut",
         FaultKind::Gone => "api-410",
     }

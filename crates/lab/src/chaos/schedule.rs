@@ -75,6 +75,19 @@ impl Default for Classes {
     }
 }
 
+impl Classes {
+    /// These classes but `drop`.
+    pub fn without(&self, drop: &[Class]) -> Classes {
+        Classes(
+            self.0
+                .iter()
+                .filter(|c| !drop.contains(c))
+                .copied()
+                .collect(),
+        )
+    }
+}
+
 impl FromStr for Classes {
     type Err = UnknownClass;
     fn from_str(s: &str) -> Result<Self, UnknownClass> {
@@ -106,6 +119,8 @@ pub enum Phase {
     Draining,
     /// Drained; its CompleteLifecycleAction is in flight.
     Completing,
+    /// Given up (its record says why); its ABANDON is in flight.
+    Abandoning,
 }
 
 impl Phase {
@@ -115,6 +130,7 @@ impl Phase {
             Phase::Recording => "recording",
             Phase::Draining => "draining",
             Phase::Completing => "completing",
+            Phase::Abandoning => "abandoning",
         }
     }
 }
@@ -148,6 +164,11 @@ pub struct ActionPlan {
     pub late: Option<Duration>,
     /// A second drainer reads the queue beside the leader while this action is handled.
     pub race: bool,
+    /// Its instance stays a target of a load balancer past the wait's bound, so the drainer
+    /// gives up on the drained node and ABANDONs; the group terminates the instance all the
+    /// same (no `TerminateHookAbandon: retain` for this action, as on a group without an
+    /// instance lifecycle policy), so the node is still replaced.
+    pub abandon: bool,
 }
 
 /// The AWS-side faults: the n-th call (counted from 0 over the run) of each kind fails.
@@ -196,12 +217,13 @@ const API_TARGETS: [(&str, &str); 13] = [
 ];
 
 fn api_kind(rng: &mut ChaCha8Rng) -> FaultKind {
-    match rng.random_range(0..6) {
+    match rng.random_range(0..7) {
         0 => FaultKind::InternalError,
         1 => FaultKind::Timeout(Duration::from_millis(200)),
         2 => FaultKind::Hang,
         3 => FaultKind::TooManyRequests { retry_after: 1 },
         4 => FaultKind::CutWatch(Duration::from_millis(rng.random_range(200..1500))),
+        5 => FaultKind::ServiceUnavailable { retry_after: 1 },
         _ => FaultKind::Gone,
     }
 }
@@ -215,6 +237,10 @@ impl Schedule {
         phases.shuffle(&mut rng);
         let handover_at = rng.random_range(0..actions.max(1));
         let race_at = rng.random_range(0..actions.max(1));
+        // One action per run gives up, so a stop while Abandoning happens in every run; the
+        // others share the other phases.
+        let abandon_at = rng.random_range(0..actions.max(1));
+        let mut others = phases.iter().cycle();
         let mut plans = Vec::new();
         for i in 0..actions {
             let mut plan = ActionPlan::default();
@@ -239,7 +265,12 @@ impl Schedule {
                 }
             }
             if has(Class::Restart) {
-                plan.restart = Some(phases[i % phases.len()]);
+                plan.abandon = i == abandon_at;
+                plan.restart = Some(if plan.abandon {
+                    Phase::Abandoning
+                } else {
+                    *others.next().expect("a cycle never ends")
+                });
             }
             if has(Class::Handover) && i == handover_at {
                 plan.restart.get_or_insert(Phase::Draining);
@@ -308,13 +339,50 @@ mod tests {
     }
 
     #[test]
-    fn three_actions_restart_once_in_each_phase_and_hand_over_once() {
+    fn three_actions_restart_in_three_phases_one_abandoning_and_hand_over_once() {
         let s = Schedule::from_seed(1, 3, &Classes::default());
         let phases: BTreeSet<Phase> = s.actions.iter().filter_map(|a| a.restart).collect();
         assert_eq!(phases.len(), 3, "{s:?}");
+        assert!(phases.contains(&Phase::Abandoning), "{s:?}");
+        assert_eq!(s.actions.iter().filter(|a| a.abandon).count(), 1);
+        assert!(
+            s.actions
+                .iter()
+                .all(|a| a.abandon == (a.restart == Some(Phase::Abandoning))),
+            "{s:?}"
+        );
         assert_eq!(s.actions.iter().filter(|a| a.handover).count(), 1);
         assert_eq!(s.actions.iter().filter(|a| a.race).count(), 1);
         assert!(s.actions.iter().all(|a| a.api.len() >= API_TARGETS.len()));
+    }
+
+    /// The five seeds together stop the drainer in every phase and schedule every
+    /// API fault kind, 503 included.
+    #[test]
+    fn seeds_1_to_5_cover_every_phase_and_every_api_fault_kind() {
+        let all = Classes::default();
+        let schedules: Vec<Schedule> = (1..=5).map(|s| Schedule::from_seed(s, 3, &all)).collect();
+        let phases: BTreeSet<Phase> = schedules
+            .iter()
+            .flat_map(|s| s.actions.iter().filter_map(|a| a.restart))
+            .collect();
+        assert_eq!(phases.len(), 4, "{phases:?}");
+        let kinds: BTreeSet<&str> = schedules
+            .iter()
+            .flat_map(|s| s.actions.iter().flat_map(|a| &a.api))
+            .map(|f| crate::chaos::record::fault_name(f.kind))
+            .collect();
+        for kind in [
+            "api-500",
+            "api-503",
+            "api-504",
+            "api-429",
+            "api-hang",
+            "api-watch-cut",
+            "api-410",
+        ] {
+            assert!(kinds.contains(kind), "{kind} never scheduled: {kinds:?}");
+        }
     }
 
     #[test]

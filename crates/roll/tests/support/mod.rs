@@ -304,10 +304,15 @@ async fn create(sandbox: &Sandbox, object: Value) {
 /// An IAM role in moto (CreateRole), which moto's CreateFunction requires to exist; its ARN.
 pub fn iam_role(moto: &Moto, name: &str) -> String {
     let addr = moto.url().trim_start_matches("http://");
-    let trust = form_urlencoded::byte_serialize(
-        br#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
-    )
-    .collect::<String>();
+    // Percent-encoded by hand: this module is also compiled into the CLI's roll test, which has
+    // no URL-encoding crate.
+    let trust: String = br#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"lambda.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#
+        .iter()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => (*b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
     let created = query_call(
         addr,
         "iam",

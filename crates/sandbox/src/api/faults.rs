@@ -1,7 +1,8 @@
 //! Failure injection, so clients of the sandbox (the drain engine, the lifecycle drainer) can be
 //! tested against what a real control plane does under load or during an upgrade: 500s, slow
-//! answers, requests that never get an answer, API Priority and Fairness throttling, watch
-//! streams cut mid-way and resumed watches answered with 410.
+//! answers, requests that never get an answer, API Priority and Fairness throttling, a server
+//! that is unavailable for a moment (503), watch streams cut mid-way and resumed watches
+//! answered with 410.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,17 @@ pub enum FaultKind {
     /// `k8s.io/apiserver/pkg/server/filters/maxinflight.go`, which APF reuses), not a Status.
     TooManyRequests {
         /// Seconds in the `Retry-After` header.
+        retry_after: u64,
+    },
+    /// 503 ServiceUnavailable with a `Status` body and a `Retry-After` header of this many
+    /// seconds (none for 0), as a kube-apiserver answers while it shuts down (upstream
+    /// `waitGroupWriteRetryAfterToResponse` in `k8s.io/apiserver/pkg/server/filters/waitgroup.go`:
+    /// `Retry-After: 1` and `errors.NewServiceUnavailable("apiserver is shutting down")`), or
+    /// while its watch cache is not ready (`k8s.io/apiserver/pkg/storage/cacher`'s
+    /// `NewServiceUnavailable`); the kube-aggregator answers 503 too for an unavailable
+    /// APIService (`handler_proxy.go`). Nothing is served.
+    ServiceUnavailable {
+        /// Seconds in the `Retry-After` header (0: no header).
         retry_after: u64,
     },
     /// Serve a watch, then end its stream this long after it started, as an apiserver
@@ -241,6 +253,9 @@ impl FaultInjector {
                 )
                     .into_response(),
             ),
+            FaultKind::ServiceUnavailable { retry_after } => {
+                Applied::Respond(unavailable(retry_after))
+            }
             FaultKind::CutWatch(after) => Applied::Serve(Some(after)),
             FaultKind::Gone => {
                 let rv = params
@@ -275,6 +290,32 @@ pub(crate) fn cut(response: Response, after: Option<Duration>) -> Response {
     })
 }
 
+/// The 503 of [`FaultKind::ServiceUnavailable`]: upstream's Status (`kind: Status`, reason
+/// `ServiceUnavailable`, no details) with the header only when there is a delay to give.
+fn unavailable(retry_after: u64) -> Response {
+    let body = ApiError {
+        code: 503,
+        reason: "ServiceUnavailable",
+        message: "apiserver is shutting down".into(),
+        details: None,
+        retry_after: None,
+    }
+    .to_status()
+    .to_string();
+    let mut response = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    if retry_after > 0 {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after.into());
+    }
+    response
+}
+
 fn status(err: &ApiError) -> Response {
     (
         StatusCode::from_u16(err.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -282,4 +323,59 @@ fn status(err: &ApiError) -> Response {
         err.to_status().to_string(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(faults: &FaultInjector) -> Response {
+        let (_keep, shutdown) = tokio::sync::watch::channel(false);
+        match faults
+            .apply(None, |_| {}, "GET", "pods", &HashMap::new(), shutdown)
+            .await
+        {
+            Applied::Respond(response) => response,
+            Applied::Serve(_) => panic!("the fault did not answer in the request's place"),
+        }
+    }
+
+    async fn body(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn service_unavailable_is_a_503_status_with_its_retry_after() {
+        let faults = FaultInjector::default();
+        faults.inject(
+            None,
+            None,
+            1,
+            FaultKind::ServiceUnavailable { retry_after: 1 },
+        );
+        faults.inject(
+            None,
+            None,
+            1,
+            FaultKind::ServiceUnavailable { retry_after: 0 },
+        );
+        let first = answer(&faults).await;
+        assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(first.headers()[header::RETRY_AFTER], "1");
+        let status = body(first).await;
+        assert_eq!(status["kind"], "Status");
+        assert_eq!(status["status"], "Failure");
+        assert_eq!(status["code"], 503);
+        assert_eq!(status["reason"], "ServiceUnavailable");
+        assert_eq!(status["message"], "apiserver is shutting down");
+        let second = answer(&faults).await;
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            !second.headers().contains_key(header::RETRY_AFTER),
+            "no header without a delay"
+        );
+    }
 }
