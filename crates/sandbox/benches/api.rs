@@ -1,6 +1,13 @@
 //! Throughput and memory of the sandbox API server at the size of a large cluster: 1,000 nodes
 //! and 30,000 pods. Run with `cargo bench -p quiesce-sandbox --bench api`; it prints one line
 //! per measurement. Numbers depend on the machine; the test suite never asserts on them.
+//!
+//! Wall-clock rates on a shared machine are noisy, so the bench can also be counted in
+//! instructions, which do not depend on load: `QUIESCE_BENCH_DIVISOR=10` runs a tenth of every
+//! case's requests (at least one), and the bench calls [`case_starts`] before each case and
+//! before its untimed warm-up request, so `valgrind --tool=callgrind
+//! --dump-before='*case_starts*'` writes one profile part per stretch: start-up and populate,
+//! then warm-up and case, in turn. `docs/sandbox-benchmark.md` has the method and the figures.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +26,24 @@ const NAMESPACES: usize = 10;
 const CONCURRENCY: usize = 8;
 const WATCHERS: usize = 100;
 const WATCHED_CHANGES: usize = 200;
+
+/// `count` divided by `QUIESCE_BENCH_DIVISOR` (default 1), at least 1: a fixed, smaller
+/// workload for counting instructions under callgrind.
+fn requests(count: usize) -> usize {
+    let divisor = std::env::var("QUIESCE_BENCH_DIVISOR")
+        .ok()
+        .and_then(|d| d.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    (count / divisor).max(1)
+}
+
+/// Marks where a case begins (and, with `"end"`, where the last one ends), for callgrind's
+/// `--dump-before='*case_starts*'`; never inlined so the symbol exists.
+#[inline(never)]
+fn case_starts(case: &str) {
+    std::hint::black_box(case);
+}
 
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -74,12 +99,18 @@ fn populate(server: &ApiServer) {
     }
 }
 
-/// Runs `count` requests, `CONCURRENCY` at a time, and reports the rate.
+/// Runs `count` requests, `CONCURRENCY` at a time, and reports the rate. One untimed request
+/// (number `count`, outside the timed range) goes first, so one-time work — the lazily built
+/// schemas, the first connection — is not counted in the case.
 async fn timed<F, Fut>(what: &str, count: usize, request: F)
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = ()>,
 {
+    let count = requests(count);
+    case_starts("warm-up");
+    request(count).await;
+    case_starts(what);
     let start = Instant::now();
     stream::iter(0..count)
         .map(request)
@@ -90,6 +121,8 @@ where
 }
 
 async fn watch_fan_out(client: kube::Client) {
+    case_starts("watch fan-out");
+    let changes = requests(WATCHED_CHANGES);
     let pods: Api<Pod> = Api::all(client.clone());
     let rv = pods
         .list_metadata(&ListParams::default().limit(1))
@@ -109,7 +142,7 @@ async fn watch_fan_out(client: kube::Client) {
     let counters = streams.into_iter().map(|mut s| {
         tokio::spawn(async move {
             let mut seen = 0;
-            while seen < WATCHED_CHANGES {
+            while seen < changes {
                 match s.try_next().await {
                     Ok(Some(WatchEvent::Modified(_))) => seen += 1,
                     Ok(Some(_)) => {}
@@ -122,7 +155,7 @@ async fn watch_fan_out(client: kube::Client) {
     let counters: Vec<_> = counters.collect();
     let team0: Api<Pod> = Api::namespaced(client, "team-0");
     let start = Instant::now();
-    for i in 0..WATCHED_CHANGES {
+    for i in 0..changes {
         let patch =
             Patch::Merge(json!({"metadata": {"annotations": {"bench/fan-out": i.to_string()}}}));
         team0
@@ -217,6 +250,7 @@ fn main() {
         })
         .await;
         watch_fan_out(client).await;
+        case_starts("end");
         println!(
             "{:<44} {:>7.0} MiB; {} API requests served",
             "resident memory at the end",

@@ -460,9 +460,10 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let idx = inner.index(r);
-        let existing = inner.objects[idx]
+        // Shared, not copied: `change` reads it and makes its own copy to change.
+        let existing: Arc<Value> = inner.objects[idx]
             .get(&key(ns, name))
-            .map(|o| Value::clone(o))
+            .cloned()
             .ok_or_else(|| ApiError::not_found(r.group, r.plural, name))?;
         let mut new = change(&existing)?;
         if !new.is_object() {
@@ -491,7 +492,7 @@ impl Store {
             Part::Status => {
                 let status = new["status"].take();
                 let managed = new["metadata"]["managedFields"].take();
-                new = existing.clone();
+                new = Value::clone(&existing);
                 new["status"] = status;
                 if !managed.is_null() {
                     new["metadata"]["managedFields"] = managed;
@@ -530,8 +531,8 @@ impl Store {
         {
             m.remove("generation");
         }
-        if new == existing {
-            return Ok(existing);
+        if new == *existing {
+            return Ok(Value::clone(&existing));
         }
         inner.rv += 1;
         new["metadata"]["resourceVersion"] = json!(inner.rv.to_string());

@@ -5,6 +5,8 @@
 //! (`k8s.io/apiserver/pkg/endpoints/handlers`, "strict decoding error"): a Go struct has
 //! nowhere to keep an unknown field, so a real server never stores one.
 
+use std::fmt::Write;
+
 use serde_json::{Map, Value};
 
 use super::openapi;
@@ -47,7 +49,7 @@ pub fn check(
         return Ok(Vec::new());
     };
     let mut unknown = Vec::new();
-    walk(obj, schema, schemas, "", &mut unknown);
+    walk(obj, schema, schemas, &mut String::new(), &mut unknown);
     if mode == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
@@ -77,45 +79,60 @@ fn resolve<'a>(schema: &'a Value, schemas: &'a Map<String, Value>) -> &'a Value 
     }
 }
 
-/// Records, and removes, every field of `value` that `schema` does not define.
+/// Records, and removes, every field of `value` that `schema` does not define. `path` is
+/// where `value` is (`spec.containers[0]`), grown and cut back in place: it is copied only
+/// for an unknown field, so a walk of a known object allocates nothing per field.
 fn walk(
     value: &mut Value,
     schema: &Value,
     schemas: &Map<String, Value>,
-    path: &str,
+    path: &mut String,
     unknown: &mut Vec<String>,
 ) {
     let schema = resolve(schema, schemas);
     if schema["x-kubernetes-preserve-unknown-fields"] == true {
         return;
     }
+    let at = path.len();
     match value {
         Value::Object(map) => {
             if let Some(properties) = schema["properties"].as_object() {
                 map.retain(|key, v| {
-                    let child = if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
-                    };
-                    match properties.get(key) {
-                        Some(s) => walk(v, s, schemas, &child, unknown),
-                        None => unknown.push(child),
+                    if !path.is_empty() {
+                        path.push('.');
                     }
-                    properties.contains_key(key)
+                    path.push_str(key);
+                    let known = match properties.get(key) {
+                        Some(s) => {
+                            walk(v, s, schemas, path, unknown);
+                            true
+                        }
+                        None => {
+                            unknown.push(path.clone());
+                            false
+                        }
+                    };
+                    path.truncate(at);
+                    known
                 });
             } else if let Some(values) =
                 schema.get("additionalProperties").filter(|a| a.is_object())
             {
                 for (key, v) in map.iter_mut() {
-                    walk(v, values, schemas, &format!("{path}[{key}]"), unknown);
+                    path.push('[');
+                    path.push_str(key);
+                    path.push(']');
+                    walk(v, values, schemas, path, unknown);
+                    path.truncate(at);
                 }
             }
         }
         Value::Array(items) => {
             if let Some(item) = schema.get("items") {
                 for (i, v) in items.iter_mut().enumerate() {
-                    walk(v, item, schemas, &format!("{path}[{i}]"), unknown);
+                    let _ = write!(path, "[{i}]");
+                    walk(v, item, schemas, path, unknown);
+                    path.truncate(at);
                 }
             }
         }

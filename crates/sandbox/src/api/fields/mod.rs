@@ -176,7 +176,9 @@ fn skipper(r: &Resource, part: Part) -> impl Fn(&Path) -> bool {
         }
         if path.len() == 2
             && top == "f:metadata"
-            && SERVER_METADATA.iter().any(|f| path[1] == format!("f:{f}"))
+            && path[1]
+                .strip_prefix("f:")
+                .is_some_and(|field| SERVER_METADATA.contains(&field))
         {
             return true;
         }
@@ -195,18 +197,9 @@ struct Comparison {
 }
 
 fn compare(old: &Value, new: &Value, skip: &dyn Fn(&Path) -> bool) -> Comparison {
-    let before = shape::leaves(old, skip);
-    let after = shape::leaves(new, skip);
     let mut changed = FieldSet::default();
     let mut removed = FieldSet::default();
-    for (path, leaf) in &after {
-        if before.get(path) != Some(leaf) {
-            changed.insert(path.clone());
-        }
-    }
-    for path in before.keys().filter(|p| !after.contains_key(*p)) {
-        removed.insert(path.clone());
-    }
+    shape::differences(old, new, skip, &mut changed, &mut removed);
     Comparison { changed, removed }
 }
 

@@ -176,6 +176,86 @@ fn walk_value<'a>(
     }
 }
 
+/// What [`leaves`] of `old` and of `new` differ in: the paths whose leaf was added or changed
+/// go to `changed`, those only `old` has to `removed`. Walks only the fields whose values
+/// differ (equal values have equal leaves), so a patch of one label does not walk the pod.
+pub fn differences(
+    old: &Value,
+    new: &Value,
+    skip: &dyn Fn(&Path) -> bool,
+    changed: &mut FieldSet,
+    removed: &mut FieldSet,
+) {
+    let empty = Map::new();
+    let old = old.as_object().unwrap_or(&empty);
+    let new = new.as_object().unwrap_or(&empty);
+    let mut diff = Diff {
+        skip,
+        changed,
+        removed,
+    };
+    diff.maps(old, new, &mut Vec::new());
+}
+
+/// The walk of [`differences`] and where it puts what it finds.
+struct Diff<'s, 'o> {
+    skip: &'s dyn Fn(&Path) -> bool,
+    changed: &'o mut FieldSet,
+    removed: &'o mut FieldSet,
+}
+
+impl Diff<'_, '_> {
+    fn maps(&mut self, old: &Map<String, Value>, new: &Map<String, Value>, prefix: &mut Path) {
+        for (field, value) in new {
+            match old.get(field) {
+                Some(before) if before == value => {}
+                before => self.field(field, before, Some(value), prefix),
+            }
+        }
+        for (field, before) in old {
+            if !new.contains_key(field) {
+                self.field(field, Some(before), None, prefix);
+            }
+        }
+    }
+
+    fn field(&mut self, field: &str, old: Option<&Value>, new: Option<&Value>, prefix: &mut Path) {
+        prefix.push(format!("f:{field}"));
+        if !(self.skip)(prefix) {
+            match (walked(field, old), walked(field, new)) {
+                (Some(old), Some(new)) => self.maps(old, new, prefix),
+                _ => {
+                    let mut before = BTreeMap::new();
+                    let mut after = BTreeMap::new();
+                    if let Some(old) = old {
+                        walk_value(field, old, prefix, self.skip, &mut before);
+                    }
+                    if let Some(new) = new {
+                        walk_value(field, new, prefix, self.skip, &mut after);
+                    }
+                    for (path, leaf) in &after {
+                        if before.get(path) != Some(leaf) {
+                            self.changed.insert(path.clone());
+                        }
+                    }
+                    for path in before.into_keys().filter(|p| !after.contains_key(p)) {
+                        self.removed.insert(path);
+                    }
+                }
+            }
+        }
+        prefix.pop();
+    }
+}
+
+/// The map [`walk_value`] walks field by field, when `value` is one.
+fn walked<'v>(field: &str, value: Option<&'v Value>) -> Option<&'v Map<String, Value>> {
+    match value {
+        Some(Value::Object(map)) if !map.is_empty() && !atomic_map(field) => Some(map),
+        _ => None,
+    }
+}
+
 /// Merges an applied configuration into the live object as structured-merge-diff's `Merge`
 /// does: maps field by field, associative lists and sets item by item (new items appended),
 /// atomic values replaced; a null in the configuration removes the field.
@@ -320,6 +400,65 @@ mod tests {
         let mut with_args = json!({"args": ["x", "y"]});
         merge(&mut with_args, &json!({"args": ["z"]}));
         assert_eq!(with_args, json!({"args": ["z"]}));
+    }
+
+    /// The definition [`differences`] must keep: a comparison of every leaf of both objects.
+    fn by_leaves(old: &Value, new: &Value, skip: &dyn Fn(&Path) -> bool) -> (FieldSet, FieldSet) {
+        let (before, after) = (leaves(old, skip), leaves(new, skip));
+        let mut changed = FieldSet::default();
+        let mut removed = FieldSet::default();
+        for (path, leaf) in &after {
+            if before.get(path) != Some(leaf) {
+                changed.insert(path.clone());
+            }
+        }
+        for path in before.keys().filter(|p| !after.contains_key(*p)) {
+            removed.insert(path.clone());
+        }
+        (changed, removed)
+    }
+
+    #[test]
+    fn differences_walk_only_what_changed_and_find_what_every_leaf_would() {
+        let pod = json!({"metadata": {"name": "p", "labels": {"app": "web"}, "finalizers": ["a"],
+            "ownerReferences": [{"uid": "u1", "kind": "ReplicaSet"}]},
+            "spec": {"selector": {"app": "web"}, "nodeName": "n1", "containers": [
+                {"name": "app", "image": "a:1", "ports": [{"containerPort": 80}]}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}});
+        let edits: Vec<fn(&mut Value)> = vec![
+            |p| p["metadata"]["labels"]["bench"] = json!("1"),
+            |p| p["metadata"]["labels"] = json!({}),
+            |p| p["metadata"]["labels"] = json!("not a map"),
+            |p| {
+                p["metadata"].as_object_mut().unwrap().remove("labels");
+            },
+            |p| p["spec"]["containers"][0]["image"] = json!("a:2"),
+            |p| p["spec"]["containers"][0]["ports"][0]["protocol"] = json!("UDP"),
+            |p| p["spec"]["containers"] = json!([{"name": "other", "image": "b"}]),
+            |p| p["spec"]["selector"]["tier"] = json!("x"),
+            |p| p["metadata"]["finalizers"] = json!(["a", "b"]),
+            |p| p["status"]["conditions"][0]["status"] = json!("False"),
+            |p| p["spec"] = json!({}),
+            |p| *p = json!({"kind": "Pod"}),
+        ];
+        let skip_status = |path: &Path| path[0] == "f:status" || path[0] == "f:kind";
+        let skips: [&dyn Fn(&Path) -> bool; 2] = [&nothing, &skip_status];
+        for edit in edits {
+            let mut edited = pod.clone();
+            edit(&mut edited);
+            for skip in skips {
+                for (old, new) in [(&pod, &edited), (&edited, &pod)] {
+                    let mut changed = FieldSet::default();
+                    let mut removed = FieldSet::default();
+                    differences(old, new, skip, &mut changed, &mut removed);
+                    assert_eq!(
+                        (changed, removed),
+                        by_leaves(old, new, skip),
+                        "{old} -> {new}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
