@@ -75,6 +75,35 @@ impl Default for BatchSettings {
     }
 }
 
+/// Sets a message that needs more work to come back after `resume_after`, trying again
+/// (pauses doubling from 200 ms) while the invocation has time left. Given up, the message
+/// stays hidden for the queue's whole visibility timeout, which the template sets to six
+/// function timeouts as Lambda asks: far longer than the hook's heartbeat timeout, so nobody
+/// would heartbeat the hook before it expires (the chaos lab's Lambda face, seed 1, saw one
+/// expire so after a throttled ChangeMessageVisibility).
+async fn give_back<Q: Queue>(
+    queue: &Q,
+    id: &str,
+    receipt: &str,
+    resume_after: Duration,
+    deadline: Instant,
+) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let err = match queue.extend(receipt, resume_after).await {
+            Ok(()) => return,
+            Err(err) => err,
+        };
+        if Instant::now() + pause >= deadline {
+            tracing::warn!(message = %id, %err, "could not set the visibility; no time left to try again");
+            return;
+        }
+        tracing::warn!(message = %id, %err, ?pause, "could not set the visibility; trying again");
+        tokio::time::sleep(pause).await;
+        pause *= 2;
+    }
+}
+
 /// Handles one invocation's messages until `deadline`, all at once: each is claimed, cordoned
 /// and heartbeated from the start of the invocation, and the handler's drain slots bound the
 /// drains among them (one after another, the last message of a batch would wait unheartbeated
@@ -114,11 +143,8 @@ pub async fn handle_batch<H: LifecycleHooks, Q: Queue>(
                 true
             }
         };
-        if retry
-            && let Some(receipt) = &record.receipt_handle
-            && let Err(err) = queue.extend(receipt, settings.resume_after).await
-        {
-            tracing::warn!(message = %id, %err, "could not set the visibility");
+        if retry && let Some(receipt) = &record.receipt_handle {
+            give_back(queue, &id, receipt, settings.resume_after, deadline).await;
         }
         retry.then_some(id)
     }))
