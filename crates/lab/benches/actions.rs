@@ -4,8 +4,9 @@
 //! measures, and prints
 //!
 //! - hooks that expired (must be 0): every action is heartbeated from receipt;
-//! - the drainer's peak API requests per second, from the sandbox's request audit log (must
-//!   stay at the configured limit: burst + QPS in the first second, QPS after);
+//! - the drainer's peak API requests in any 1, 10 and 60 s, from the sandbox's request audit
+//!   log (must stay at the configured limit: a token bucket allows burst + QPS × seconds in
+//!   any window), and what the requests until every node was cordoned were;
 //! - the process's peak RSS (VmHWM; the sandbox and its 30,000 pods live in the same process,
 //!   so the RSS before the drainer starts is printed too);
 //! - seconds from the first terminate hook until every terminating node is cordoned.
@@ -19,6 +20,7 @@
 //! `QUIESCE_BENCH_SCALE=0.2` runs it at a fifth of the size (200 nodes, 6,000 pods, 100
 //! actions), `--profile dev` without the release build.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +36,7 @@ use quiesce_lab::asg::{Group, GroupOptions};
 use quiesce_lab::timeline::Timeline;
 use quiesce_sandbox::api::resources::{Resource, lookup};
 use quiesce_sandbox::api::store::{Part, now};
-use quiesce_sandbox::api::{AUDIT_HEADER, ApiServer, Store};
+use quiesce_sandbox::api::{AUDIT_HEADER, ApiServer, Audited, Store};
 use quiesce_sandbox::cluster::{Cluster, ClusterOptions};
 use quiesce_sandbox::scenario::Scenario;
 use quiesce_sandbox::sim::workloads::WorkloadControllers;
@@ -431,14 +433,14 @@ async fn bench() {
     index.abort();
     let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
 
-    let log: Vec<Instant> = lab
+    let audited: Vec<Audited> = lab
         .api
         .audited()
         .into_iter()
         .filter(|a| a.caller == "drainer")
-        .map(|a| a.at)
         .collect();
-    let (peak, peak_later) = peaks(&log, hooks_at);
+    let mut log: Vec<Instant> = audited.iter().map(|a| a.at).collect();
+    log.sort();
     println!(
         "--- {} actions at once, {} nodes, {} pods",
         size.actions,
@@ -447,12 +449,28 @@ async fn bench() {
     );
     println!("expired hooks: {expired}");
     println!("terminate hooks completed by the drainer meanwhile: {completed}");
+    let burst = f64::from(rate.burst.get());
+    for window in [1, 10, 60] {
+        let peak = peak_in(&log, Duration::from_secs(window));
+        println!(
+            "drainer API requests in any {window} s: at most {peak} ({:.1}/s); the limit \
+             (burst {burst} + {} QPS) allows {}",
+            peak as f64 / window as f64,
+            rate.qps,
+            burst + rate.qps * window as f64
+        );
+    }
+    let all_cordoned = hooks_at + cordoned_after;
+    let until_cordoned: Vec<&Audited> = audited
+        .iter()
+        .filter(|a| a.at >= hooks_at && a.at <= all_cordoned)
+        .collect();
     println!(
-        "drainer API requests: {} in all; peak {peak} in one second (limit {} QPS, burst {}), \
-         peak {peak_later} in one second after the first 5 s of the terminations",
-        log.len(),
-        rate.qps,
-        rate.burst
+        "drainer API requests: {} in all, {} from the first terminate hook until every node was \
+         cordoned; of those: {}",
+        audited.len(),
+        until_cordoned.len(),
+        breakdown(&until_cordoned)
     );
     println!(
         "peak RSS: {} MiB (the process: sandbox + drainer); {} MiB before the drainer started; \
@@ -471,22 +489,54 @@ async fn bench() {
     lab.api.shutdown().await;
 }
 
-/// The most requests in any one second, over all and from 5 s after `from` on (past the
-/// bucket's burst).
-fn peaks(log: &[Instant], from: Instant) -> (usize, usize) {
-    let mut times = log.to_vec();
-    times.sort();
-    let window = Duration::from_secs(1);
-    let (mut start, mut peak, mut later) = (0, 0, 0);
+/// The most requests in any `window` of the sorted `times`.
+fn peak_in(times: &[Instant], window: Duration) -> usize {
+    let (mut start, mut peak) = (0, 0);
     for end in 0..times.len() {
         while times[end].duration_since(times[start]) >= window {
             start += 1;
         }
-        let count = end - start + 1;
-        peak = peak.max(count);
-        if times[start] >= from + Duration::from_secs(5) {
-            later = later.max(count);
-        }
+        peak = peak.max(end - start + 1);
     }
-    (peak, later)
+    peak
+}
+
+/// Requests counted by method and resource (`PATCH nodes`, `GET pods/eviction`), most first.
+fn breakdown(requests: &[&Audited]) -> String {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for a in requests {
+        *counts
+            .entry(format!("{} {}", a.method, resource_of(&a.path, &a.query)))
+            .or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    parts.join(", ")
+}
+
+/// `pods`, `nodes (named)`, `pods/eviction`, `leases (watch)` from a request's path and query.
+fn resource_of(path: &str, query: &str) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _, more @ ..] if !more.is_empty() => more,
+        other => other,
+    };
+    let watch = if query.contains("watch=true") {
+        " (watch)"
+    } else {
+        ""
+    };
+    match rest {
+        [kind] => format!("{kind}{watch}"),
+        [kind, _] => format!("{kind} (named){watch}"),
+        [kind, _, sub, ..] => format!("{kind}/{sub}"),
+        [] => path.to_string(),
+    }
 }
