@@ -65,7 +65,10 @@ impl Size {
     fn from_env() -> Size {
         let scale: f64 = std::env::var("QUIESCE_BENCH_SCALE")
             .ok()
-            .map(|s| s.parse().expect("QUIESCE_BENCH_SCALE is a fraction such as 0.1"))
+            .map(|s| {
+                s.parse()
+                    .expect("QUIESCE_BENCH_SCALE is a fraction such as 0.1")
+            })
             .unwrap_or(1.0);
         assert!(
             scale > 0.0 && scale <= 1.0,
@@ -175,17 +178,26 @@ async fn start(size: Size) -> Lab {
         api.client(),
         TimeScale::REAL,
     ));
-    wait_for("every ReplicaSet at full scale", Duration::from_millis(100), || {
-        let full = count(&store, sets, |rs| rs["spec"]["replicas"] == REPLICAS);
-        async move { full >= size.deployments }
-    })
+    wait_for(
+        "every ReplicaSet at full scale",
+        Duration::from_millis(100),
+        || {
+            let full = count(&store, sets, |rs| rs["spec"]["replicas"] == REPLICAS);
+            async move { full >= size.deployments }
+        },
+    )
     .await;
     deployments.abort();
     let _ = deployments.await;
     let nodes: Vec<String> = scenario
         .node_objects()
         .iter()
-        .map(|n| n["metadata"]["name"].as_str().unwrap_or_default().to_string())
+        .map(|n| {
+            n["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
         .collect();
     seed_pods(&store, &nodes);
     let cluster = Cluster::spawn(store.clone(), ClusterOptions::default());
@@ -333,7 +345,8 @@ async fn bench() {
             .iter()
             .filter(|n| {
                 let provider = n.spec.as_ref().and_then(|s| s.provider_id.as_deref());
-                provider.is_some_and(|p| old[..size.actions].iter().any(|i| p.ends_with(i.as_str())))
+                provider
+                    .is_some_and(|p| old[..size.actions].iter().any(|i| p.ends_with(i.as_str())))
             })
             .filter_map(|n| n.metadata.name.clone())
             .collect()

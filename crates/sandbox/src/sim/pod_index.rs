@@ -45,9 +45,12 @@ impl ByController {
     }
 }
 
+/// A namespace and a set of labels.
+type LabelSet = (String, BTreeMap<String, String>);
+
 /// The cached pods by namespace and label set: the pods of one ReplicaSet share their labels,
 /// so a selector is matched once per set of labels, not once per pod.
-pub(crate) struct ByLabels(HashMap<(String, BTreeMap<String, String>), Vec<Arc<Pod>>>);
+pub(crate) struct ByLabels(HashMap<LabelSet, Vec<Arc<Pod>>>);
 
 impl ByLabels {
     /// Groups what `pods` holds now.
