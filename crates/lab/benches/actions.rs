@@ -20,7 +20,7 @@
 //! `QUIESCE_BENCH_SCALE=0.2` runs it at a fifth of the size (200 nodes, 6,000 pods, 100
 //! actions), `--profile dev` without the release build.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -282,18 +282,29 @@ fn settled(store: &Store, size: Size) -> bool {
         && count(store, pods, |_| true) == size.pods()
 }
 
-async fn cordoned(client: &kube::Client, nodes: &[String]) -> usize {
+/// How many of `nodes` are cordoned, and how many are neither cordoned nor done with (their
+/// terminate hook completed, e.g. expired): the wait ends when none is left.
+async fn cordoned(client: &kube::Client, nodes: &[String], timeline: &Timeline) -> (usize, usize) {
     let all = quiesce_kube::reads::list(Api::<Node>::all(client.clone()), ListParams::default())
         .await
         .unwrap_or_default();
-    all.iter()
-        .filter(|n| {
-            nodes
-                .iter()
-                .any(|name| n.metadata.name.as_ref() == Some(name))
+    let completed: HashSet<String> = timeline
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "hook-completed" && e.detail["launch"] == false)
+        .map(|e| e.subject)
+        .collect();
+    let is_cordoned = |name: &String| {
+        all.iter().any(|n| {
+            n.metadata.name.as_ref() == Some(name) && quiesce_core::capacity::is_cordoned(n)
         })
-        .filter(|n| quiesce_core::capacity::is_cordoned(n))
-        .count()
+    };
+    let cordoned = nodes.iter().filter(|n| is_cordoned(n)).count();
+    let left = nodes
+        .iter()
+        .filter(|n| !is_cordoned(n) && !completed.contains(*n))
+        .count();
+    (cordoned, left)
 }
 
 fn main() {
@@ -357,6 +368,16 @@ async fn bench() {
         .headers
         .push((AUDIT_HEADER.parse().unwrap(), "drainer".parse().unwrap()));
     let rate = Rate::default();
+    // What the drainer ships with, unless QUIESCE_BENCH_IN_HAND says otherwise: messages
+    // beyond it stay in the queue, heartbeated by nobody.
+    let in_hand = std::env::var("QUIESCE_BENCH_IN_HAND")
+        .ok()
+        .map(|s| s.parse().expect("QUIESCE_BENCH_IN_HAND is a number"))
+        .unwrap_or(WorkerSettings::default().max_in_hand);
+    println!(
+        "drainer: {} messages in hand at most, {} QPS, burst {}",
+        in_hand, rate.qps, rate.burst
+    );
     let client = client::build(config, Timeouts::default(), rate).expect("the drainer's client");
     let (nodes, keep_index) = NodeIndex::watched(client.clone());
     let index = tokio::spawn(keep_index);
@@ -371,7 +392,10 @@ async fn bench() {
     let worker = tokio::spawn(quiesce_drainer::worker::run(
         Arc::new(group.clone()),
         handler,
-        WorkerSettings::default(),
+        WorkerSettings {
+            max_in_hand: in_hand,
+            ..WorkerSettings::default()
+        },
         stopped,
     ));
     let peak_rss = Arc::new(AtomicU64::new(0));
@@ -388,6 +412,20 @@ async fn bench() {
         let group = group.clone();
         tokio::spawn(async move { group.refresh(&|_| {}).await })
     };
+    // Where the hooks stand, every 30 s: a long wait says what it waits for.
+    let reporter = {
+        let timeline = timeline.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                eprintln!(
+                    "[{:.0}s] {}",
+                    started.elapsed().as_secs_f64(),
+                    hooks(&timeline)
+                );
+            }
+        })
+    };
     let terminating = || {
         timeline
             .events()
@@ -403,10 +441,16 @@ async fn bench() {
         Duration::from_millis(100),
         || {
             let n = terminating();
-            async move { n > 0 }
+            let gave_up = refresh.is_finished();
+            async move { n > 0 || gave_up }
         },
     )
     .await;
+    assert!(
+        terminating() > 0,
+        "the refresh stopped before terminating anything: {}",
+        hooks(&timeline)
+    );
     let hooks_at = Instant::now();
     println!(
         "{} launches done in {:.0}s; {} terminate hooks started",
@@ -414,18 +458,17 @@ async fn bench() {
         launched.as_secs_f64(),
         terminating()
     );
-    let to_cordon = wait_for(
-        "every terminating node cordoned",
+    wait_for(
+        "every terminating node cordoned or its hook over",
         Duration::from_millis(250),
         || {
-            let plain = plain.clone();
-            let old_nodes = old_nodes.clone();
-            async move { cordoned(&plain, &old_nodes).await >= size.actions }
+            let (plain, old_nodes, timeline) = (plain.clone(), old_nodes.clone(), timeline.clone());
+            async move { cordoned(&plain, &old_nodes, &timeline).await.1 == 0 }
         },
     )
     .await;
     let cordoned_after = hooks_at.elapsed();
-    let _ = to_cordon;
+    let (cordoned_count, _) = cordoned(&plain, &old_nodes, &timeline).await;
     // Two heartbeat timeouts more: a hook that nobody heartbeats expires within one.
     tokio::time::sleep(2 * HEARTBEAT).await;
     let expired = timeline
@@ -443,6 +486,7 @@ async fn bench() {
     stop.send_replace(true);
     refresh.abort();
     sampler.abort();
+    reporter.abort();
     index.abort();
     let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
 
@@ -493,13 +537,38 @@ async fn bench() {
         rss_kib("VmHWM:") / 1024
     );
     println!(
-        "every terminating node cordoned {:.1}s after the first terminate hook",
+        "{cordoned_count} of {} terminating nodes cordoned; every one cordoned or its hook \
+         over {:.1}s after the first terminate hook",
+        size.actions,
         cordoned_after.as_secs_f64()
     );
     println!("bench ran {:.0}s", started.elapsed().as_secs_f64());
     lab.workloads.stop().await;
     lab.cluster.stop().await;
     lab.api.shutdown().await;
+}
+
+/// The hooks started and completed so far, by transition, result and who completed them.
+fn hooks(timeline: &Timeline) -> String {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for e in timeline.events() {
+        let d = &e.detail;
+        let key = match e.kind.as_str() {
+            "hook-started" => format!("started {}", d["transition"].as_str().unwrap_or("?")),
+            "hook-completed" => format!(
+                "completed launch={} {} by {}",
+                d["launch"],
+                d["result"].as_str().unwrap_or("?"),
+                d["by"].as_str().unwrap_or("?")
+            ),
+            _ => continue,
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort();
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    parts.join(", ")
 }
 
 /// The most requests in any `window` of the sorted `times`.
