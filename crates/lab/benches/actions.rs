@@ -4,8 +4,9 @@
 //! measures, and prints
 //!
 //! - hooks that expired (must be 0): every action is heartbeated from receipt;
-//! - the drainer's peak API requests per second, from the sandbox's request audit log (must
-//!   stay at the configured limit: burst + QPS in the first second, QPS after);
+//! - the drainer's peak API requests in any 1, 10 and 60 s, from the sandbox's request audit
+//!   log (must stay at the configured limit: a token bucket allows burst + QPS × seconds in
+//!   any window), and what the requests until every node was cordoned were;
 //! - the process's peak RSS (VmHWM; the sandbox and its 30,000 pods live in the same process,
 //!   so the RSS before the drainer starts is printed too);
 //! - seconds from the first terminate hook until every terminating node is cordoned.
@@ -15,13 +16,17 @@
 //! rebalance does. The bench stops once every terminating node is cordoned and two heartbeat
 //! timeouts have passed after that, without waiting for 500 drains at four at a time.
 //!
-//! `nice -n 10 cargo bench -p quiesce-lab --bench actions` (a release build).
+//! `nice -n 10 cargo bench -p quiesce-lab --bench actions` (a release build);
+//! `QUIESCE_BENCH_SCALE=0.2` runs it at a fifth of the size (200 nodes, 6,000 pods, 100
+//! actions), `--profile dev` without the release build.
 
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 use quiesce_drainer::client::{self, Rate, Timeouts};
 use quiesce_drainer::metrics::Metrics;
@@ -29,11 +34,17 @@ use quiesce_drainer::nodes::NodeIndex;
 use quiesce_drainer::{Handler, Settings, WorkerSettings};
 use quiesce_lab::asg::{Group, GroupOptions};
 use quiesce_lab::timeline::Timeline;
-use quiesce_sandbox::api::AUDIT_HEADER;
+use quiesce_sandbox::api::resources::{Resource, lookup};
+use quiesce_sandbox::api::store::{Part, now};
+use quiesce_sandbox::api::{AUDIT_HEADER, ApiServer, Audited, Store};
+use quiesce_sandbox::cluster::{Cluster, ClusterOptions};
 use quiesce_sandbox::scenario::Scenario;
-use quiesce_sandbox::{Sandbox, SandboxOptions};
-use serde_json::json;
+use quiesce_sandbox::sim::workloads::WorkloadControllers;
+use quiesce_sandbox::time::TimeScale;
+use serde_json::{Value, json};
 
+/// The issue's scale; `QUIESCE_BENCH_SCALE=0.1` (a fraction) shrinks nodes, Deployments and
+/// actions alike, keeping 100 replicas per Deployment (30 pods per node).
 const NODES: usize = 1000;
 const DEPLOYMENTS: usize = 300;
 const REPLICAS: usize = 100;
@@ -42,10 +53,44 @@ const HEARTBEAT: Duration = Duration::from_secs(60);
 /// Bounds every wait of the bench.
 const LIMIT: Duration = Duration::from_secs(1800);
 
-fn scenario() -> Scenario {
-    let mut scenario = Scenario::nodes_only(NODES);
+/// The bench's size, from [`NODES`], [`DEPLOYMENTS`], [`ACTIONS`] and `QUIESCE_BENCH_SCALE`.
+#[derive(Clone, Copy)]
+struct Size {
+    nodes: usize,
+    deployments: usize,
+    actions: usize,
+}
+
+impl Size {
+    fn from_env() -> Size {
+        let scale: f64 = std::env::var("QUIESCE_BENCH_SCALE")
+            .ok()
+            .map(|s| {
+                s.parse()
+                    .expect("QUIESCE_BENCH_SCALE is a fraction such as 0.1")
+            })
+            .unwrap_or(1.0);
+        assert!(
+            scale > 0.0 && scale <= 1.0,
+            "QUIESCE_BENCH_SCALE must be in (0, 1]"
+        );
+        let of = |n: usize| ((n as f64 * scale).round() as usize).max(1);
+        Size {
+            nodes: of(NODES),
+            deployments: of(DEPLOYMENTS),
+            actions: of(ACTIONS),
+        }
+    }
+
+    fn pods(self) -> usize {
+        self.deployments * REPLICAS
+    }
+}
+
+fn scenario(size: Size) -> Scenario {
+    let mut scenario = Scenario::nodes_only(size.nodes);
     // One namespace: every drain then lists all 300 budgets (one page) — the worst case.
-    for d in 0..DEPLOYMENTS {
+    for d in 0..size.deployments {
         let ns = "default";
         let app = format!("app-{d}");
         scenario.objects.push(json!({
@@ -98,28 +143,168 @@ where
     started.elapsed()
 }
 
-async fn running_pods(client: &kube::Client) -> usize {
-    let ready = quiesce_kube::reads::fold(
-        Api::<Pod>::all(client.clone()),
-        ListParams::default(),
-        || 0usize,
-        |n, p| *n += usize::from(quiesce_core::gate::is_ready(&p)),
-    );
-    ready.await.unwrap_or(0)
+/// The sandbox's API, simulation and controllers, started by hand so that the pods can be
+/// written into the store before any controller runs.
+struct Lab {
+    api: ApiServer,
+    cluster: Cluster,
+    workloads: WorkloadControllers,
 }
 
-async fn cordoned(client: &kube::Client, nodes: &[String]) -> usize {
+/// How many stored objects of `r` satisfy `pred`.
+fn count(store: &Store, r: &'static Resource, pred: impl Fn(&Value) -> bool) -> usize {
+    let mut n = 0;
+    store.for_each(r, |o| n += usize::from(pred(o)));
+    n
+}
+
+/// Starts the sandbox with `size.pods()` pods already bound, Running and Ready.
+///
+/// Letting the controllers create them goes through the API at a few pods a second (every
+/// simulation pass reads every pod), hours for 30,000. So the Deployment controller runs alone
+/// first and creates the ReplicaSets (it names them and sets their `pod-template-hash`); then
+/// the pods are written straight into the store, owned by their ReplicaSets and spread over
+/// the nodes, as `crates/sandbox/benches/api.rs` seeds its pods; only then do the simulation
+/// and every controller start, and they find each ReplicaSet satisfied.
+async fn start(size: Size) -> Lab {
+    let api = ApiServer::start(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("the API server starts");
+    let store = api.store();
+    let scenario = scenario(size);
+    scenario.apply(&store).expect("the scenario applies");
+    let sets = lookup("apps", "v1", "replicasets").expect("served");
+    let deployments = tokio::spawn(quiesce_sandbox::sim::deployment::run(
+        api.client(),
+        TimeScale::REAL,
+    ));
+    wait_for(
+        "every ReplicaSet at full scale",
+        Duration::from_millis(100),
+        || {
+            let full = count(&store, sets, |rs| rs["spec"]["replicas"] == REPLICAS);
+            async move { full >= size.deployments }
+        },
+    )
+    .await;
+    deployments.abort();
+    let _ = deployments.await;
+    let nodes: Vec<String> = scenario
+        .node_objects()
+        .iter()
+        .map(|n| {
+            n["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    seed_pods(&store, &nodes);
+    let cluster = Cluster::spawn(store.clone(), ClusterOptions::default());
+    let workloads = WorkloadControllers::spawn(api.client(), TimeScale::REAL);
+    Lab {
+        api,
+        cluster,
+        workloads,
+    }
+}
+
+/// Writes every ReplicaSet's `spec.replicas` pods: its template, its controller reference,
+/// bound round-robin to `nodes`, with the status a kubelet posts for a Ready pod.
+fn seed_pods(store: &Store, nodes: &[String]) {
+    let sets = lookup("apps", "v1", "replicasets").expect("served");
+    let pods = lookup("", "v1", "pods").expect("served");
+    let mut all = Vec::new();
+    store.for_each(sets, |rs| all.push(rs.clone()));
+    let mut n = 0usize;
+    for rs in &all {
+        let (ns, name) = (
+            rs["metadata"]["namespace"].as_str().unwrap_or("default"),
+            rs["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        let template = &rs["spec"]["template"];
+        for r in 0..rs["spec"]["replicas"].as_u64().unwrap_or(0) {
+            let pod_name = format!("{name}-{r:05}");
+            let mut spec = template["spec"].clone();
+            spec["nodeName"] = json!(nodes[n % nodes.len()]);
+            let pod = json!({
+                "metadata": {"name": pod_name, "labels": template["metadata"]["labels"],
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                        "name": name, "uid": rs["metadata"]["uid"], "controller": true,
+                        "blockOwnerDeletion": true}]},
+                "spec": spec,
+            });
+            store.create(pods, ns, pod, false).expect("a pod");
+            let ip = format!("10.245.{}.{}", n / 250, n % 250 + 1);
+            store
+                .modify(pods, ns, &pod_name, Part::Status, |p| {
+                    let mut p = p.clone();
+                    p["status"] = ready_status(&p, &ip);
+                    Ok(p)
+                })
+                .expect("a pod's status");
+            n += 1;
+        }
+    }
+}
+
+/// The status the sandbox's kubelet posts once a pod is Ready.
+fn ready_status(pod: &Value, ip: &str) -> Value {
+    let t = now();
+    let containers: Vec<Value> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            json!({"name": c["name"], "image": c["image"], "imageID": "", "ready": true,
+                "started": true, "restartCount": 0, "state": {"running": {"startedAt": t}}})
+        })
+        .collect();
+    let condition = |kind: &str| json!({"type": kind, "status": "True", "lastTransitionTime": t});
+    json!({
+        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "10.0.0.1",
+        "startTime": t, "containerStatuses": containers,
+        "conditions": [condition("Initialized"), condition("Ready"),
+            condition("ContainersReady"), condition("PodScheduled")],
+    })
+}
+
+/// Whether the controllers have caught up with the seeded pods: every ReplicaSet reports them
+/// Ready, every budget allows disruptions, and nobody created a pod more.
+fn settled(store: &Store, size: Size) -> bool {
+    let sets = lookup("apps", "v1", "replicasets").expect("served");
+    let budgets = lookup("policy", "v1", "poddisruptionbudgets").expect("served");
+    let pods = lookup("", "v1", "pods").expect("served");
+    count(store, sets, |rs| rs["status"]["readyReplicas"] == REPLICAS) >= size.deployments
+        && count(store, budgets, |b| {
+            b["status"]["disruptionsAllowed"].as_u64().unwrap_or(0) > 0
+        }) >= size.deployments
+        && count(store, pods, |_| true) == size.pods()
+}
+
+/// How many of `nodes` are cordoned, and how many are neither cordoned nor done with (their
+/// terminate hook completed, e.g. expired): the wait ends when none is left.
+async fn cordoned(client: &kube::Client, nodes: &[String], timeline: &Timeline) -> (usize, usize) {
     let all = quiesce_kube::reads::list(Api::<Node>::all(client.clone()), ListParams::default())
         .await
         .unwrap_or_default();
-    all.iter()
-        .filter(|n| {
-            nodes
-                .iter()
-                .any(|name| n.metadata.name.as_ref() == Some(name))
+    let completed: HashSet<String> = timeline
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == "hook-completed" && e.detail["launch"] == false)
+        .map(|e| e.subject)
+        .collect();
+    let is_cordoned = |name: &String| {
+        all.iter().any(|n| {
+            n.metadata.name.as_ref() == Some(name) && quiesce_core::capacity::is_cordoned(n)
         })
-        .filter(|n| quiesce_core::capacity::is_cordoned(n))
-        .count()
+    };
+    let cordoned = nodes.iter().filter(|n| is_cordoned(n)).count();
+    let left = nodes
+        .iter()
+        .filter(|n| !is_cordoned(n) && !completed.contains(*n))
+        .count();
+    (cordoned, left)
 }
 
 fn main() {
@@ -132,21 +317,19 @@ fn main() {
 
 async fn bench() {
     let started = Instant::now();
-    let sandbox = Sandbox::start(SandboxOptions {
-        scenario: scenario(),
-        ..SandboxOptions::default()
-    })
-    .await
-    .expect("the sandbox starts");
-    let plain = sandbox.client();
-    let settle = wait_for("30,000 Ready pods", Duration::from_secs(5), || {
-        let plain = plain.clone();
-        async move { running_pods(&plain).await >= DEPLOYMENTS * REPLICAS }
+    let size = Size::from_env();
+    let lab = start(size).await;
+    let store = lab.api.store();
+    let plain = lab.api.client();
+    let settle = wait_for("the seeded pods settled", Duration::from_secs(1), || {
+        let done = settled(&store, size);
+        async move { done }
     })
     .await;
     println!(
-        "sandbox: {NODES} nodes, {} Ready pods after {:.0}s",
-        DEPLOYMENTS * REPLICAS,
+        "sandbox: {} nodes, {} Ready pods, settled {:.0}s after start",
+        size.nodes,
+        size.pods(),
         settle.as_secs_f64()
     );
     let baseline_rss = rss_kib("VmRSS:");
@@ -173,17 +356,28 @@ async fn bench() {
             .iter()
             .filter(|n| {
                 let provider = n.spec.as_ref().and_then(|s| s.provider_id.as_deref());
-                provider.is_some_and(|p| old[..ACTIONS].iter().any(|i| p.ends_with(i.as_str())))
+                provider
+                    .is_some_and(|p| old[..size.actions].iter().any(|i| p.ends_with(i.as_str())))
             })
             .filter_map(|n| n.metadata.name.clone())
             .collect()
     };
 
-    let mut config = kube::Config::new(sandbox.url().parse().expect("the sandbox URL"));
+    let mut config = kube::Config::new(lab.api.url().parse().expect("the sandbox URL"));
     config
         .headers
         .push((AUDIT_HEADER.parse().unwrap(), "drainer".parse().unwrap()));
     let rate = Rate::default();
+    // What the drainer ships with, unless QUIESCE_BENCH_IN_HAND says otherwise: messages
+    // beyond it stay in the queue, heartbeated by nobody.
+    let in_hand = std::env::var("QUIESCE_BENCH_IN_HAND")
+        .ok()
+        .map(|s| s.parse().expect("QUIESCE_BENCH_IN_HAND is a number"))
+        .unwrap_or(WorkerSettings::default().max_in_hand);
+    println!(
+        "drainer: {} messages in hand at most, {} QPS, burst {}",
+        in_hand, rate.qps, rate.burst
+    );
     let client = client::build(config, Timeouts::default(), rate).expect("the drainer's client");
     let (nodes, keep_index) = NodeIndex::watched(client.clone());
     let index = tokio::spawn(keep_index);
@@ -198,7 +392,10 @@ async fn bench() {
     let worker = tokio::spawn(quiesce_drainer::worker::run(
         Arc::new(group.clone()),
         handler,
-        WorkerSettings::default(),
+        WorkerSettings {
+            max_in_hand: in_hand,
+            ..WorkerSettings::default()
+        },
         stopped,
     ));
     let peak_rss = Arc::new(AtomicU64::new(0));
@@ -215,6 +412,20 @@ async fn bench() {
         let group = group.clone();
         tokio::spawn(async move { group.refresh(&|_| {}).await })
     };
+    // Where the hooks stand, every 30 s: a long wait says what it waits for.
+    let reporter = {
+        let timeline = timeline.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                eprintln!(
+                    "[{:.0}s] {}",
+                    started.elapsed().as_secs_f64(),
+                    hooks(&timeline)
+                );
+            }
+        })
+    };
     let terminating = || {
         timeline
             .events()
@@ -230,28 +441,34 @@ async fn bench() {
         Duration::from_millis(100),
         || {
             let n = terminating();
-            async move { n > 0 }
+            let gave_up = refresh.is_finished();
+            async move { n > 0 || gave_up }
         },
     )
     .await;
+    assert!(
+        terminating() > 0,
+        "the refresh stopped before terminating anything: {}",
+        hooks(&timeline)
+    );
     let hooks_at = Instant::now();
     println!(
-        "{ACTIONS} launches done in {:.0}s; {} terminate hooks started",
+        "{} launches done in {:.0}s; {} terminate hooks started",
+        size.actions,
         launched.as_secs_f64(),
         terminating()
     );
-    let to_cordon = wait_for(
-        "every terminating node cordoned",
+    wait_for(
+        "every terminating node cordoned or its hook over",
         Duration::from_millis(250),
         || {
-            let plain = plain.clone();
-            let old_nodes = old_nodes.clone();
-            async move { cordoned(&plain, &old_nodes).await >= ACTIONS }
+            let (plain, old_nodes, timeline) = (plain.clone(), old_nodes.clone(), timeline.clone());
+            async move { cordoned(&plain, &old_nodes, &timeline).await.1 == 0 }
         },
     )
     .await;
     let cordoned_after = hooks_at.elapsed();
-    let _ = to_cordon;
+    let (cordoned_count, _) = cordoned(&plain, &old_nodes, &timeline).await;
     // Two heartbeat timeouts more: a hook that nobody heartbeats expires within one.
     tokio::time::sleep(2 * HEARTBEAT).await;
     let expired = timeline
@@ -269,28 +486,48 @@ async fn bench() {
     stop.send_replace(true);
     refresh.abort();
     sampler.abort();
+    reporter.abort();
     index.abort();
     let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
 
-    let log: Vec<Instant> = sandbox
+    let audited: Vec<Audited> = lab
+        .api
         .audited()
         .into_iter()
         .filter(|a| a.caller == "drainer")
-        .map(|a| a.at)
         .collect();
-    let (peak, peak_later) = peaks(&log, hooks_at);
+    let mut log: Vec<Instant> = audited.iter().map(|a| a.at).collect();
+    log.sort();
     println!(
-        "--- {ACTIONS} actions at once, {NODES} nodes, {} pods",
-        DEPLOYMENTS * REPLICAS
+        "--- {} actions at once, {} nodes, {} pods",
+        size.actions,
+        size.nodes,
+        size.pods()
     );
     println!("expired hooks: {expired}");
     println!("terminate hooks completed by the drainer meanwhile: {completed}");
+    let burst = f64::from(rate.burst.get());
+    for window in [1, 10, 60] {
+        let peak = peak_in(&log, Duration::from_secs(window));
+        println!(
+            "drainer API requests in any {window} s: at most {peak} ({:.1}/s); the limit \
+             (burst {burst} + {} QPS) allows {}",
+            peak as f64 / window as f64,
+            rate.qps,
+            burst + rate.qps * window as f64
+        );
+    }
+    let all_cordoned = hooks_at + cordoned_after;
+    let until_cordoned: Vec<&Audited> = audited
+        .iter()
+        .filter(|a| a.at >= hooks_at && a.at <= all_cordoned)
+        .collect();
     println!(
-        "drainer API requests: {} in all; peak {peak} in one second (limit {} QPS, burst {}), \
-         peak {peak_later} in one second after the first 5 s of the terminations",
-        log.len(),
-        rate.qps,
-        rate.burst
+        "drainer API requests: {} in all, {} from the first terminate hook until every node was \
+         cordoned; of those: {}",
+        audited.len(),
+        until_cordoned.len(),
+        breakdown(&until_cordoned)
     );
     println!(
         "peak RSS: {} MiB (the process: sandbox + drainer); {} MiB before the drainer started; \
@@ -300,29 +537,88 @@ async fn bench() {
         rss_kib("VmHWM:") / 1024
     );
     println!(
-        "every terminating node cordoned {:.1}s after the first terminate hook",
+        "{cordoned_count} of {} terminating nodes cordoned; every one cordoned or its hook \
+         over {:.1}s after the first terminate hook",
+        size.actions,
         cordoned_after.as_secs_f64()
     );
     println!("bench ran {:.0}s", started.elapsed().as_secs_f64());
-    sandbox.shutdown().await;
+    lab.workloads.stop().await;
+    lab.cluster.stop().await;
+    lab.api.shutdown().await;
 }
 
-/// The most requests in any one second, over all and from 5 s after `from` on (past the
-/// bucket's burst).
-fn peaks(log: &[Instant], from: Instant) -> (usize, usize) {
-    let mut times = log.to_vec();
-    times.sort();
-    let window = Duration::from_secs(1);
-    let (mut start, mut peak, mut later) = (0, 0, 0);
+/// The hooks started and completed so far, by transition, result and who completed them.
+fn hooks(timeline: &Timeline) -> String {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for e in timeline.events() {
+        let d = &e.detail;
+        let key = match e.kind.as_str() {
+            "hook-started" => format!("started {}", d["transition"].as_str().unwrap_or("?")),
+            "hook-completed" => format!(
+                "completed launch={} {} by {}",
+                d["launch"],
+                d["result"].as_str().unwrap_or("?"),
+                d["by"].as_str().unwrap_or("?")
+            ),
+            _ => continue,
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort();
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    parts.join(", ")
+}
+
+/// The most requests in any `window` of the sorted `times`.
+fn peak_in(times: &[Instant], window: Duration) -> usize {
+    let (mut start, mut peak) = (0, 0);
     for end in 0..times.len() {
         while times[end].duration_since(times[start]) >= window {
             start += 1;
         }
-        let count = end - start + 1;
-        peak = peak.max(count);
-        if times[start] >= from + Duration::from_secs(5) {
-            later = later.max(count);
-        }
+        peak = peak.max(end - start + 1);
     }
-    (peak, later)
+    peak
+}
+
+/// Requests counted by method and resource (`PATCH nodes`, `GET pods/eviction`), most first.
+fn breakdown(requests: &[&Audited]) -> String {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for a in requests {
+        *counts
+            .entry(format!("{} {}", a.method, resource_of(&a.path, &a.query)))
+            .or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    parts.join(", ")
+}
+
+/// `pods`, `nodes (named)`, `pods/eviction`, `leases (watch)` from a request's path and query.
+fn resource_of(path: &str, query: &str) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _, more @ ..] if !more.is_empty() => more,
+        other => other,
+    };
+    let watch = if query.contains("watch=true") {
+        " (watch)"
+    } else {
+        ""
+    };
+    match rest {
+        [kind] => format!("{kind}{watch}"),
+        [kind, _] => format!("{kind} (named){watch}"),
+        [kind, _, sub, ..] => format!("{kind}/{sub}"),
+        [] => path.to_string(),
+    }
 }

@@ -2,6 +2,8 @@
 //! pods tolerate `node.kubernetes.io/unschedulable`, as upstream adds that toleration, so a
 //! cordon does not evict them), bound directly to its node.
 
+use std::collections::HashSet;
+
 use serde_json::{Value, json};
 
 use super::objects::{self, deleting, owned, tolerates};
@@ -13,9 +15,16 @@ use crate::api::store::Part;
 /// Reconciles every DaemonSet.
 pub(super) fn reconcile(pass: &mut Pass<'_>) {
     let daemonsets = by_kind("apps", "DaemonSet");
-    let all_pods = pass.all(pods());
+    let sets = pass.all(daemonsets);
+    if sets.is_empty() {
+        return;
+    }
+    let uids: HashSet<&str> = sets.iter().map(objects::uid).collect();
+    let all_pods = pass.matching(pods(), |p| {
+        objects::controller_uid(p).is_some_and(|u| uids.contains(u))
+    });
     let nodes = pass.all(by_kind("", "Node"));
-    for ds in pass.all(daemonsets) {
+    for ds in sets {
         if deleting(&ds) {
             continue;
         }

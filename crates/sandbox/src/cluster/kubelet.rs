@@ -4,6 +4,7 @@
 //! pod is removed with grace 0, which is what a kubelet's final delete does. Pods that are not
 //! restarted (Jobs') finish instead of becoming Ready.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -156,13 +157,12 @@ fn image_pull_back_off(pod: &Value) -> Value {
 
 /// Drives every bound pod through its lifecycle.
 pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
-    let node_names: std::collections::HashSet<String> = pass
-        .all(by_kind("", "Node"))
-        .iter()
-        .map(|n| objects::name(n).to_string())
-        .collect();
+    let mut node_names = HashSet::new();
+    pass.store.for_each(by_kind("", "Node"), |n| {
+        node_names.insert(objects::name(n).to_string());
+    });
     let now_instant = pass.now;
-    for pod in pass.all(pods()) {
+    for pod in pass.matching(pods(), needs_kubelet) {
         let Some(node) = pod["spec"]["nodeName"].as_str() else {
             continue;
         };
@@ -248,11 +248,38 @@ pub(super) fn pod_lifecycles(pass: &mut Pass<'_>) {
             }
         }
     }
-    let live: std::collections::HashSet<String> = pass
-        .all(pods())
-        .iter()
-        .map(|p| objects::uid(p).to_string())
-        .collect();
-    pass.state.ready_at.retain(|uid, _| live.contains(uid));
-    pass.state.gone_at.retain(|uid, _| live.contains(uid));
+    forget_gone(pass);
+}
+
+/// Whether a pod may need its kubelet: not one bound, Running and Ready (or left to an
+/// external runtime), and not one that has finished, unless it is being deleted.
+fn needs_kubelet(pod: &Value) -> bool {
+    if pod["spec"]["nodeName"].is_null() {
+        return false;
+    }
+    if deleting(pod) {
+        return true;
+    }
+    let settled = objects::terminal(pod)
+        || pod["status"]["phase"] == "Running"
+            && (pod["metadata"]["annotations"][EXTERNAL_RUNTIME] == "true"
+                || crate::api::eviction::is_ready(pod));
+    !settled
+}
+
+/// Drops the timers of pods that no longer exist.
+fn forget_gone(pass: &mut Pass<'_>) {
+    let state = &mut *pass.state;
+    if state.ready_at.is_empty() && state.gone_at.is_empty() {
+        return;
+    }
+    let mut live = HashSet::new();
+    pass.store.for_each(pods(), |p| {
+        let uid = objects::uid(p);
+        if state.ready_at.contains_key(uid) || state.gone_at.contains_key(uid) {
+            live.insert(uid.to_string());
+        }
+    });
+    state.ready_at.retain(|uid, _| live.contains(uid));
+    state.gone_at.retain(|uid, _| live.contains(uid));
 }

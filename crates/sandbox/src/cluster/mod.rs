@@ -70,8 +70,19 @@ impl Pass<'_> {
     }
 
     fn all(&self, r: &'static Resource) -> Vec<Value> {
+        self.matching(r, |_| true)
+    }
+
+    /// Copies of the objects `keep` picks. A pass runs on every change, and most pods need
+    /// nothing (bound, Running, Ready): reading them in place instead of copying them all keeps
+    /// a pass over 30,000 pods in milliseconds.
+    fn matching(&self, r: &'static Resource, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut out = Vec::new();
-        self.store.for_each(r, |o| out.push(o.clone()));
+        self.store.for_each(r, |o| {
+            if keep(o) {
+                out.push(o.clone());
+            }
+        });
         out
     }
 

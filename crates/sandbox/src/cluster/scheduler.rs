@@ -71,7 +71,12 @@ fn rejection(pod: &Value, room: &NodeRoom) -> Option<&'static str> {
 
 /// Binds what fits; marks what does not.
 pub(super) fn schedule(pass: &mut Pass<'_>) {
-    let all_pods = pass.all(pods());
+    let pending = pass.matching(pods(), |p| {
+        p["spec"]["nodeName"].as_str().is_none_or(str::is_empty) && !deleting(p)
+    });
+    if pending.is_empty() {
+        return;
+    }
     let mut rooms: Vec<NodeRoom> = pass
         .all(by_kind("", "Node"))
         .into_iter()
@@ -102,7 +107,10 @@ pub(super) fn schedule(pass: &mut Pass<'_>) {
         .enumerate()
         .map(|(i, r)| (r.name.clone(), i))
         .collect();
-    for pod in all_pods.iter().filter(|p| !objects::terminal(p)) {
+    pass.store.for_each(pods(), |pod| {
+        if objects::terminal(pod) {
+            return;
+        }
         if let Some(i) = pod["spec"]["nodeName"].as_str().and_then(|n| index.get(n)) {
             let (cpu, memory) = pod_requests(pod);
             let room = &mut rooms[*i];
@@ -110,11 +118,8 @@ pub(super) fn schedule(pass: &mut Pass<'_>) {
             room.memory -= memory;
             room.pods -= 1;
         }
-    }
-    for pod in all_pods
-        .iter()
-        .filter(|p| p["spec"]["nodeName"].as_str().is_none_or(str::is_empty) && !deleting(p))
-    {
+    });
+    for pod in &pending {
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
         let mut best: Option<usize> = None;
         for (i, room) in rooms.iter().enumerate() {

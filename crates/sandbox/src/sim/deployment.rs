@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::deployment_status::{self, Counts, Progress};
 use super::ownership::{controlled_by, controller_ref, key};
+use super::pod_index::ByController;
 use super::pod_state::{availability, is_active, is_ready};
 use super::rollout::{Set, fenceposts, new_replicas, old_replicas};
 use super::template_hash::template_hash;
@@ -114,9 +115,10 @@ fn revision_of(meta: &ObjectMeta) -> i64 {
 impl Controller {
     async fn pass(&mut self) -> Option<Duration> {
         let mut wake = None;
+        let pods = ByController::new(&self.pods);
         for deployment in self.deployments.state() {
             if deployment.metadata.deletion_timestamp.is_none() {
-                wake = earliest(wake, self.sync(&deployment).await);
+                wake = earliest(wake, self.sync(&deployment, &pods).await);
             }
         }
         wake
@@ -131,7 +133,7 @@ impl Controller {
         !self.awaiting.is_empty()
     }
 
-    async fn sync(&mut self, deployment: &Deployment) -> Option<Duration> {
+    async fn sync(&mut self, deployment: &Deployment, pods: &ByController) -> Option<Duration> {
         let namespace = deployment.namespace().unwrap_or_default();
         let spec = deployment.spec.as_ref()?;
         let replicas = spec.replicas.unwrap_or(1);
@@ -139,7 +141,7 @@ impl Controller {
             &spec.template,
             deployment.status.as_ref().and_then(|s| s.collision_count),
         );
-        let (mut sets, wake) = self.owned_sets(deployment, &namespace);
+        let (mut sets, wake) = self.owned_sets(deployment, &namespace, pods);
         if self.lagging(&sets) {
             return Some(AWAIT_TIMEOUT);
         }
@@ -211,6 +213,7 @@ impl Controller {
         &self,
         deployment: &Deployment,
         namespace: &str,
+        pods: &ByController,
     ) -> (Vec<Owned>, Option<Duration>) {
         let min_ready = deployment
             .spec
@@ -218,7 +221,6 @@ impl Controller {
             .and_then(|s| s.min_ready_seconds)
             .unwrap_or(0);
         let uid = deployment.uid();
-        let pods = self.pods.state();
         let mut wake = None;
         let sets = self
             .sets
@@ -229,10 +231,10 @@ impl Controller {
                     && controlled_by(&rs.metadata, uid.as_deref())
             })
             .map(|rs| {
-                let rs_uid = rs.uid();
                 let mine: Vec<_> = pods
-                    .iter()
-                    .filter(|p| controlled_by(&p.metadata, rs_uid.as_deref()) && is_active(p))
+                    .owned(rs.as_ref())
+                    .into_iter()
+                    .filter(|p| is_active(p))
                     .collect();
                 let mut available = 0;
                 for pod in &mine {

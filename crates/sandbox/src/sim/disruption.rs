@@ -26,12 +26,12 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatu
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
-use kube::core::SelectorExt;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use super::int_or_percent::scaled;
 use super::ownership::{controller_of, key, matcher, referent};
+use super::pod_index::ByLabels;
 use super::pod_state::{is_ready, is_terminating};
 use super::watches::{Watches, earliest};
 use super::writes;
@@ -73,25 +73,23 @@ struct Controller {
 impl Controller {
     async fn pass(&self) -> Option<Duration> {
         let mut wake = None;
+        let pods = ByLabels::new(&self.pods);
         for budget in self.budgets.state() {
             if budget.metadata.deletion_timestamp.is_none() {
-                wake = earliest(wake, self.sync(&budget).await);
+                wake = earliest(wake, self.sync(&budget, &pods).await);
             }
         }
         wake
     }
 
-    async fn sync(&self, budget: &PodDisruptionBudget) -> Option<Duration> {
+    async fn sync(&self, budget: &PodDisruptionBudget, all: &ByLabels) -> Option<Duration> {
         let namespace = budget.namespace().unwrap_or_default();
         let spec = budget.spec.as_ref()?;
         let selector = matcher(spec.selector.as_ref(), &key(budget));
-        let pods: Vec<_> = self
-            .pods
-            .state()
-            .into_iter()
-            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|p| selector.as_ref().is_some_and(|s| s.matches(p.labels())))
-            .collect();
+        let pods = selector
+            .as_ref()
+            .map(|s| all.selected(&namespace, s))
+            .unwrap_or_default();
         let previous = budget.status.clone().unwrap_or_default();
         let (disrupted, wake) = self.live_disruptions(&previous, &pods);
         let counts = self.expected_and_desired(

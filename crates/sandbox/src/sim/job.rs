@@ -14,7 +14,8 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use super::expectations::Expectations;
-use super::ownership::{key, owned_pods, pod_from_template};
+use super::ownership::{key, pod_from_template};
+use super::pod_index::ByController;
 use super::pod_state::{is_active, is_ready, phase};
 use super::watches::Watches;
 use super::writes;
@@ -68,22 +69,23 @@ fn condition(type_: &str, reason: &str, message: &str) -> JobCondition {
 impl Controller {
     async fn pass(&mut self) -> Option<Duration> {
         let mut wake = None;
+        let pods = ByController::new(&self.pods);
         for job in self.jobs.state() {
             if job.metadata.deletion_timestamp.is_none() && !finished(&job) {
-                wake = wake.or(self.sync(&job).await);
+                wake = wake.or(self.sync(&job, &pods).await);
             }
         }
         wake
     }
 
-    async fn sync(&mut self, job: &Job) -> Option<Duration> {
+    async fn sync(&mut self, job: &Job, pods: &ByController) -> Option<Duration> {
         let namespace = job.namespace().unwrap_or_default();
         let owner = key(job);
         if let Some(wait) = self.expectations.wait(&owner, &namespace, &self.pods) {
             return Some(wait);
         }
         let spec = job.spec.as_ref()?;
-        let owned = owned_pods(&self.pods, job);
+        let owned = pods.owned(job);
         let count = |f: &dyn Fn(&Pod) -> bool| {
             i32::try_from(owned.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
         };

@@ -15,6 +15,7 @@ mod int_or_percent;
 pub mod job;
 pub mod namespace;
 mod ownership;
+mod pod_index;
 mod pod_state;
 pub mod replicaset;
 mod rollout;

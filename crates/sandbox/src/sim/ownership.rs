@@ -70,16 +70,6 @@ where
         .filter(|o| o.uid().as_deref() == Some(&reference.uid))
 }
 
-/// The cached pods in `owner`'s namespace whose controller is `owner`.
-pub(crate) fn owned_pods<K: Resource>(pods: &Store<Pod>, owner: &K) -> Vec<Arc<Pod>> {
-    let namespace = owner.meta().namespace.clone();
-    let uid = owner.meta().uid.clone();
-    pods.state()
-        .into_iter()
-        .filter(|p| p.metadata.namespace == namespace && controlled_by(&p.metadata, uid.as_deref()))
-        .collect()
-}
-
 /// A new pod from `owner`'s pod template: generateName `<owner>-`, the template's labels and
 /// annotations, and `owner` as its controller (upstream's `GetPodFromTemplate`).
 pub(crate) fn pod_from_template<K: Resource<DynamicType = ()>>(

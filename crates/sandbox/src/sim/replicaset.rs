@@ -12,7 +12,8 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use super::expectations::Expectations;
-use super::ownership::{key, owned_pods, pod_from_template};
+use super::ownership::{key, pod_from_template};
+use super::pod_index::ByController;
 use super::pod_state::{availability, deletion_order, is_active, is_ready};
 use super::watches::{Watches, earliest};
 use super::writes;
@@ -46,22 +47,23 @@ struct Controller {
 impl Controller {
     async fn pass(&mut self) -> Option<Duration> {
         let mut wake = None;
+        let pods = ByController::new(&self.pods);
         for rs in self.sets.state() {
             if rs.metadata.deletion_timestamp.is_none() {
-                wake = earliest(wake, self.sync(&rs).await);
+                wake = earliest(wake, self.sync(&rs, &pods).await);
             }
         }
         wake
     }
 
-    async fn sync(&mut self, rs: &ReplicaSet) -> Option<Duration> {
+    async fn sync(&mut self, rs: &ReplicaSet, pods: &ByController) -> Option<Duration> {
         let namespace = rs.namespace().unwrap_or_default();
         let owner = key(rs);
         if let Some(wait) = self.expectations.wait(&owner, &namespace, &self.pods) {
             return Some(wait);
         }
         let spec = rs.spec.as_ref()?;
-        let owned = owned_pods(&self.pods, rs);
+        let owned = pods.owned(rs);
         let mut active: Vec<&Pod> = owned
             .iter()
             .map(|p| p.as_ref())

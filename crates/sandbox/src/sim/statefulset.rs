@@ -16,7 +16,8 @@ use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use super::expectations::Expectations;
-use super::ownership::{controlled_by, controller_ref, key};
+use super::ownership::{controller_ref, key};
+use super::pod_index::ByController;
 use super::pod_state::{availability, is_running_and_ready, is_terminating, phase};
 use super::template_hash::template_hash;
 use super::watches::{Watches, earliest};
@@ -61,15 +62,16 @@ struct Controller {
 impl Controller {
     async fn pass(&mut self) -> Option<Duration> {
         let mut wake = None;
+        let pods = ByController::new(&self.pods);
         for set in self.sets.state() {
             if set.metadata.deletion_timestamp.is_none() {
-                wake = earliest(wake, self.sync(&set).await);
+                wake = earliest(wake, self.sync(&set, &pods).await);
             }
         }
         wake
     }
 
-    async fn sync(&mut self, set: &StatefulSet) -> Option<Duration> {
+    async fn sync(&mut self, set: &StatefulSet, owned: &ByController) -> Option<Duration> {
         let namespace = set.namespace().unwrap_or_default();
         let owner = key(set);
         if let Some(wait) = self.expectations.wait(&owner, &namespace, &self.pods) {
@@ -94,7 +96,7 @@ impl Controller {
                 set.status.as_ref().and_then(|s| s.collision_count)
             )
         );
-        let pods = self.ordinals(set, &namespace);
+        let pods = Self::ordinals(set, owned);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
 
         // Ordinals 0..replicas: create what is missing, in order unless Parallel.
@@ -180,16 +182,11 @@ impl Controller {
     }
 
     /// The set's pods by ordinal (those named `<set>-<n>` that it controls).
-    fn ordinals(&self, set: &StatefulSet, namespace: &str) -> BTreeMap<usize, Pod> {
+    fn ordinals(set: &StatefulSet, owned: &ByController) -> BTreeMap<usize, Pod> {
         let prefix = format!("{}-", set.name_any());
-        let uid = set.uid();
-        self.pods
-            .state()
+        owned
+            .owned(set)
             .into_iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(namespace)
-                    && controlled_by(&p.metadata, uid.as_deref())
-            })
             .filter_map(|p| {
                 Some((
                     p.name_any().strip_prefix(&prefix)?.parse().ok()?,
