@@ -132,6 +132,11 @@ fn settings_that_cannot_work_are_refused_naming_the_flag() {
         err.contains("--max-concurrent") && err.contains("at least 1"),
         "{err}"
     );
+    let err = run(&["--max-in-hand", "0"]);
+    assert!(
+        err.contains("--max-in-hand") && err.contains("at least 1"),
+        "{err}"
+    );
     let err = run(&["--lease-duration", "500ms"]);
     assert!(
         err.contains("--lease-duration") && err.contains("under 1s"),

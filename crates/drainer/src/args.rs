@@ -266,7 +266,9 @@ fn parse_bad(s: &str) -> Result<BadMessage, String> {
     s.parse()
 }
 
-fn parse_concurrency(s: &str) -> Result<usize, String> {
+/// A count that must be at least 1 (`--max-concurrent`, `--max-in-hand`): 0 would never
+/// handle a message.
+pub fn parse_concurrency(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("0 would never handle a message: expected at least 1".into()),
         Ok(n) => Ok(n),

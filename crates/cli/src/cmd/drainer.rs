@@ -49,6 +49,13 @@ pub struct Args {
     /// 2/15 of it (client-go's 15s / 10s / 2s).
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+    /// Lifecycle actions in hand at once (at least 1). Each is recorded, cordoned and
+    /// heartbeated from the moment it is received; a message beyond this waits in the queue,
+    /// heartbeated by nobody, so keep it above the most terminations that can come at once
+    /// (a whole group's spot reclaim). An action in hand costs a heartbeat call per heartbeat
+    /// interval and a visibility extension per half visibility timeout.
+    #[arg(long, env = "QUIESCE_MAX_IN_HAND", default_value = "1000", value_parser = quiesce_drainer::args::parse_concurrency)]
+    pub max_in_hand: usize,
     /// Where /healthz, /readyz and /metrics are served.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -107,6 +114,7 @@ async fn drainer(args: Args) -> anyhow::Result<ExitCode> {
     let lock = LeaseLock::new(client, &args.namespace, &args.lease_name, &identity, timing);
     let workers = WorkerSettings {
         bad_message: args.handler.bad_message,
+        max_in_hand: args.max_in_hand,
         ..WorkerSettings::default()
     };
     let (stop, stopped) = watch::channel(false);
