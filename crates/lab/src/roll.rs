@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use quiesce_core::DrainOptions;
 use quiesce_roll::preflight::{self, DrainerLiveness, Intent};
+use quiesce_roll::refresh::Preferences;
 use quiesce_roll::report::{Outcome, RollReport};
 use quiesce_roll::run::{OnBreach, Progress, RollSpec, Undrainable};
 use quiesce_roll::slo::{Objective, Op, Reading, Slo, SloError};
@@ -112,6 +113,25 @@ pub struct LabRoll {
     pub rps: f64,
 }
 
+/// How long the gated roll soaks after each batch: longer than a request's timeout (the
+/// traffic's 2 s) and a gate interval, so every failure a batch caused is counted, and read
+/// by the gate, before the next batch goes. Without it a fast naive batch can take the next
+/// node before its failures (timeouts among them) are counted. Instance Refresh users set
+/// CheckpointDelay for the same reason: an SLO shows a batch's harm only after a while.
+const SOAK: Duration = Duration::from_secs(5);
+
+/// `preferences` with a checkpoint after every batch, each soaked for [`SOAK`].
+fn soaked(mut preferences: Preferences, size: usize) -> Preferences {
+    let batch = preferences.batch(size).max(1);
+    preferences.checkpoints = (1..)
+        .map(|k| (k * batch).min(size))
+        .take_while(|done| *done < size)
+        .map(|done| (done * 100 / size.max(1)) as u8)
+        .collect();
+    preferences.checkpoint_delay = Some(SOAK);
+    preferences
+}
+
 /// Replaces the group's nodes: by the group's own refresh without a gate, else by `quiesce
 /// roll`'s code with the gate on `failed`. `drain` is how the lab's drainer drains (for the
 /// pre-flight plans). Returns every replacement made, and the roll's report.
@@ -129,7 +149,7 @@ pub async fn refresh(
     };
     let (target, driver) = RefreshingGroup::new(group.clone());
     let facts = target.facts();
-    let preferences = target.preferences();
+    let preferences = soaked(target.preferences(), facts.instances.len());
     let intent = Intent {
         preferences: &preferences,
         version: Some(DESIRED_VERSION),
@@ -205,6 +225,22 @@ pub async fn refresh(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_batch_but_the_last_ends_at_a_soaked_checkpoint() {
+        let one_at_a_time = Preferences {
+            min_healthy: 67,
+            ..Preferences::default()
+        };
+        let p = soaked(one_at_a_time, 3);
+        assert_eq!(p.checkpoints, [33, 66]);
+        assert_eq!(p.checkpoint_delay, Some(SOAK));
+        let two_at_a_time = Preferences {
+            min_healthy: 50,
+            ..Preferences::default()
+        };
+        assert_eq!(soaked(two_at_a_time, 4).checkpoints, [50]);
+    }
 
     #[test]
     fn max_failed_parses_and_says_what_it_wants() {
