@@ -180,6 +180,19 @@ impl RefreshingGroup {
             .collect()
     }
 
+    /// The refresh a cancel or a rollback acts on, refused as Auto Scaling refuses when the
+    /// group has none in progress.
+    fn active_for(&self, call: &'static str, group: &str) -> Result<String, RefreshError> {
+        self.check_group(call, group)?;
+        self.active().ok_or_else(|| {
+            refusal(
+                call,
+                group,
+                "ActiveInstanceRefreshNotFound: No in progress or pending Instance Refresh found",
+            )
+        })
+    }
+
     fn check_group(&self, call: &'static str, group: &str) -> Result<(), RefreshError> {
         if group == self.group.opts.name {
             Ok(())
@@ -494,15 +507,7 @@ impl Refresh for RefreshingGroup {
     }
 
     async fn cancel(&self, group: &str) -> Result<(), RefreshError> {
-        const CALL: &str = "CancelInstanceRefresh";
-        self.check_group(CALL, group)?;
-        let id = self.active().ok_or_else(|| {
-            refusal(
-                CALL,
-                group,
-                "ActiveInstanceRefreshNotFound: No in progress or pending Instance Refresh found",
-            )
-        })?;
+        let id = self.active_for("CancelInstanceRefresh", group)?;
         self.update(&id, |r| {
             r.cancel = true;
             if matches!(
@@ -517,15 +522,7 @@ impl Refresh for RefreshingGroup {
     }
 
     async fn rollback(&self, group: &str) -> Result<(), RefreshError> {
-        const CALL: &str = "RollbackInstanceRefresh";
-        self.check_group(CALL, group)?;
-        let id = self.active().ok_or_else(|| {
-            refusal(
-                CALL,
-                group,
-                "ActiveInstanceRefreshNotFound: No in progress or pending Instance Refresh found",
-            )
-        })?;
+        let id = self.active_for("RollbackInstanceRefresh", group)?;
         self.update(&id, |r| {
             r.rollback = true;
             r.status = Status::RollbackInProgress;
