@@ -8,9 +8,17 @@
 //! Lambda invocation — acts on a node's action at a time, across processes: another one takes
 //! over only once the holder released the claim or let it lapse.
 //!
+//! A fresh claim also cordons and fences the node, in the same write: with hundreds of
+//! actions received at once (a spot reclaim), each node is cordoned by the first request made
+//! for it, sent with the resourceVersion of the Node as the watched index has it (no read
+//! first; a stale copy costs a conflict and a re-read, never a wrong write). The roll gate is
+//! judged on that same copy, so the write also proves the gate was open.
+//!
 //! The hold time is judged by each actor's wall clock (a Lambda has nothing else to remember
 //! an observation by); it is long against clock skew between nodes kept by NTP.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -18,11 +26,14 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use quiesce_aws::event::LifecycleAction;
-use quiesce_aws::record::{ANNOTATION, InFlight, SCHEMA};
+use quiesce_aws::record::{ANNOTATION, InFlight, Phase, SCHEMA};
+use quiesce_kube::cluster::Cordon;
+use quiesce_kube::fence;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::nodes;
+use crate::handler::lock;
+use crate::nodes::{self, NodeIndex};
 
 /// How often a conditional write is tried again after losing a race with another writer of
 /// the Node (the drain engine's cordon, a kubelet's status): each try re-reads the Node.
@@ -39,21 +50,37 @@ pub enum Taken {
     Final(InFlight),
 }
 
+/// Whether a claim should cordon the node in the same write.
+#[derive(Debug, Clone, Copy)]
+pub enum CordonWith<'a> {
+    /// Only the record (the action is being finished, not started).
+    No,
+    /// Cordon and fence with these settings, unless the roll gate on the node holds.
+    Fence(&'a Cordon),
+}
+
 /// One actor's claims.
 #[derive(Clone)]
 pub struct Claims {
     api: Api<Node>,
+    nodes: NodeIndex,
     identity: String,
     hold: Duration,
+    /// The Node as each of our own writes left it: the precondition of the next write until
+    /// the watched index has caught up with it.
+    written: Arc<Mutex<HashMap<String, Node>>>,
 }
 
 impl Claims {
-    /// Claims made as `identity`, standing `hold` past each write unless renewed.
-    pub fn new(client: kube::Client, identity: String, hold: Duration) -> Claims {
+    /// Claims made as `identity`, standing `hold` past each write unless renewed; `nodes` is
+    /// where the Node's current copy is looked up before a write.
+    pub fn new(client: kube::Client, nodes: NodeIndex, identity: String, hold: Duration) -> Claims {
         Claims {
             api: Api::all(client),
+            nodes,
             identity,
             hold,
+            written: Arc::default(),
         }
     }
 
@@ -73,9 +100,16 @@ impl Claims {
         self.hold
     }
 
-    /// Claims `action` on `node` (as read just now): refused while another actor holds it or
-    /// when a newer drainer wrote the record.
-    pub async fn take(&self, node: &Node, action: &LifecycleAction) -> Result<Taken> {
+    /// Claims `action` on `node` (as read or watched): refused while another actor holds it
+    /// or when a newer drainer wrote the record. With [`CordonWith::Fence`], an action not
+    /// yet draining is also cordoned by the same write, unless the roll gate on `node` holds;
+    /// the second value says whether it was.
+    pub async fn take(
+        &self,
+        node: &Node,
+        action: &LifecycleAction,
+        cordon: CordonWith<'_>,
+    ) -> Result<(Taken, bool)> {
         let name = node.name_any();
         let mut node = node.clone();
         for _ in 0..CONFLICT_RETRIES {
@@ -88,7 +122,9 @@ impl Claims {
                         version: r.version,
                     });
                 }
-                Some(r) if r.is_same(action) && r.phase.is_final() => return Ok(Taken::Final(r)),
+                Some(r) if r.is_same(action) && r.phase.is_final() => {
+                    return Ok((Taken::Final(r), false));
+                }
                 Some(r) if self.held_by_other(&r, now) => {
                     return Err(Error::Held {
                         node: name,
@@ -108,9 +144,17 @@ impl Claims {
                 }
             };
             self.stamp(&mut record, now);
-            match self.put(&node, &record).await {
-                Ok(()) if resumed => return Ok(Taken::Resumed(record)),
-                Ok(()) => return Ok(Taken::Fresh(record)),
+            // Cordoned by this write (or already): a fresh or not yet draining action, gate open.
+            let cordoned = record.phase == Phase::Received
+                && crate::gate_hold::holds(&node, now).is_none()
+                && matches!(cordon, CordonWith::Fence(_));
+            let with = match cordon {
+                CordonWith::Fence(cordon) if cordoned => fence::cordon_patch(&node, cordon),
+                _ => None,
+            };
+            match self.put(&node, &record, with).await {
+                Ok(()) if resumed => return Ok((Taken::Resumed(record), cordoned)),
+                Ok(()) => return Ok((Taken::Fresh(record), cordoned)),
                 Err(e) if is_conflict(&e) => node = self.get(&name).await?,
                 Err(e) => return Err(Error::kube(format!("claiming the action on {name}"), e)),
             }
@@ -134,8 +178,15 @@ impl Claims {
     }
 
     async fn conditional(&self, name: &str, record: &mut InFlight, keep: bool) -> Result<()> {
+        // First from what is known without a read: the watched copy once it shows our
+        // record, else the Node as our last write left it. A conflict means either was
+        // stale: re-read.
+        let mut known = self.known(name, record);
         for _ in 0..CONFLICT_RETRIES {
-            let node = self.get(name).await?;
+            let node = match known.take() {
+                Some(node) => node,
+                None => self.get(name).await?,
+            };
             let current = nodes::record_of(&node);
             let ours = current.as_ref().is_some_and(|c| {
                 c.token == record.token
@@ -164,8 +215,13 @@ impl Claims {
                 record.holder = None;
                 record.held_until = None;
             }
-            match self.put(&node, record).await {
-                Ok(()) => return Ok(()),
+            match self.put(&node, record, None).await {
+                Ok(()) => {
+                    if !keep {
+                        lock(&self.written).remove(name);
+                    }
+                    return Ok(());
+                }
                 Err(e) if is_conflict(&e) => continue,
                 Err(e) => return Err(Error::kube(format!("recording the action on {name}"), e)),
             }
@@ -195,6 +251,16 @@ impl Claims {
         record.held_until = Some(now.checked_add(hold).unwrap_or(now).to_string());
     }
 
+    /// The Node to try a write of `record` against without reading it first, if any.
+    fn known(&self, name: &str, record: &InFlight) -> Option<Node> {
+        let watched = self.nodes.copy_of(name).filter(|n| {
+            nodes::record_of(n).is_some_and(|r| {
+                r.token == record.token && r.holder.as_deref() == Some(self.identity.as_str())
+            })
+        });
+        watched.or_else(|| lock(&self.written).get(name).cloned())
+    }
+
     async fn get(&self, name: &str) -> Result<Node> {
         self.api
             .get(name)
@@ -202,19 +268,24 @@ impl Claims {
             .map_err(|e| Error::kube(format!("reading node {name}"), e))
     }
 
-    async fn put(&self, node: &Node, record: &InFlight) -> Result<(), kube::Error> {
-        let patch = json!({"metadata": {
-            "resourceVersion": node.resource_version(),
-            "annotations": {ANNOTATION: record.to_annotation()},
-        }});
-        self.api
-            .patch(
-                &node.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map(|_| ())
+    /// Writes `record` on `node`, conditional on `node`'s resourceVersion, merged with
+    /// `with` (the cordon of a fresh claim).
+    async fn put(
+        &self,
+        node: &Node,
+        record: &InFlight,
+        with: Option<serde_json::Value>,
+    ) -> Result<(), kube::Error> {
+        let mut patch = with.unwrap_or_else(|| json!({}));
+        patch["metadata"]["resourceVersion"] = json!(node.resource_version());
+        patch["metadata"]["annotations"] = json!({ANNOTATION: record.to_annotation()});
+        let name = node.name_any();
+        let written = self
+            .api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        lock(&self.written).insert(name, written);
+        Ok(())
     }
 }
 

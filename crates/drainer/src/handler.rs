@@ -24,7 +24,7 @@ use quiesce_kube::report::Outcome;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::claim::{Claims, Taken};
+use crate::claim::{Claims, CordonWith, Taken};
 use crate::error::{Error, Result};
 use crate::gate_hold::GateWait;
 use crate::liveness::Liveness;
@@ -125,7 +125,7 @@ impl<H: LifecycleHooks> Handler<H> {
         Handler {
             drains: tokio::sync::Semaphore::new(settings.max_drains.max(1)),
             cluster: KubeCluster::new(client.clone()),
-            claims: Claims::new(client.clone(), identity, settings.claim_hold),
+            claims: Claims::new(client.clone(), nodes.clone(), identity, settings.claim_hold),
             client,
             nodes,
             hooks,
@@ -291,7 +291,7 @@ impl<H: LifecycleHooks> Handler<H> {
             tracing::info!(node = %name, ?check, "the instance is not waiting for this hook: not acting on a stale or duplicate message");
             return Ok(Disposition::Done(Done::Expired));
         }
-        let mut record = match self.claims.take(node, action).await? {
+        let mut record = match self.claims.take(node, action, CordonWith::No).await?.0 {
             Taken::Final(_) => return Ok(Disposition::Done(Done::Duplicate)),
             Taken::Resumed(record) | Taken::Fresh(record) => record,
         };
@@ -382,7 +382,13 @@ impl<H: LifecycleHooks> Handler<H> {
         if check != InstanceCheck::Waiting {
             return self.expired(action, &node, check).await;
         }
-        let mut record = match self.claims.take(&node, action).await? {
+        // The claim cordons too: the first request for a node that is going keeps new pods
+        // off it, however many actions arrived together.
+        let (taken, cordoned) = self
+            .claims
+            .take(&node, action, CordonWith::Fence(&self.settings.cordon))
+            .await?;
+        let mut record = match taken {
             Taken::Final(record) => {
                 tracing::info!(node = %name, phase = ?record.phase, "duplicate message: the hook was completed before");
                 return Ok(Disposition::Done(Done::Duplicate));
@@ -394,7 +400,7 @@ impl<H: LifecycleHooks> Handler<H> {
             Taken::Fresh(record) => record,
         };
         let result = self
-            .run_phases(action, &name, &mut record, timing, slice_end)
+            .run_phases(action, &name, &mut record, timing, slice_end, cordoned)
             .await;
         if !matches!(
             result,
@@ -409,6 +415,7 @@ impl<H: LifecycleHooks> Handler<H> {
     }
 
     /// Runs the action from the phase its record is in until it is final or must pause.
+    /// `cordoned`: the claim cordoned the node, on a copy whose roll gate was open.
     async fn run_phases(
         &self,
         action: &LifecycleAction,
@@ -416,25 +423,29 @@ impl<H: LifecycleHooks> Handler<H> {
         record: &mut InFlight,
         timing: HookTiming,
         slice_end: Option<Instant>,
+        mut cordoned: bool,
     ) -> Result<Disposition> {
         loop {
             match record.phase {
                 Phase::Received => {
                     // `quiesce roll`'s SLO gate: hold (heartbeating) before anything changes.
-                    let wait = crate::gate_hold::wait(&self.nodes, name, slice_end);
-                    let since = match self.renewing(name, record, wait).await?? {
-                        GateWait::Open => None,
-                        GateWait::Reopened(at) => Some(at),
-                        GateWait::SliceEnded(why) => return Ok(Disposition::Later(why)),
+                    let since = if cordoned {
+                        None
+                    } else {
+                        let wait = crate::gate_hold::wait(&self.nodes, name, slice_end);
+                        match self.renewing(name, record, wait).await?? {
+                            GateWait::Open => None,
+                            GateWait::Reopened(at) => Some(at),
+                            GateWait::SliceEnded(why) => return Ok(Disposition::Later(why)),
+                        }
                     };
                     record.deadline = self.deadline(action, name, timing, since).await?;
                     record.phase = Phase::Draining;
                     tracing::info!(node = %name, deadline = %record.deadline, "draining for the terminate hook");
                     self.claims.write(name, record).await?;
                 }
-                Phase::Draining if !self.cordoned(name).await? => {
-                    // At once, before waiting for a drain slot: no new pod lands on a node
-                    // that is going, however many actions arrived together.
+                Phase::Draining if !cordoned => {
+                    // A resumed action: cordoned before waiting for a drain slot.
                     self.cluster
                         .cordon(name, &self.settings.cordon)
                         .await
@@ -442,6 +453,7 @@ impl<H: LifecycleHooks> Handler<H> {
                             node: name.to_string(),
                             source,
                         })?;
+                    cordoned = true;
                 }
                 Phase::Draining => {
                     match self.drain_slice(name, record, slice_end).await? {
@@ -523,19 +535,6 @@ impl<H: LifecycleHooks> Handler<H> {
         record.phase = Phase::Abandoned;
         self.finish(name, record).await;
         Ok(())
-    }
-
-    /// Whether the node is unschedulable now.
-    async fn cordoned(&self, node: &str) -> Result<bool> {
-        let found = self
-            .nodes
-            .get(node)
-            .await
-            .map_err(|e| Error::kube(format!("reading node {node}"), e))?;
-        Ok(found
-            .and_then(|n| n.spec)
-            .and_then(|s| s.unschedulable)
-            .unwrap_or(false))
     }
 
     /// The drain's deadline from the node's workload, as an RFC 3339 time.

@@ -8,9 +8,8 @@
 //! - [`targets`]: before CONTINUE, the wait for the instance to leave its load balancers;
 //! - [`worker`]: the queue loop (visibility kept while working, delete only when done);
 //! - [`service`]: the in-cluster Deployment's leader election and HTTP endpoints;
-//! - [`settings`], [`error`], [`client`], [`nodes`], [`needs`], [`lease`], [`liveness`],
-//!   [`metrics`]: the parts they
-//!   share.
+//! - [`settings`], [`error`], [`client`], [`rate`], [`nodes`], [`needs`], [`lease`],
+//!   [`liveness`], [`metrics`]: the parts they share.
 
 pub mod args;
 pub mod claim;
@@ -24,6 +23,7 @@ pub mod liveness;
 pub mod metrics;
 pub mod needs;
 pub mod nodes;
+pub mod rate;
 pub mod service;
 pub mod settings;
 pub mod targets;

@@ -82,18 +82,18 @@ impl NodeIndex {
         self.synced.load(Ordering::Relaxed)
     }
 
-    /// The node whose providerID names `instance`, read fresh from the API server. A node
-    /// without an AWS providerID may be it by PrivateDnsName; one whose providerID names
-    /// another instance never is. An EC2 error fails the lookup: "no such node" would let
-    /// `--unknown-instance continue` complete the hook of a live node.
+    /// The node whose providerID names `instance`: the watched index's copy when it has
+    /// one (no request: with hundreds of actions at once, each node's first request is the
+    /// write that claims and cordons it, and every write carries the copy's resourceVersion
+    /// as precondition, so a stale copy costs a conflict and a re-read, never a wrong write),
+    /// else read from the API server. A node without an AWS providerID may be it by
+    /// PrivateDnsName; one whose providerID names another instance never is. An EC2 error
+    /// fails the lookup: "no such node" would let `--unknown-instance continue` complete the
+    /// hook of a live node.
     pub async fn find(&self, instance: &str) -> Result<Option<Node>> {
         let doing = || format!("looking up the node of {instance}");
-        if let Some(name) = self.cached(instance) {
-            return self
-                .api
-                .get_opt(&name)
-                .await
-                .map_err(|e| Error::kube(doing(), e));
+        if let Some(node) = self.cached_node(instance) {
+            return Ok(Some(node));
         }
         // Paged, as every list of the drainer: a large cluster's nodes are not one response.
         let nodes = quiesce_kube::reads::list(self.api.clone(), ListParams::default())
@@ -132,12 +132,25 @@ impl NodeIndex {
     /// The name of the node whose providerID names `instance`, as the watched index knows it
     /// (`None` for a listed index, or when the index has not seen it).
     pub fn cached(&self, instance: &str) -> Option<String> {
+        self.cached_node(instance).map(|n| n.name_any())
+    }
+
+    fn cached_node(&self, instance: &str) -> Option<Node> {
         self.store
             .as_ref()?
             .state()
             .iter()
             .find(|n| provider_instance(n) == Some(instance))
-            .map(|n| n.name_any())
+            .map(|n| Node::clone(n))
+    }
+
+    /// The watched index's copy of node `name` (`None` for a listed index, or when the index
+    /// has not seen it).
+    pub fn copy_of(&self, name: &str) -> Option<Node> {
+        let store = self.store.as_ref()?;
+        store
+            .get(&reflector::ObjectRef::new(name))
+            .map(|n| Node::clone(&n))
     }
 
     /// The node by name, fresh.

@@ -121,6 +121,90 @@ async fn a_drain_reads_the_nodes_pods_by_field_selector_and_every_list_by_pages(
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_request_for_a_terminating_node_is_the_write_that_claims_cordons_and_fences_it() {
+    let bed = support::bed(3, 0, 60, "").await;
+    // Every version of node-1 the API server makes, from the outside.
+    let versions = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Node>::new()));
+    let history = {
+        let versions = versions.clone();
+        let config = kube::runtime::watcher::Config::default().fields("metadata.name=node-1");
+        let nodes = kube::runtime::watcher(Api::<Node>::all(bed.sandbox.client()), config);
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut nodes = std::pin::pin!(kube::runtime::WatchStreamExt::applied_objects(nodes));
+            while let Some(node) = nodes.next().await {
+                if let Ok(node) = node {
+                    versions.lock().unwrap().push(node);
+                }
+            }
+        })
+    };
+    let client = audited_client(bed.sandbox.url(), "drainer", Rate::default());
+    let (index, keep_index) = NodeIndex::watched(client.clone());
+    let keeping = tokio::spawn(keep_index);
+    bed.wait_for("the node index listed", Duration::from_secs(30), || {
+        let ready = index.ready();
+        async move { ready }
+    })
+    .await;
+    let mut settings = bed.settings();
+    settings.cordon.exclude_from_load_balancers = true;
+    settings.cordon.fence_taint = true;
+    let handler = std::sync::Arc::new(Handler::new(
+        client,
+        index,
+        quiesce_aws::hooks::AutoScaling::new(&bed.aws),
+        settings,
+        std::sync::Arc::new(Metrics::default()),
+    ));
+    let victim = bed.instances[0].clone();
+    let (stop, worker) = bed.run_worker(handler, Duration::from_secs(30));
+    bed.terminate(&victim).await;
+    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(90))
+        .await;
+    stop.send_replace(true);
+    worker.await.unwrap();
+    keeping.abort();
+    history.abort();
+
+    let for_node: Vec<Audited> = bed
+        .sandbox
+        .audited()
+        .into_iter()
+        .filter(|a| a.caller == "drainer" && a.path == "/api/v1/nodes/node-1")
+        .collect();
+    let first = for_node.first().expect("the drainer wrote node-1");
+    assert_eq!(
+        (first.method.as_str(), first.status),
+        ("PATCH", Some(200)),
+        "no read before the first write: {for_node:#?}"
+    );
+    let versions = versions.lock().unwrap();
+    let claimed = versions
+        .iter()
+        .find(|n| {
+            n.metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(quiesce_aws::record::ANNOTATION))
+        })
+        .expect("a version of node-1 with the record");
+    assert_eq!(
+        claimed.spec.as_ref().and_then(|s| s.unschedulable),
+        Some(true),
+        "the version that first carries the record is cordoned: {claimed:#?}"
+    );
+    assert!(
+        quiesce_kube::fence::has_fence_taint(claimed),
+        "and fenced: {claimed:#?}"
+    );
+    assert_eq!(
+        claimed.metadata.labels.as_ref().unwrap()[quiesce_kube::fence::EXCLUDE_LB_LABEL],
+        quiesce_kube::fence::LABEL_VALUE
+    );
+}
+
 /// Whether `path` names a collection (`/api/v1/pods`, `/apis/apps/v1/namespaces/ns/deployments`)
 /// rather than one object or a subresource.
 fn is_collection(path: &str) -> bool {

@@ -85,7 +85,7 @@ pub struct Cordon {
 }
 
 impl Cordon {
-    /// Whether the drain taints the node with [`crate::kube_cluster::FENCE_TAINT`].
+    /// Whether the drain taints the node with [`crate::fence::FENCE_TAINT`].
     pub fn fences(&self) -> bool {
         self.exclude_from_load_balancers && self.fence_taint
     }

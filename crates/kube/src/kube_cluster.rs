@@ -21,18 +21,12 @@ use tokio::time::Instant;
 use crate::cluster::{Cluster, Cordon, Eviction, GateTarget, Snapshot, Stuck};
 use crate::error::{Error, Result};
 use crate::events::Reason;
+use crate::fence;
 use crate::reads;
 use crate::record::{self, DrainRecord};
 use crate::watch_set::{Tracked, drive, wait_until, watch};
 
-/// The label that takes a node out of cloud load balancers' target sets.
-pub const EXCLUDE_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
-/// The value the drain gives [`EXCLUDE_LB_LABEL`]: an uncordon removes the label only with
-/// this value, since users set it for their own reasons.
-pub const LABEL_VALUE: &str = "quiesce";
-/// The taint that fences a node from the AWS Load Balancer Controller's instance targets and
-/// kube-proxy's health check (see [`Cordon::fence_taint`]).
-pub const FENCE_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+pub use crate::fence::{EXCLUDE_LB_LABEL, FENCE_TAINT, LABEL_VALUE};
 /// How many times a conditional Node write re-reads after a resourceVersion conflict before giving up.
 const RECORD_ATTEMPTS: usize = 5;
 
@@ -63,25 +57,8 @@ impl Cluster for KubeCluster {
     }
 
     async fn cordon(&self, node: &str, cordon: &Cordon) -> Result<()> {
-        self.patch_conditionally(node, |current| {
-            let mut patch = json!({"spec": {"unschedulable": true}});
-            // A label the user set (any value) is theirs: left as it is, and not removed later.
-            if cordon.exclude_from_load_balancers && label_of(current).is_none() {
-                patch["metadata"]["labels"] = json!({EXCLUDE_LB_LABEL: LABEL_VALUE});
-            }
-            let mut wanted = Vec::new();
-            wanted.extend(cordon.taint.as_deref().map(parse_taint));
-            if cordon.fences() && !has_fence_taint(current) {
-                wanted.push(fence_taint());
-            }
-            if !wanted.is_empty() {
-                let mut taints = taints_without(current, &wanted);
-                taints.extend(wanted);
-                patch["spec"]["taints"] = json!(taints);
-            }
-            Ok(Some(patch))
-        })
-        .await
+        self.patch_conditionally(node, |current| Ok(fence::cordon_patch(current, cordon)))
+            .await
     }
 
     async fn uncordon(&self, node: &str, cordon: &Cordon) -> Result<()> {
@@ -102,7 +79,9 @@ impl Cluster for KubeCluster {
                         continue;
                     }
                 };
-                if !quiesce_core::capacity::is_cordoned(&current) || has_fence_taint(&current) {
+                if !quiesce_core::capacity::is_cordoned(&current)
+                    || fence::has_fence_taint(&current)
+                {
                     continue;
                 }
                 tracing::warn!(
@@ -114,12 +93,8 @@ impl Cluster for KubeCluster {
                 let put_back = self
                     .patch_conditionally(node, |current| {
                         Ok((quiesce_core::capacity::is_cordoned(current)
-                            && !has_fence_taint(current))
-                        .then(|| {
-                            let mut taints = taints_without(current, &[]);
-                            taints.push(fence_taint());
-                            json!({"spec": {"taints": taints}})
-                        }))
+                            && !fence::has_fence_taint(current))
+                        .then(|| fence::refence_patch(current)))
                     })
                     .await;
                 if let Err(err) = put_back {
@@ -437,23 +412,7 @@ impl KubeCluster {
     /// Removes the fence, and the cordon too if `uncordon`.
     async fn lift(&self, node: &str, cordon: &Cordon, uncordon: bool) -> Result<()> {
         self.patch_conditionally(node, |current| {
-            let mut patch = if uncordon {
-                json!({"spec": {"unschedulable": null}})
-            } else {
-                json!({})
-            };
-            if cordon.exclude_from_load_balancers && label_of(current) == Some(LABEL_VALUE) {
-                patch["metadata"]["labels"] = json!({EXCLUDE_LB_LABEL: null});
-            }
-            let mut gone = Vec::new();
-            gone.extend(cordon.taint.as_deref().map(parse_taint));
-            if cordon.fences() {
-                gone.push(fence_taint());
-            }
-            if !gone.is_empty() {
-                patch["spec"]["taints"] = json!(taints_without(current, &gone));
-            }
-            Ok((patch != json!({})).then_some(patch))
+            Ok(fence::lift_patch(current, cordon, uncordon))
         })
         .await
     }
@@ -490,77 +449,5 @@ impl KubeCluster {
             node: node.to_string(),
             why: format!("the Node kept changing; {RECORD_ATTEMPTS} writes met a conflict"),
         })
-    }
-}
-
-/// The load-balancer label's value on `node`, if it has the label.
-fn label_of(node: &Node) -> Option<&str> {
-    node.metadata
-        .labels
-        .as_ref()?
-        .get(EXCLUDE_LB_LABEL)
-        .map(String::as_str)
-}
-
-/// Whether `node` carries [`FENCE_TAINT`] with effect NoSchedule (anyone's).
-fn has_fence_taint(node: &Node) -> bool {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.as_ref())
-        .is_some_and(|ts| {
-            ts.iter()
-                .any(|t| t.key == FENCE_TAINT && t.effect == "NoSchedule")
-        })
-}
-
-/// The fence taint, valued as Cluster Autoscaler values its own (the Unix time it was set), so
-/// that Cluster Autoscaler reads it without complaint.
-fn fence_taint() -> serde_json::Value {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
-    json!({"key": FENCE_TAINT, "value": now.to_string(), "effect": "NoSchedule"})
-}
-
-/// The node's taints without those matching one of `unwanted` by key and effect.
-fn taints_without(node: &Node, unwanted: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.taints.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|t| {
-            !unwanted
-                .iter()
-                .any(|w| t.key == w["key"] && t.effect == w["effect"])
-        })
-        .map(|t| json!(t))
-        .collect()
-}
-
-/// `key=value:Effect` (or `key:Effect`) as a taint object; the effect defaults to NoSchedule.
-fn parse_taint(spec: &str) -> serde_json::Value {
-    let (kv, effect) = spec.rsplit_once(':').unwrap_or((spec, "NoSchedule"));
-    match kv.split_once('=') {
-        Some((key, value)) => json!({"key": key, "value": value, "effect": effect}),
-        None => json!({"key": kv, "effect": effect}),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn taints_render_like_kubectl() {
-        assert_eq!(
-            parse_taint("quiesce.io/draining=true:NoExecute"),
-            json!({"key": "quiesce.io/draining", "value": "true", "effect": "NoExecute"})
-        );
-        assert_eq!(
-            parse_taint("dedicated"),
-            json!({"key": "dedicated", "effect": "NoSchedule"})
-        );
     }
 }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod engine;
 mod error;
 pub mod events;
+pub mod fence;
 pub mod kube_cluster;
 pub mod reads;
 pub mod record;
