@@ -34,6 +34,11 @@ use crate::nodes::NodeIndex;
 use crate::settings::{Settings, UnknownInstance};
 use crate::targets::TargetsEnd;
 
+/// How often [`Handler::settled`] asks Auto Scaling about an instance after a completion:
+/// an instance still read as waiting after that is taken as going (its node stays cordoned,
+/// the safe side).
+const SETTLE_TRIES: u32 = 10;
+
 /// How a handled action ended, for logs, metrics and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Done {
@@ -41,7 +46,8 @@ pub enum Done {
     Test,
     /// Drained (or launched) and CONTINUE sent.
     Continued,
-    /// Drain failed, ran out of time or was blocked; uncordoned and ABANDON sent.
+    /// Drain failed, ran out of time or was blocked; ABANDON sent, the node uncordoned if its
+    /// instance stays.
     Abandoned,
     /// The hook was already completed for this token: a duplicate message.
     Duplicate,
@@ -496,8 +502,14 @@ impl<H: LifecycleHooks> Handler<H> {
         }
     }
 
-    /// Uncordons (unless an operator had cordoned the node before the hook), says why on the
-    /// node, and sends ABANDON.
+    /// Sends ABANDON, then gives the node back only if its instance stays (the group's
+    /// `TerminateHookAbandon: retain`, seen as `Terminating:Retained`): uncordoned, or only
+    /// unfenced when an operator had cordoned it before the hook. An instance that is going
+    /// leaves its node cordoned and fenced, or pods would be invited onto a dying node. Says
+    /// why on the node either way. ABANDON goes first because only Auto Scaling's answer
+    /// afterwards tells whether the instance stays; after a restart here, the record
+    /// (`abandoning`) brings the action back and the repeated ABANDON is answered "not
+    /// active".
     async fn abandon(
         &self,
         action: &LifecycleAction,
@@ -505,25 +517,33 @@ impl<H: LifecycleHooks> Handler<H> {
         record: &mut InFlight,
     ) -> Result<()> {
         let reason = record.reason.clone().unwrap_or_default();
-        let message = if record.found_cordoned {
+        self.complete(action, HookResult::Abandon).await?;
+        let check = self.settled(action).await?;
+        let drained = |source| Error::Drain {
+            node: name.to_string(),
+            source,
+        };
+        let message = if !check.instance_stays() {
+            format!(
+                "terminate hook abandoned; the node stays cordoned: its instance is going \
+                 ({check:?}): {reason}"
+            )
+        } else if record.found_cordoned {
             self.cluster
                 .unfence(name, &self.settings.cordon)
                 .await
-                .map_err(|source| Error::Drain {
-                    node: name.to_string(),
-                    source,
-                })?;
+                .map_err(drained)?;
             format!("terminate hook abandoned (the node stays cordoned as it was found): {reason}")
         } else {
             self.cluster
                 .uncordon(name, &self.settings.cordon)
                 .await
-                .map_err(|source| Error::Drain {
-                    node: name.to_string(),
-                    source,
-                })?;
-            format!("node uncordoned and the terminate hook abandoned: {reason}")
+                .map_err(drained)?;
+            format!(
+                "terminate hook abandoned and the node uncordoned: the instance stays: {reason}"
+            )
         };
+        tracing::warn!(node = %name, %message, "abandoned");
         if let Err(err) = self
             .cluster
             .event(name, Reason::LifecycleAbandoned, &message)
@@ -531,10 +551,24 @@ impl<H: LifecycleHooks> Handler<H> {
         {
             tracing::warn!(%err, "could not record the event");
         }
-        self.complete(action, HookResult::Abandon).await?;
         record.phase = Phase::Abandoned;
+        record.reason = Some(message);
         self.finish(name, record).await;
         Ok(())
+    }
+
+    /// Where the instance stands once Auto Scaling has acted on a completion: asked again
+    /// (a second apart, up to [`SETTLE_TRIES`] times) while it still reads as waiting.
+    async fn settled(&self, action: &LifecycleAction) -> Result<InstanceCheck> {
+        let mut check = self.hooks.check(action).await?;
+        for _ in 1..SETTLE_TRIES {
+            if check != InstanceCheck::Waiting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            check = self.hooks.check(action).await?;
+        }
+        Ok(check)
     }
 
     /// The drain's deadline from the node's workload, as an RFC 3339 time.

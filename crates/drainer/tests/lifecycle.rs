@@ -449,6 +449,66 @@ objects:
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_instance_that_is_going_leaves_its_node_cordoned_with_the_reason() {
+    let bed = bed(2, 0, 30, UNMANAGED).await;
+    // A group without the retention the templates set: ABANDON terminates the instance.
+    bed.asg
+        .update_auto_scaling_group()
+        .auto_scaling_group_name(GROUP)
+        .instance_lifecycle_policy(quiesce_testbed::aws::on_abandon(
+            aws_sdk_autoscaling::types::RetentionAction::Terminate,
+        ))
+        .send()
+        .await
+        .unwrap();
+    let handler = bed.handler(bed.settings());
+    let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(30));
+    let victim = bed.instances[0].clone();
+    bed.terminate(&victim).await;
+    bed.wait_result(&victim, "ABANDON", Duration::from_secs(30))
+        .await;
+    bed.wait_for("the record final", Duration::from_secs(30), || async {
+        bed.record("node-1")
+            .await
+            .is_some_and(|r| r.phase == Phase::Abandoned)
+    })
+    .await;
+    let node = bed.node("node-1").await;
+    assert_eq!(
+        node.spec.as_ref().unwrap().unschedulable,
+        Some(true),
+        "no pod is invited onto a node whose instance is going"
+    );
+    let reason = bed
+        .record("node-1")
+        .await
+        .unwrap()
+        .reason
+        .unwrap_or_default();
+    assert!(
+        reason.contains("stays cordoned") && reason.contains("blocked"),
+        "{reason}"
+    );
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(bed.sandbox.client(), "default");
+    let events = events.list(&Default::default()).await.unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("LifecycleAbandoned")
+                && e.involved_object.name.as_deref() == Some("node-1")
+                && e.message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("stays cordoned")),
+        "an Event says why the node is still cordoned"
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hard_blocker_abandons_at_once_and_leaves_the_node_schedulable() {
     let bed = bed(2, 0, 30, UNMANAGED).await;
     let handler = bed.handler(bed.settings());

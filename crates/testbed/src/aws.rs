@@ -4,6 +4,7 @@
 //! way.
 
 use aws_sdk_autoscaling::config::{Credentials, SharedCredentialsProvider};
+use aws_sdk_autoscaling::types::{InstanceLifecyclePolicy, RetentionAction, RetentionTriggers};
 use aws_sdk_elasticloadbalancingv2::types::{Tag, TargetDescription, TargetGroupAttribute};
 
 /// `config` (pointed at moto) with moto's test credentials, so no test reads the machine's.
@@ -13,6 +14,19 @@ pub fn with_test_credentials(config: aws_config::SdkConfig) -> aws_config::SdkCo
         .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
             "testing", "testing", None, None, "test",
         )))
+        .build()
+}
+
+/// An instance lifecycle policy whose `TerminateHookAbandon` trigger is `action`: `Retain` is
+/// what the deploy templates set (an abandoned terminate keeps the instance), `Terminate` what
+/// a group without the policy does.
+pub fn on_abandon(action: RetentionAction) -> InstanceLifecyclePolicy {
+    InstanceLifecyclePolicy::builder()
+        .retention_triggers(
+            RetentionTriggers::builder()
+                .terminate_hook_abandon(action)
+                .build(),
+        )
         .build()
 }
 

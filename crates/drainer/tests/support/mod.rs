@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_autoscaling::types::RetentionAction;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use quiesce_aws::hooks::AutoScaling;
@@ -126,6 +127,8 @@ pub async fn bed(nodes: usize, strangers: usize, heartbeat_timeout: i32, extra: 
         .max_size(total + 2)
         .desired_capacity(total)
         .availability_zones("us-east-1a")
+        // As the deploy templates set it: an abandoned terminate keeps the instance.
+        .instance_lifecycle_policy(quiesce_testbed::aws::on_abandon(RetentionAction::Retain))
         .send()
         .await
         .unwrap();

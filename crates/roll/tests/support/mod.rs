@@ -8,9 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_autoscaling::types::{
-    InstanceLifecyclePolicy, LaunchTemplateSpecification, RetentionAction, RetentionTriggers,
-};
+use aws_sdk_autoscaling::types::{LaunchTemplateSpecification, RetentionAction};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, PostParams};
 use quiesce_aws::hooks::AutoScaling;
@@ -141,15 +139,8 @@ pub async fn bed(setup: GroupSetup, extra: &str) -> Bed {
         .desired_capacity(setup.size)
         .availability_zones("us-east-1a");
     if setup.retain {
-        group = group.instance_lifecycle_policy(
-            InstanceLifecyclePolicy::builder()
-                .retention_triggers(
-                    RetentionTriggers::builder()
-                        .terminate_hook_abandon(RetentionAction::Retain)
-                        .build(),
-                )
-                .build(),
-        );
+        group = group
+            .instance_lifecycle_policy(quiesce_testbed::aws::on_abandon(RetentionAction::Retain));
     }
     group.send().await.unwrap();
     if let Some(result) = setup.terminate_hook {
