@@ -34,7 +34,8 @@ pub enum Phase {
     Draining,
     /// Drained; CONTINUE is being sent.
     Completing,
-    /// The drain failed or ran out of time; the node is uncordoned and ABANDON is being sent.
+    /// The drain failed or ran out of time; ABANDON is being sent, then the node is uncordoned
+    /// if its instance stays.
     Abandoning,
     /// CONTINUE was accepted: a message for this token again is a duplicate.
     Continued,
