@@ -67,7 +67,7 @@ pub struct Claims {
     identity: String,
     hold: Duration,
     /// The Node as each of our own writes left it: the precondition of the next write until
-    /// the watched index has caught up with it.
+    /// the watched index has caught up with it. Dropped when the claim is released or lost.
     written: Arc<Mutex<HashMap<String, Node>>>,
 }
 
@@ -194,6 +194,7 @@ impl Claims {
                     && c.holder.as_deref() == Some(self.identity.as_str())
             });
             if !ours {
+                lock(&self.written).remove(name);
                 return Err(Error::LostClaim {
                     node: name.to_string(),
                     why: match current {

@@ -487,17 +487,25 @@ async fn bench() {
     let cordoned_after = hooks_at.elapsed();
     let cordoned_count = first_seen.lock().unwrap().len();
     // Per node: from its terminate hook's message to its cordon.
-    let mut latencies: Vec<f64> = timeline
+    let sent_at: HashMap<String, Instant> = timeline
         .events()
         .iter()
         .filter(|e| {
             e.kind == "hook-started"
                 && e.detail["transition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
         })
-        .filter_map(|e| {
-            let sent = timeline_zero + Duration::from_secs_f64(e.t);
-            let seen = *first_seen.lock().unwrap().get(&e.subject)?;
-            Some(seen.saturating_duration_since(sent).as_secs_f64())
+        .map(|e| {
+            (
+                e.subject.clone(),
+                timeline_zero + Duration::from_secs_f64(e.t),
+            )
+        })
+        .collect();
+    let mut latencies: Vec<f64> = sent_at
+        .iter()
+        .filter_map(|(node, sent)| {
+            let seen = *first_seen.lock().unwrap().get(node)?;
+            Some(seen.saturating_duration_since(*sent).as_secs_f64())
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
@@ -528,6 +536,22 @@ async fn bench() {
         .into_iter()
         .filter(|a| a.caller == "drainer")
         .collect();
+    // The same from the server's side: when the write that cordoned each node arrived (the
+    // first accepted PATCH of the Node after its message; the claim writes the cordon).
+    let mut written_after: Vec<f64> = sent_at
+        .iter()
+        .filter_map(|(node, sent)| {
+            let path = format!("/api/v1/nodes/{node}");
+            audited
+                .iter()
+                .filter(|a| {
+                    a.method == "PATCH" && a.path == path && a.status == Some(200) && a.at >= *sent
+                })
+                .map(|a| a.at.duration_since(*sent).as_secs_f64())
+                .reduce(f64::min)
+        })
+        .collect();
+    written_after.sort_by(f64::total_cmp);
     let mut log: Vec<Instant> = audited.iter().map(|a| a.at).collect();
     log.sort();
     println!(
@@ -574,20 +598,28 @@ async fn bench() {
         size.actions,
         cordoned_after.as_secs_f64()
     );
-    let at = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * q).round() as usize)
+    let at = |sorted: &[f64], q: f64| {
+        sorted
+            .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
             .copied()
             .unwrap_or(f64::NAN)
     };
-    println!(
-        "from a node's terminate message to its cordon ({} nodes): median {:.1}s, 99th \
-         percentile {:.1}s, at most {:.1}s (the requirement: 10 s)",
-        latencies.len(),
-        at(0.5),
-        at(0.99),
-        at(1.0)
-    );
+    for (what, sorted) in [
+        (
+            "the write that cordoned it arrived at the API server",
+            &written_after,
+        ),
+        ("a poller saw it cordoned (every 250 ms)", &latencies),
+    ] {
+        println!(
+            "from a node's terminate message until {what} ({} nodes): median {:.1}s, 99th \
+             percentile {:.1}s, at most {:.1}s (the requirement: 10 s)",
+            sorted.len(),
+            at(sorted, 0.5),
+            at(sorted, 0.99),
+            at(sorted, 1.0)
+        );
+    }
     println!("bench ran {:.0}s", started.elapsed().as_secs_f64());
     lab.workloads.stop().await;
     lab.cluster.stop().await;
