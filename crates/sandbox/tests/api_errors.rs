@@ -5,12 +5,13 @@ mod api_support;
 
 use std::time::{Duration, Instant};
 
-use api_support::{api_error, pod, send, send_json, server};
+use api_support::{Answer, api_error, pod, send, send_json, server};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use quiesce_sandbox::api::FaultKind;
-use serde_json::json;
+use quiesce_sandbox::api::resources::lookup;
+use serde_json::{Value, json};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
@@ -329,4 +330,131 @@ async fn a_fault_for_one_caller_spares_the_others_and_the_audit_log_names_its_hi
             .iter()
             .all(|a| a.revision == server.store().resource_version())
     );
+}
+
+async fn merge_patch(
+    server: &quiesce_sandbox::api::ApiServer,
+    query: &str,
+    patch: Value,
+) -> Answer {
+    let path = format!("{PODS}/web{query}");
+    let body = patch.to_string();
+    send(
+        server,
+        "PATCH",
+        &path,
+        "application/merge-patch+json",
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// A merge patch is validated by its own fields (the stored object has no unknown field to
+/// find), with the answers a check of the whole patched object gives: Strict refuses an
+/// unknown field nested in an object the pod already has, or in a list item the patch
+/// brings, even as null (the list is stored as sent); Warn and Ignore store the patch without
+/// it; a null for an unknown field deletes nothing and is no error. An in-process writer
+/// cannot store an unknown field either, so no later patch meets one.
+#[tokio::test]
+async fn merge_patches_are_checked_as_the_patched_object_would_be() {
+    let server = server().await;
+    let pods: Api<Pod> = Api::namespaced(server.client(), "default");
+    pods.create(
+        &PostParams::default(),
+        &pod("web", None, json!({"app": "web"})),
+    )
+    .await
+    .unwrap();
+    let typos = json!({"metadata": {"labels": {"x": "1"}, "lables": {"y": "2"}},
+        "spec": {"dnsPolicyy": "None", "nodeSelector": {"disk": "ssd"}}});
+    let strict = merge_patch(&server, "?fieldValidation=Strict", typos.clone()).await;
+    assert_eq!(strict.code, 400, "{:?}", strict.body);
+    assert_eq!(
+        strict.body["message"],
+        r#"Pod in version "v1" cannot be handled as a Pod: strict decoding error: unknown field "metadata.lables", unknown field "spec.dnsPolicyy""#
+    );
+    let web = pods.get("web").await.unwrap();
+    assert!(
+        !web.metadata.labels.unwrap().contains_key("x"),
+        "nothing written"
+    );
+
+    let item = |policy: Value| {
+        json!({"spec": {"containers": [
+            {"name": "app", "image": "app:2", "imagePullPolicyy": policy}]}})
+    };
+    for policy in [json!("Always"), Value::Null] {
+        let strict = merge_patch(&server, "?fieldValidation=Strict", item(policy)).await;
+        assert_eq!(strict.code, 400, "{:?}", strict.body);
+        assert!(
+            strict.body["message"]
+                .as_str()
+                .unwrap()
+                .ends_with(r#"unknown field "spec.containers[0].imagePullPolicyy""#),
+            "{}",
+            strict.body
+        );
+    }
+    let deletion = merge_patch(
+        &server,
+        "?fieldValidation=Strict",
+        json!({"metadata": {"lables": null}, "spec": {"dnsPolicyy": null}}),
+    )
+    .await;
+    assert_eq!((deletion.code, deletion.warnings.len()), (200, 0));
+
+    let warned = merge_patch(&server, "", typos.clone()).await;
+    assert_eq!(warned.code, 200, "{:?}", warned.body);
+    assert_eq!(
+        warned.warnings,
+        [
+            r#"299 - "unknown field \"metadata.lables\"""#,
+            r#"299 - "unknown field \"spec.dnsPolicyy\"""#
+        ]
+    );
+    assert_eq!(
+        warned.body["metadata"]["labels"],
+        json!({"app": "web", "x": "1"})
+    );
+    assert!(warned.body["metadata"].get("lables").is_none());
+    assert!(warned.body["spec"].get("dnsPolicyy").is_none());
+    assert_eq!(warned.body["spec"]["nodeSelector"], json!({"disk": "ssd"}));
+    let ignored = merge_patch(&server, "?fieldValidation=Ignore", item(json!("Always"))).await;
+    assert_eq!((ignored.code, ignored.warnings.len()), (200, 0));
+    assert_eq!(
+        ignored.body["spec"]["containers"][0],
+        json!({"name": "app", "image": "app:2"})
+    );
+
+    // The store drops what an in-process writer brings that the schema does not define.
+    let store = server.store();
+    let pods_resource = lookup("", "v1", "pods").unwrap();
+    let created = store
+        .create(
+            pods_resource,
+            "default",
+            json!({"metadata": {"name": "direct", "lables": {}},
+                "spec": {"containers": [{"name": "app", "image": "app:1", "imagee": "x"}]}}),
+            false,
+        )
+        .unwrap();
+    assert!(created["metadata"].get("lables").is_none(), "{created}");
+    assert_eq!(created["spec"]["containers"][0].get("imagee"), None);
+    let modified = store
+        .modify(
+            pods_resource,
+            "default",
+            "direct",
+            quiesce_sandbox::api::store::Part::Main,
+            |p| {
+                let mut p = p.clone();
+                p["spec"]["nodeNmae"] = json!("node-1");
+                p["spec"]["nodeSelector"] = json!({"disk": "ssd"});
+                Ok(p)
+            },
+        )
+        .unwrap();
+    assert!(modified["spec"].get("nodeNmae").is_none(), "{modified}");
+    assert_eq!(modified["spec"]["nodeSelector"], json!({"disk": "ssd"}));
+    server.shutdown().await;
 }

@@ -465,7 +465,7 @@ async fn serve(
             let mut obj = parse_body(&body, r.kind, content_type)?;
             let warnings = validation::check(r, &mut obj, field_validation(params)?)?;
             fields::record_update(r, None, &mut obj, &writer);
-            let created = store.create(r, &ns, obj, dry_run)?;
+            let created = store.create_checked(r, &ns, obj, dry_run)?;
             Ok(with_warnings(json_response(201, &created), &warnings))
         }
         ("POST", Some(name), Some("eviction")) if r.plural == "pods" => {
@@ -531,7 +531,7 @@ async fn serve(
         ("PUT", Some(name), None | Some("status")) => {
             let mut obj = parse_body(&body, r.kind, content_type)?;
             let warnings = validation::check(r, &mut obj, field_validation(params)?)?;
-            let updated = store.modify(r, &ns, name, part, |current| {
+            let updated = store.modify_checked(r, &ns, name, part, |current| {
                 fields::record_update(r, Some(current), &mut obj, &writer);
                 Ok(obj)
             })?;
@@ -552,10 +552,10 @@ async fn serve(
                         obj["metadata"]["name"] = json!(name);
                     }
                     let warnings = validation::check(r, &mut obj, mode)?;
-                    let created = store.create(r, &ns, obj, dry_run)?;
+                    let created = store.create_checked(r, &ns, obj, dry_run)?;
                     return Ok(with_warnings(json_response(201, &created), &warnings));
                 }
-                let applied = store.modify(r, &ns, name, part, |current| {
+                let applied = store.modify_checked(r, &ns, name, part, |current| {
                     let mut live = current.clone();
                     if let Some(m) = live["metadata"].as_object_mut() {
                         m.remove("resourceVersion");
@@ -566,13 +566,20 @@ async fn serve(
                 })?;
                 return Ok(with_warnings(json_response(200, &applied), &warnings));
             }
-            let patched = store.modify(r, &ns, name, part, |current| {
+            let patched = store.modify_checked(r, &ns, name, part, |current| {
                 let mut next = current.clone();
                 if let Some(m) = next["metadata"].as_object_mut() {
                     m.remove("resourceVersion");
                 }
-                patch::apply(&mut next, kind, &body)?;
-                warnings = validation::check(r, &mut next, mode)?;
+                if kind == PatchType::Merge {
+                    // Only the patch can bring an unknown field: the stored object has none.
+                    let mut document = patch::merge_document(&body)?;
+                    warnings = validation::check_merge_patch(r, &mut document, mode)?;
+                    patch::merge(&mut next, &document);
+                } else {
+                    patch::apply(&mut next, kind, &body)?;
+                    warnings = validation::check(r, &mut next, mode)?;
+                }
                 fields::record_update(r, Some(current), &mut next, &writer);
                 Ok(next)
             })?;

@@ -49,7 +49,7 @@ pub fn apply(target: &mut Value, kind: PatchType, body: &[u8]) -> Result<(), Api
         }
         PatchType::Merge | PatchType::Apply => {
             let patch = parse(body, kind)?;
-            json_patch::merge(target, &patch);
+            merge(target, &patch);
             Ok(())
         }
         PatchType::Strategic => {
@@ -58,6 +58,18 @@ pub fn apply(target: &mut Value, kind: PatchType, body: &[u8]) -> Result<(), Api
             Ok(())
         }
     }
+}
+
+/// The document of a JSON merge patch, for the caller to check
+/// (`validation::check_merge_patch`) before [`merge`] applies it.
+pub fn merge_document(body: &[u8]) -> Result<Value, ApiError> {
+    parse(body, PatchType::Merge)
+}
+
+/// Applies a JSON merge patch document (RFC 7386): nulls delete, objects merge, anything
+/// else replaces.
+pub fn merge(target: &mut Value, document: &Value) {
+    json_patch::merge(target, document);
 }
 
 /// The object a server-side apply body describes, for an apply that creates it.

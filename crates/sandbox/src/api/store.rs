@@ -14,6 +14,7 @@ use super::custom::{self, Registry};
 use super::resources::{RESOURCES, Resource};
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::ApiError;
+use super::validation;
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +179,20 @@ fn index_of(resource: &Resource) -> usize {
         .iter()
         .position(|r| std::ptr::eq(r, resource))
         .expect("resources come from the static table")
+}
+
+/// Drops the fields `r`'s schema does not define from an in-process writer's object, saying
+/// which: a scenario's typo, or a simulated component writing a field no cluster has.
+fn drop_unknown(r: &Resource, obj: &mut Value) {
+    let dropped = validation::drop_unknown(r, obj);
+    if !dropped.is_empty() {
+        tracing::warn!(
+            kind = r.kind,
+            name = obj["metadata"]["name"].as_str().unwrap_or_default(),
+            ?dropped,
+            "dropped fields the schema does not define"
+        );
+    }
 }
 
 /// The current time as Kubernetes writes it (RFC 3339, seconds).
@@ -347,7 +362,11 @@ impl Store {
             .for_each(|o| f(o));
     }
 
-    /// Creates an object, filling in the metadata the server owns.
+    /// Creates an object, filling in the metadata the server owns. Fields `r`'s schema does
+    /// not define are dropped first, as the HTTP path drops them (`fieldValidation`), so that
+    /// an in-process writer (a scenario file, the simulated kubelets, a benchmark) cannot
+    /// store one: every stored object is free of unknown fields, which the merge-patch check
+    /// (`validation::check_merge_patch`) relies on.
     pub fn create(
         &self,
         r: &'static Resource,
@@ -355,6 +374,21 @@ impl Store {
         mut obj: Value,
         dry_run: bool,
     ) -> Result<Value, ApiError> {
+        drop_unknown(r, &mut obj);
+        self.create_checked(r, ns, obj, dry_run)
+            .map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Store::create`] of an object the caller has already checked with
+    /// `validation::check` (the HTTP path, which reports what it drops). The answer is the
+    /// stored object itself, shared, for the caller to serialise without copying it.
+    pub(crate) fn create_checked(
+        &self,
+        r: &'static Resource,
+        ns: &str,
+        mut obj: Value,
+        dry_run: bool,
+    ) -> Result<Arc<Value>, ApiError> {
         if !obj.is_object() || !obj["metadata"].is_object() && !obj["metadata"].is_null() {
             return Err(ApiError::bad_request(format!(
                 "the object provided is unrecognized (must be of type {})",
@@ -422,8 +456,13 @@ impl Store {
             m.remove("deletionTimestamp");
             m.remove("deletionGracePeriodSeconds");
         }
+        debug_assert!(
+            validation::is_clean(r, &obj),
+            "a created {} holds fields its schema does not define",
+            r.kind
+        );
         if dry_run {
-            return Ok(obj);
+            return Ok(Arc::new(obj));
         }
         inner.rv = rv;
         let obj = Arc::new(obj);
@@ -432,7 +471,7 @@ impl Store {
         if custom::is_definition(r) {
             self.follow_definition(&mut inner, &obj, false);
         }
-        Ok(Value::clone(&obj))
+        Ok(obj)
     }
 
     /// Replaces an object (PUT), or the part of it `part` names.
@@ -450,6 +489,8 @@ impl Store {
     /// Reads the object, lets `change` produce the new one, and writes it back with the
     /// server's rules: resourceVersion precondition, status isolation, generation, no-op
     /// writes leave the resourceVersion alone, an emptied finalizer list completes a deletion.
+    /// Fields the schema does not define are dropped from what `change` returns, as
+    /// [`Store::create`] drops them.
     pub fn modify(
         &self,
         r: &'static Resource,
@@ -458,6 +499,27 @@ impl Store {
         part: Part,
         change: impl FnOnce(&Value) -> Result<Value, ApiError>,
     ) -> Result<Value, ApiError> {
+        self.modify_checked(r, ns, name, part, |current| {
+            let mut new = change(current)?;
+            drop_unknown(r, &mut new);
+            Ok(new)
+        })
+        .map(Arc::unwrap_or_clone)
+    }
+
+    /// [`Store::modify`] where `change` returns an object free of unknown fields: one checked
+    /// with `validation::check`, or the stored object changed by a merge patch checked with
+    /// `validation::check_merge_patch` (the HTTP path). The answer is the stored object
+    /// itself, shared: a deep copy of it for the response to serialise cost a pod patch more
+    /// than its validation did.
+    pub(crate) fn modify_checked(
+        &self,
+        r: &'static Resource,
+        ns: &str,
+        name: &str,
+        part: Part,
+        change: impl FnOnce(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Arc<Value>, ApiError> {
         let mut inner = self.lock();
         let idx = inner.index(r);
         // Shared, not copied: `change` reads it and makes its own copy to change.
@@ -532,8 +594,13 @@ impl Store {
             m.remove("generation");
         }
         if new == *existing {
-            return Ok(Value::clone(&existing));
+            return Ok(existing);
         }
+        debug_assert!(
+            validation::is_clean(r, &new),
+            "a written {} holds fields its schema does not define",
+            r.kind
+        );
         inner.rv += 1;
         new["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
         // The last finalizer going completes a deletion; a pod still in its grace period
@@ -555,7 +622,7 @@ impl Store {
         if custom::is_definition(r) {
             self.follow_definition(&mut inner, &shared, finalized);
         }
-        Ok(Value::clone(&shared))
+        Ok(shared)
     }
 
     /// Deletes an object the way the registry does: pods bound to a node terminate gracefully

@@ -45,11 +45,55 @@ pub fn check(
     obj: &mut Value,
     mode: FieldValidation,
 ) -> Result<Vec<String>, ApiError> {
-    let Some((schema, schemas)) = openapi::kind_schema(r) else {
-        return Ok(Vec::new());
-    };
-    let mut unknown = Vec::new();
-    walk(obj, schema, schemas, &mut String::new(), &mut unknown);
+    checked(r, obj, mode, Walk::Object)
+}
+
+/// Checks a JSON merge patch (RFC 7386) before it is applied, with the same answers as
+/// [`check`] of the patched object, at the cost of the patch's fields instead of the whole
+/// object's.
+///
+/// Upstream's patcher (`k8s.io/apiserver/pkg/endpoints/handlers/patch.go`,
+/// `jsonPatcher.applyPatchToCurrentObject`) encodes the current object, merges the patch into
+/// it and strict-decodes the result. The current object is a Go struct, which cannot hold an
+/// unknown field, so every unknown field of the result came from the patch; the store keeps
+/// the same invariant (`Store::create`). A field the patch sets to null is removed
+/// by the merge, not stored, so it is not looked at; a list replaces the stored one whole, so
+/// its items' paths (`[i]`) are the patched object's. Unknown fields are dropped from the
+/// patch, which leaves them out of the patched object.
+pub fn check_merge_patch(
+    r: &Resource,
+    patch: &mut Value,
+    mode: FieldValidation,
+) -> Result<Vec<String>, ApiError> {
+    checked(r, patch, mode, Walk::MergePatch)
+}
+
+/// Drops the fields `r`'s schema does not define from an object an in-process writer stores,
+/// returning their paths (the store logs them).
+pub fn drop_unknown(r: &Resource, obj: &mut Value) -> Vec<String> {
+    unknown_fields(r, obj, Walk::Object)
+}
+
+/// Whether `obj` has no field `r`'s schema does not define: what the store may hold.
+pub fn is_clean(r: &Resource, obj: &Value) -> bool {
+    drop_unknown(r, &mut obj.clone()).is_empty()
+}
+
+/// What a walk reads: a whole object, or a merge patch (whose nulls delete).
+#[derive(Clone, Copy, PartialEq)]
+enum Walk {
+    Object,
+    MergePatch,
+}
+
+/// The answer of a walk of `value` for `mode`.
+fn checked(
+    r: &Resource,
+    value: &mut Value,
+    mode: FieldValidation,
+    what: Walk,
+) -> Result<Vec<String>, ApiError> {
+    let unknown = unknown_fields(r, value, what);
     if mode == FieldValidation::Ignore {
         return Ok(Vec::new());
     }
@@ -68,6 +112,24 @@ pub fn check(
     Ok(reports)
 }
 
+/// Removes, and names, the fields of `value` that `r`'s schema does not define (none for a
+/// kind without a schema: custom resources).
+fn unknown_fields(r: &Resource, value: &mut Value, what: Walk) -> Vec<String> {
+    let Some((schema, schemas)) = openapi::kind_schema(r) else {
+        return Vec::new();
+    };
+    let mut unknown = Vec::new();
+    walk(
+        value,
+        schema,
+        schemas,
+        what,
+        &mut String::new(),
+        &mut unknown,
+    );
+    unknown
+}
+
 /// The schema a `$ref` (possibly under `allOf`, where siblings moved it) points at.
 fn resolve<'a>(schema: &'a Value, schemas: &'a Map<String, Value>) -> &'a Value {
     let reference = schema["$ref"]
@@ -81,11 +143,14 @@ fn resolve<'a>(schema: &'a Value, schemas: &'a Map<String, Value>) -> &'a Value 
 
 /// Records, and removes, every field of `value` that `schema` does not define. `path` is
 /// where `value` is (`spec.containers[0]`), grown and cut back in place: it is copied only
-/// for an unknown field, so a walk of a known object allocates nothing per field.
+/// for an unknown field, so a walk of a known object allocates nothing per field. In a merge
+/// patch a null field is a deletion, neither known nor unknown; a list in it is stored as it
+/// is, nulls and all, so its items are read as objects.
 fn walk(
     value: &mut Value,
     schema: &Value,
     schemas: &Map<String, Value>,
+    what: Walk,
     path: &mut String,
     unknown: &mut Vec<String>,
 ) {
@@ -98,13 +163,16 @@ fn walk(
         Value::Object(map) => {
             if let Some(properties) = schema["properties"].as_object() {
                 map.retain(|key, v| {
+                    if what == Walk::MergePatch && v.is_null() {
+                        return true;
+                    }
                     if !path.is_empty() {
                         path.push('.');
                     }
                     path.push_str(key);
                     let known = match properties.get(key) {
                         Some(s) => {
-                            walk(v, s, schemas, path, unknown);
+                            walk(v, s, schemas, what, path, unknown);
                             true
                         }
                         None => {
@@ -122,7 +190,7 @@ fn walk(
                     path.push('[');
                     path.push_str(key);
                     path.push(']');
-                    walk(v, values, schemas, path, unknown);
+                    walk(v, values, schemas, what, path, unknown);
                     path.truncate(at);
                 }
             }
@@ -131,7 +199,7 @@ fn walk(
             if let Some(item) = schema.get("items") {
                 for (i, v) in items.iter_mut().enumerate() {
                     let _ = write!(path, "[{i}]");
-                    walk(v, item, schemas, path, unknown);
+                    walk(v, item, schemas, Walk::Object, path, unknown);
                     path.truncate(at);
                 }
             }
@@ -144,8 +212,66 @@ fn walk(
 mod tests {
     use serde_json::json;
 
-    use super::{FieldValidation, check};
+    use super::{FieldValidation, check, check_merge_patch, drop_unknown};
+    use crate::api::patch;
     use crate::api::resources::lookup;
+
+    /// The shortcut against its definition: for a stored object free of unknown fields,
+    /// checking a merge patch and then applying it answers and stores what applying it and
+    /// then checking the whole patched object does, in every mode.
+    #[test]
+    fn a_merge_patch_is_checked_as_the_patched_object_would_be() {
+        let pods = lookup("", "v1", "pods").unwrap();
+        let mut stored = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "labels": {"app": "web"}, "annotations": {"a": "1"}},
+            "spec": {"nodeName": "n1", "securityContext": {"runAsUser": 1},
+                "containers": [{"name": "app", "image": "app:1",
+                    "resources": {"requests": {"cpu": "1"}}}]},
+            "status": {"phase": "Running"}});
+        assert!(
+            drop_unknown(pods, &mut stored).is_empty(),
+            "the stored pod is clean"
+        );
+        let patches = [
+            json!({"metadata": {"labels": {"bench": "1"}}}),
+            json!({"spec": {"securityContext": {"runAsUsr": 2, "runAsGroup": 3}}}),
+            json!({"spec": {"securityContext": {"seLinuxOptions": {"levle": "s0"}}}}),
+            json!({"spec": {"containers": [{"name": "app", "image": "app:2", "portz": []}]}}),
+            json!({"spec": {"containers": [{"name": "app", "imagePullPolicyy": null}]}}),
+            json!({"spec": {"dnsPolicyy": null, "nodeName": null}, "metadata": {"x": null}}),
+            json!({"spec": {"nodeSelector": {"disk": "ssd", "bad": null}}}),
+            json!({"spec": {"securityContext": "not an object", "affinity": {"nodeAffinityy": {}}}}),
+            json!({"status": {"phase": "Failed", "reasonn": "x"}, "kindd": "Pod"}),
+            json!({"metadata": {"annotations": null, "lables": {"y": "2"}}}),
+        ];
+        for document in patches {
+            for mode in [
+                FieldValidation::Strict,
+                FieldValidation::Warn,
+                FieldValidation::Ignore,
+            ] {
+                let mut whole = stored.clone();
+                patch::merge(&mut whole, &document);
+                let expected = check(pods, &mut whole, mode);
+                let mut shortcut = document.clone();
+                let answer = check_merge_patch(pods, &mut shortcut, mode);
+                let mut patched = stored.clone();
+                patch::merge(&mut patched, &shortcut);
+                match (expected, answer) {
+                    (Ok(expected), Ok(answer)) => {
+                        assert_eq!(answer, expected, "{document} {mode:?}");
+                        assert_eq!(patched, whole, "{document} {mode:?}");
+                    }
+                    (Err(expected), Err(answer)) => {
+                        assert_eq!(answer.message, expected.message, "{document}")
+                    }
+                    (expected, answer) => {
+                        panic!("{document} {mode:?}: {expected:?} but {answer:?}")
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn unknown_fields_are_named_by_path_and_never_stored() {

@@ -58,6 +58,8 @@ pub struct Answer {
     pub code: u16,
     /// The `Retry-After` header.
     pub retry_after: Option<String>,
+    /// The `Warning` headers, in order.
+    pub warnings: Vec<String>,
     /// The body as JSON (`null` when it was not JSON).
     pub body: Value,
 }
@@ -85,10 +87,17 @@ pub async fn send(
         .headers()
         .get("retry-after")
         .map(|v| v.to_str().unwrap().to_string());
+    let warnings = resp
+        .headers()
+        .get_all("warning")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     Answer {
         code,
         retry_after,
+        warnings,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
     }
 }
