@@ -39,6 +39,9 @@ use crate::targets::TargetsEnd;
 /// the safe side).
 const SETTLE_TRIES: u32 = 10;
 
+/// The longest a claimed action's reads wait for the other received actions' cordons.
+const CORDONS_FIRST: Duration = Duration::from_secs(10);
+
 /// How a handled action ended, for logs, metrics and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Done {
@@ -87,7 +90,40 @@ pub struct Handler<H> {
     /// Woken whenever a token leaves `active`.
     released: Arc<tokio::sync::Notify>,
     pub(crate) launches: Mutex<HashMap<String, Instant>>,
+    /// Terminate actions received and not yet claimed (their nodes not yet cordoned): the
+    /// reads of claimed actions wait for none to be left, so that the cordons have the rate
+    /// limit to themselves (see [`Handler::cordons_first`]).
+    unclaimed: tokio::sync::watch::Sender<usize>,
     pub(crate) load_balancers: Option<Arc<dyn quiesce_aws::elbv2::LoadBalancers>>,
+}
+
+/// Counts one terminate action as unclaimed until [`Unclaimed::claimed`] or its drop.
+struct Unclaimed<'a> {
+    count: &'a tokio::sync::watch::Sender<usize>,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Unclaimed<'a> {
+    fn new(count: &'a tokio::sync::watch::Sender<usize>) -> Self {
+        count.send_modify(|n| *n += 1);
+        Unclaimed {
+            count,
+            open: true.into(),
+        }
+    }
+
+    /// The action's claim is written (or it ended without one): no longer waited for.
+    fn claimed(&self) {
+        if self.open.swap(false, Ordering::Relaxed) {
+            self.count.send_modify(|n| *n = n.saturating_sub(1));
+        }
+    }
+}
+
+impl Drop for Unclaimed<'_> {
+    fn drop(&mut self) {
+        self.claimed();
+    }
 }
 
 /// Removes a token from the active set when its work ends, however it ends, and wakes the
@@ -141,6 +177,7 @@ impl<H: LifecycleHooks> Handler<H> {
             active: Mutex::default(),
             released: Arc::default(),
             launches: Mutex::default(),
+            unclaimed: tokio::sync::watch::Sender::new(0),
             load_balancers: None,
         }
     }
@@ -244,6 +281,7 @@ impl<H: LifecycleHooks> Handler<H> {
         action: &LifecycleAction,
         slice_end: Option<Instant>,
     ) -> Result<Disposition> {
+        let unclaimed = Unclaimed::new(&self.unclaimed);
         let timing = self
             .retrying(slice_end, || async { Ok(self.hooks.timing(action).await?) })
             .await?;
@@ -254,7 +292,7 @@ impl<H: LifecycleHooks> Handler<H> {
                 // Boxed: the drain's future is large enough to overflow a worker thread's
                 // stack when held inline through the retry and heartbeat layers.
                 self.retrying(slice_end, || {
-                    Box::pin(self.terminate(action, timing, slice_end))
+                    Box::pin(self.terminate(action, timing, slice_end, &unclaimed))
                 }),
             )
             .await;
@@ -366,6 +404,7 @@ impl<H: LifecycleHooks> Handler<H> {
         action: &LifecycleAction,
         timing: HookTiming,
         slice_end: Option<Instant>,
+        unclaimed: &Unclaimed<'_>,
     ) -> Result<Disposition> {
         let node = self.nodes.find(&action.instance_id).await?;
         let Some(node) = node else {
@@ -394,6 +433,7 @@ impl<H: LifecycleHooks> Handler<H> {
             .claims
             .take(&node, action, CordonWith::Fence(&self.settings.cordon))
             .await?;
+        unclaimed.claimed();
         let mut record = match taken {
             Taken::Final(record) => {
                 tracing::info!(node = %name, phase = ?record.phase, "duplicate message: the hook was completed before");
@@ -445,6 +485,7 @@ impl<H: LifecycleHooks> Handler<H> {
                             GateWait::SliceEnded(why) => return Ok(Disposition::Later(why)),
                         }
                     };
+                    self.cordons_first().await;
                     record.deadline = self.deadline(action, name, timing, since).await?;
                     record.phase = Phase::Draining;
                     tracing::info!(node = %name, deadline = %record.deadline, "draining for the terminate hook");
@@ -569,6 +610,22 @@ impl<H: LifecycleHooks> Handler<H> {
             check = self.hooks.check(action).await?;
         }
         Ok(check)
+    }
+
+    /// Waits (up to [`CORDONS_FIRST`]) until every terminate action received is claimed, its
+    /// node cordoned: with hundreds received at once, the reads of those already cordoned
+    /// would otherwise take rate-limit permits the other cordons need. The claim's write goes
+    /// first through the client's urgent lane too, but an action still on its way to it
+    /// (asking Auto Scaling about its instance) is not in any lane yet.
+    async fn cordons_first(&self) {
+        let mut unclaimed = self.unclaimed.subscribe();
+        let none_left = unclaimed.wait_for(|n| *n == 0);
+        if tokio::time::timeout(CORDONS_FIRST, none_left)
+            .await
+            .is_err()
+        {
+            tracing::info!("other actions are still unclaimed; reading for this one anyway");
+        }
     }
 
     /// The drain's deadline from the node's workload, as an RFC 3339 time.

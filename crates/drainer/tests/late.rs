@@ -38,6 +38,8 @@ async fn a_message_read_after_its_hook_timed_out_is_not_acted_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hook_completed_elsewhere_mid_drain_stops_the_work_and_the_going_node_stays_cordoned() {
     let bed = bed(3, 0, 6, support::BLOCKER).await;
+    // The operator's ABANDON terminates the instance.
+    bed.without_retention().await;
     let (node, victim) = bed.blocked_instance().await;
     let mut settings = bed.settings();
     settings.drain_margin = Duration::from_secs(600);

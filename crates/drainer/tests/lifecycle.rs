@@ -452,15 +452,7 @@ objects:
 async fn an_abandoned_instance_that_is_going_leaves_its_node_cordoned_with_the_reason() {
     let bed = bed(2, 0, 30, UNMANAGED).await;
     // A group without the retention the templates set: ABANDON terminates the instance.
-    bed.asg
-        .update_auto_scaling_group()
-        .auto_scaling_group_name(GROUP)
-        .instance_lifecycle_policy(quiesce_testbed::aws::on_abandon(
-            aws_sdk_autoscaling::types::RetentionAction::Terminate,
-        ))
-        .send()
-        .await
-        .unwrap();
+    bed.without_retention().await;
     let handler = bed.handler(bed.settings());
     let (stop, task) = bed.run_worker(handler.clone(), Duration::from_secs(30));
     let victim = bed.instances[0].clone();

@@ -374,6 +374,18 @@ impl Bed {
         );
     }
 
+    /// Takes the group's `TerminateHookAbandon: retain` away: an ABANDON then terminates the
+    /// instance, as on a group without the instance lifecycle policy.
+    pub async fn without_retention(&self) {
+        self.asg
+            .update_auto_scaling_group()
+            .auto_scaling_group_name(GROUP)
+            .instance_lifecycle_policy(quiesce_testbed::aws::on_abandon(RetentionAction::Terminate))
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// Starts the instance's terminate hook, as a scale-in or instance refresh does.
     pub async fn terminate(&self, instance: &str) {
         self.asg
