@@ -543,14 +543,15 @@ impl<H: LifecycleHooks> Handler<H> {
         }
     }
 
-    /// Sends ABANDON, then gives the node back only if its instance stays (the group's
-    /// `TerminateHookAbandon: retain`, seen as `Terminating:Retained`): uncordoned, or only
-    /// unfenced when an operator had cordoned it before the hook. An instance that is going
-    /// leaves its node cordoned and fenced, or pods would be invited onto a dying node. Says
-    /// why on the node either way. ABANDON goes first because only Auto Scaling's answer
-    /// afterwards tells whether the instance stays; after a restart here, the record
-    /// (`abandoning`) brings the action back and the repeated ABANDON is answered "not
-    /// active".
+    /// Says why on the node (an Event, before anything else, so that a drainer stopped
+    /// halfway leaves it said), sends ABANDON, then gives the node back only if its instance
+    /// stays (the group's `TerminateHookAbandon: retain`, seen as `Terminating:Retained`):
+    /// uncordoned, or only unfenced when an operator had cordoned it before the hook. An
+    /// instance that is going leaves its node cordoned and fenced, or pods would be invited
+    /// onto a dying node; the record says which. ABANDON goes before the uncordon because only
+    /// Auto Scaling's answer afterwards tells whether the instance stays; after a restart
+    /// here, the record (`abandoning`) brings the action back and the repeated ABANDON is
+    /// answered "not active".
     async fn abandon(
         &self,
         action: &LifecycleAction,
@@ -558,40 +559,39 @@ impl<H: LifecycleHooks> Handler<H> {
         record: &mut InFlight,
     ) -> Result<()> {
         let reason = record.reason.clone().unwrap_or_default();
+        let said = format!(
+            "terminate hook abandoned; the node is uncordoned only if its instance stays: {reason}"
+        );
+        if let Err(err) = self
+            .cluster
+            .event(name, Reason::LifecycleAbandoned, &said)
+            .await
+        {
+            tracing::warn!(%err, "could not record the event");
+        }
         self.complete(action, HookResult::Abandon).await?;
         let check = self.settled(action).await?;
         let drained = |source| Error::Drain {
             node: name.to_string(),
             source,
         };
-        let message = if !check.instance_stays() {
-            format!(
-                "terminate hook abandoned; the node stays cordoned: its instance is going \
-                 ({check:?}): {reason}"
-            )
+        let outcome = if !check.instance_stays() {
+            format!("the node stays cordoned: its instance is going ({check:?})")
         } else if record.found_cordoned {
             self.cluster
                 .unfence(name, &self.settings.cordon)
                 .await
                 .map_err(drained)?;
-            format!("terminate hook abandoned (the node stays cordoned as it was found): {reason}")
+            "the instance stays; the node stays cordoned as it was found".to_string()
         } else {
             self.cluster
                 .uncordon(name, &self.settings.cordon)
                 .await
                 .map_err(drained)?;
-            format!(
-                "terminate hook abandoned and the node uncordoned: the instance stays: {reason}"
-            )
+            "the instance stays; the node is uncordoned".to_string()
         };
+        let message = format!("terminate hook abandoned; {outcome}: {reason}");
         tracing::warn!(node = %name, %message, "abandoned");
-        if let Err(err) = self
-            .cluster
-            .event(name, Reason::LifecycleAbandoned, &message)
-            .await
-        {
-            tracing::warn!(%err, "could not record the event");
-        }
         record.phase = Phase::Abandoned;
         record.reason = Some(message);
         self.finish(name, record).await;

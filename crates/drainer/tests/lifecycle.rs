@@ -490,11 +490,8 @@ async fn an_abandoned_instance_that_is_going_leaves_its_node_cordoned_with_the_r
             .iter()
             .any(|e| e.reason.as_deref() == Some("LifecycleAbandoned")
                 && e.involved_object.name.as_deref() == Some("node-1")
-                && e.message
-                    .as_deref()
-                    .unwrap_or_default()
-                    .contains("stays cordoned")),
-        "an Event says why the node is still cordoned"
+                && e.message.as_deref().unwrap_or_default().contains("blocked")),
+        "an Event says why the hook was abandoned"
     );
     stop.send(true).unwrap();
     task.await.unwrap();
