@@ -23,6 +23,30 @@ fn audited_client(url: &str, caller: &str, rate: Rate) -> kube::Client {
     client::build(config, Timeouts::default(), rate).unwrap()
 }
 
+/// Runs the production queue loop with a handler on `client` and `nodes` until node-1's
+/// instance, terminated, has its hook completed with CONTINUE.
+async fn drain_node_1(
+    bed: &support::Bed,
+    client: kube::Client,
+    nodes: NodeIndex,
+    settings: Settings,
+) {
+    let handler = std::sync::Arc::new(Handler::new(
+        client,
+        nodes,
+        quiesce_aws::hooks::AutoScaling::new(&bed.aws),
+        settings,
+        std::sync::Arc::new(Metrics::default()),
+    ));
+    let victim = bed.instances[0].clone();
+    let (stop, worker) = bed.run_worker(handler, Duration::from_secs(30));
+    bed.terminate(&victim).await;
+    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(90))
+        .await;
+    stop.send_replace(true);
+    worker.await.unwrap();
+}
+
 /// The most requests of `log` that arrived within any `window`.
 fn peak(log: &[Audited], window: Duration) -> usize {
     let mut times: Vec<Instant> = log.iter().map(|a| a.at).collect();
@@ -74,23 +98,11 @@ async fn the_clients_rate_limit_holds_from_the_servers_side() {
 async fn a_drain_reads_the_nodes_pods_by_field_selector_and_every_list_by_pages() {
     let bed = support::bed(3, 0, 60, "").await;
     let client = audited_client(bed.sandbox.url(), "drainer", Rate::default());
-    let handler = std::sync::Arc::new(Handler::new(
-        client.clone(),
-        NodeIndex::listed(client),
-        quiesce_aws::hooks::AutoScaling::new(&bed.aws),
-        Settings {
-            max_retry_pause: Duration::from_secs(1),
-            ..bed.settings()
-        },
-        std::sync::Arc::new(Metrics::default()),
-    ));
-    let victim = bed.instances[0].clone();
-    let (stop, worker) = bed.run_worker(handler, Duration::from_secs(30));
-    bed.terminate(&victim).await;
-    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(90))
-        .await;
-    stop.send_replace(true);
-    worker.await.unwrap();
+    let settings = Settings {
+        max_retry_pause: Duration::from_secs(1),
+        ..bed.settings()
+    };
+    drain_node_1(&bed, client.clone(), NodeIndex::listed(client), settings).await;
 
     let log: Vec<Audited> = bed
         .sandbox
@@ -151,20 +163,7 @@ async fn the_first_request_for_a_terminating_node_is_the_write_that_claims_cordo
     let mut settings = bed.settings();
     settings.cordon.exclude_from_load_balancers = true;
     settings.cordon.fence_taint = true;
-    let handler = std::sync::Arc::new(Handler::new(
-        client,
-        index,
-        quiesce_aws::hooks::AutoScaling::new(&bed.aws),
-        settings,
-        std::sync::Arc::new(Metrics::default()),
-    ));
-    let victim = bed.instances[0].clone();
-    let (stop, worker) = bed.run_worker(handler, Duration::from_secs(30));
-    bed.terminate(&victim).await;
-    bed.wait_result(&victim, "CONTINUE", Duration::from_secs(90))
-        .await;
-    stop.send_replace(true);
-    worker.await.unwrap();
+    drain_node_1(&bed, client, index, settings).await;
     keeping.abort();
     history.abort();
 

@@ -443,6 +443,22 @@ impl Bed {
             .map(|v| InFlight::from_annotation(v).unwrap())
     }
 
+    /// The messages of the Events saying on `node` that its terminate hook was abandoned.
+    pub async fn abandoned_events(&self, node: &str) -> Vec<String> {
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.sandbox.client(), "default");
+        let events = events.list(&Default::default()).await.unwrap();
+        events
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some("LifecycleAbandoned")
+                    && e.involved_object.name.as_deref() == Some(node)
+            })
+            .map(|e| e.message.unwrap_or_default())
+            .collect()
+    }
+
     pub async fn send(&self, body: &str) {
         self.sqs
             .send_message()
